@@ -1,0 +1,91 @@
+"""The backbone contract: images in, a patch-feature map and its grid geometry out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class FeatureMap:
+    """Patch features on a regular grid of the network-frame image.
+
+    Attributes:
+        features: (B, D, h, w) features; cell (r, c) covers pixels
+            [r*stride, (r+1)*stride) x [c*stride, (c+1)*stride).
+        stride: pixels per cell (the patch size for a ViT).
+        valid: optional (B, h, w) bool, False for cells that lie in padding.
+
+    Pixel coordinates follow the pixel-index convention: the centre of pixel (x, y) is at the
+    integers (x, y), so the centre of cell c along one axis is ``c * stride + (stride - 1) / 2``.
+    """
+
+    features: torch.Tensor
+    stride: int
+    valid: Optional[torch.Tensor] = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.features.shape[-2]), int(self.features.shape[-1])
+
+    def cell_centers(self) -> torch.Tensor:
+        """(h*w, 2) (x, y) pixel coordinates of the cell centres, row-major."""
+        h, w = self.grid
+        dev, dt = self.features.device, torch.float32
+        ys = torch.arange(h, device=dev, dtype=dt) * self.stride + (self.stride - 1) / 2
+        xs = torch.arange(w, device=dev, dtype=dt) * self.stride + (self.stride - 1) / 2
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+    def flat(self) -> torch.Tensor:
+        """(B, h*w, D) features, row-major over the grid."""
+        return self.features.flatten(2).transpose(1, 2)
+
+    def with_features(self, features: torch.Tensor) -> "FeatureMap":
+        return FeatureMap(features=features, stride=self.stride, valid=self.valid)
+
+
+def valid_cells(content_hw: torch.Tensor, grid: tuple[int, int], stride: int) -> torch.Tensor:
+    """(B, h, w) mask of cells whose centre lies inside the image content.
+
+    Args:
+        content_hw: (B, 2) height and width, in network-frame pixels, of the non-padded content
+            (the top-left of the network image; padding is added at the bottom and right).
+    """
+    h, w = grid
+    dev = content_hw.device
+    ys = torch.arange(h, device=dev) * stride + (stride - 1) / 2
+    xs = torch.arange(w, device=dev) * stride + (stride - 1) / 2
+    in_y = ys[None, :] < content_hw[:, 0:1].to(ys.dtype)
+    in_x = xs[None, :] < content_hw[:, 1:2].to(xs.dtype)
+    return in_y[:, :, None] & in_x[:, None, :]
+
+
+class Backbone(nn.Module):
+    """Base class. Subclasses set ``stride`` and ``dim`` and implement ``forward``.
+
+    ``forward(images)`` takes (B, 3, H, W) float RGB in [0, 1] (each backbone applies its own
+    normalisation) with H and W multiples of ``stride``, and returns a :class:`FeatureMap` with
+    h = H // stride, w = W // stride.
+    """
+
+    stride: int = 1
+    dim: int = 0
+
+    def cache_key(self) -> str:
+        """A string that identifies the features this backbone computes (for feature caches)."""
+        return type(self).__name__
+
+    def check_input(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise ValueError(
+                f"{type(self).__name__}: image size {h}x{w} is not a multiple of the patch size "
+                f"{self.stride}; the data pipeline rounds sizes to multiples of the patch size "
+                f"(data.image_size), so set it to a multiple of {self.stride}"
+            )

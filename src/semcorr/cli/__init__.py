@@ -1,0 +1,1 @@
+"""Command-line entry points (``eval.py``, ``train.py``, ``semcorr-match``)."""

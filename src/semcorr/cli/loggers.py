@@ -1,0 +1,56 @@
+"""Experiment loggers: CSV always, Weights & Biases online or offline."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Dict, List
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(mode: str) -> str:
+    """Resolve ``auto``: online only with an API key and ``WANDB_MODE`` not offline/disabled."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("offline", "disabled", "dryrun"):
+        return "offline" if env == "dryrun" else env
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name: str) -> List[Logger]:
+    """Loggers for a run in ``out_dir`` (``cfg`` is the ``logger`` config section)."""
+    out_dir = Path(out_dir)
+    loggers: List[Logger] = []
+    if cfg.csv:
+        loggers.append(CSVLogger(save_dir=str(out_dir), name="csv", version=""))
+    mode = wandb_mode(cfg.mode) if cfg.wandb else "disabled"
+    if mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = WandbLogger(
+            project=cfg.project, group=cfg.group, tags=list(cfg.tags), name=name,
+            save_dir=str(out_dir), mode=mode, config=run_config,
+        )
+        loggers.append(logger)
+        log.info("W&B logging %s (project %s)", mode, cfg.project)
+    return loggers
+
+
+def log_image(loggers: List[Logger], key: str, path: str | Path) -> None:
+    """Send an image file to every logger that takes images (W&B)."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_image(key=key, images=[str(path)])

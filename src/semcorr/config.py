@@ -1,0 +1,351 @@
+"""Typed, layered configuration.
+
+A run's configuration is built in three layers, later layers winning:
+
+1. dataclass defaults (this module and the ``*Config`` dataclasses registered per group);
+2. one YAML file per *group* (``configs/<group>/<name>.yaml``) holding only what differs from
+   the defaults. Its ``kind`` key picks the dataclass that types the group (e.g. a backbone
+   group of kind ``dinov2`` or ``dsift``);
+3. command-line tokens: ``group=name`` selects a group file, ``a.b=value`` overrides one key.
+
+Unknown keys and unknown group names raise :class:`ConfigError` with the valid choices.
+
+Example::
+
+    cfg = load_config(["data=pf_willow", "backbone=dsift", "data.max_pairs=100"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+CONFIG_DIR_ENV = "SEMCORR_CONFIG_DIR"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be built; the message says what the valid choices are."""
+
+
+# --------------------------------------------------------------------------------------------
+# Group registries: group name -> kind -> dataclass. Components register their own schema.
+# --------------------------------------------------------------------------------------------
+_SCHEMAS: Dict[str, Dict[str, type]] = {
+    "data": {},
+    "backbone": {},
+    "matcher": {},
+    "head": {},
+    "loss": {},
+}
+
+# The group file chosen when the command line names none.
+DEFAULT_GROUPS: Dict[str, str] = {
+    "data": "synthetic",
+    "backbone": "dsift",
+    "matcher": "nn",
+    "head": "none",
+    "loss": "none",
+}
+
+
+def register_schema(group: str, kind: str) -> Callable[[type], type]:
+    """Class decorator: register ``cls`` as the typed schema of ``group`` files with ``kind``."""
+
+    def wrap(cls: type) -> type:
+        if group not in _SCHEMAS:
+            raise KeyError(f"unknown config group {group!r}")
+        _SCHEMAS[group][kind] = cls
+        return cls
+
+    return wrap
+
+
+_BUILDERS: Dict[str, Dict[str, Callable[..., Any]]] = {group: {} for group in _SCHEMAS}
+
+
+def register(group: str, kind: str, schema: type) -> Callable[[Any], Any]:
+    """Decorator: ``obj(**section)`` builds a ``group`` component of ``kind`` typed by ``schema``."""
+
+    def wrap(obj: Any) -> Any:
+        register_schema(group, kind)(schema)
+        _BUILDERS[group][kind] = obj
+        return obj
+
+    return wrap
+
+
+def build(group: str, cfg: DictConfig, exclude: Sequence[str] = (), **extra: Any) -> Any:
+    """Build the component that ``cfg`` (a group section with ``kind``) describes.
+
+    Keys in ``exclude`` are not passed on; ``extra`` keyword arguments are.
+    """
+    _import_components()
+    builders = _BUILDERS[group]
+    if cfg.kind not in builders:
+        raise ConfigError(f"no {group} of kind {cfg.kind!r}; valid: {', '.join(sorted(builders))}")
+    kwargs = section(cfg, exclude=("kind", "name", *exclude))
+    return builders[cfg.kind](**kwargs, **extra)
+
+
+def schemas(group: str) -> Dict[str, type]:
+    _import_components()
+    return dict(_SCHEMAS[group])
+
+
+@dataclass
+class GroupConfig:
+    """Base of every group schema: ``kind`` picks the schema, ``name`` is the group file's name."""
+
+    kind: str = ""
+    name: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Top-level (group-independent) sections
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TransferConfig:
+    """How a keypoint is read off a row of the match scores (see ``semcorr.matchers.transfer``).
+
+    ``argmax``: centre of the best target cell. ``soft_argmax``: softmax-weighted mean of all cell
+    centres. ``window_soft_argmax``: the same restricted to a ``window`` x ``window`` block of cells
+    around the argmax. ``temperature`` divides the scores before the softmax.
+    """
+
+    method: str = "argmax"
+    window: int = 5
+    temperature: float = 0.02
+
+
+@dataclass
+class MetricConfig:
+    alphas: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.15])
+    # None: the dataset's published protocol (see each dataset's ``protocol``).
+    threshold_by: Optional[str] = None  # bbox | bbox_kp | image
+    average: Optional[str] = None  # per_image | per_keypoint
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = True
+    project: str = "semcorr"
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    # auto: online when an API key is configured and WANDB_MODE is not offline, else offline.
+    mode: str = "auto"  # auto | online | offline | disabled
+    csv: bool = True
+
+
+@dataclass
+class PlotsConfig:
+    n_pairs: int = 4
+    alpha: float = 0.1
+
+
+@dataclass
+class CacheConfig:
+    """Backbone-feature cache for evaluation (features depend only on backbone, image, size)."""
+
+    enabled: bool = True
+    memory_mb: int = 2048  # bounded in-memory LRU cache
+    disk_dir: Optional[str] = None  # optional on-disk cache, safe to delete
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments passed to ``lightning.Trainer`` (``trainer.*`` on the command line)."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    precision: Any = "32-true"
+    max_steps: int = -1
+    max_epochs: Optional[int] = None
+    fast_dev_run: Any = False
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    val_check_interval: Any = None
+    check_val_every_n_epoch: Optional[int] = 1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    log_every_n_steps: int = 10
+    deterministic: Any = False
+    enable_progress_bar: bool = True
+    num_sanity_val_steps: Optional[int] = None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    backbone_lr: Optional[float] = None  # None: lr * 0.1
+    weight_decay: float = 0.05
+    scheduler: str = "cosine"  # cosine | constant
+    warmup_steps: int = 0
+
+
+@dataclass
+class RunConfig:
+    """The root config. Group sections (data, backbone, matcher, head, loss) are typed by kind."""
+
+    data: Any = None
+    backbone: Any = None
+    matcher: Any = None
+    head: Any = None
+    loss: Any = None
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    plots: PlotsConfig = field(default_factory=PlotsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out_dir: Optional[str] = None  # None: runs/<timestamp>
+    seed: int = 0
+    ckpt: Optional[str] = None
+    device: str = "auto"  # auto | cpu | cuda
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def config_dir() -> Path:
+    """Where the group YAML files live: $SEMCORR_CONFIG_DIR, else ``<repo>/configs``."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "configs" / "backbone").is_dir():
+            return parent / "configs"
+    packaged = here.parent / "configs"
+    return packaged
+
+
+def available(group: str) -> List[str]:
+    folder = config_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _import_components() -> None:
+    # Importing the component packages registers their schemas.
+    import semcorr.backbones  # noqa: F401
+    import semcorr.data  # noqa: F401
+    import semcorr.heads  # noqa: F401
+    import semcorr.losses  # noqa: F401
+    import semcorr.matchers  # noqa: F401
+
+
+def _group_node(group: str, name: str) -> DictConfig:
+    path = config_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown {group} {name!r}; valid choices: {', '.join(available(group)) or '(none)'}"
+        )
+    raw = OmegaConf.load(path)
+    kind = raw.get("kind", name)
+    kinds = _SCHEMAS[group]
+    if kind not in kinds:
+        raise ConfigError(
+            f"{path}: unknown {group} kind {kind!r}; valid kinds: {', '.join(sorted(kinds))}"
+        )
+    node = OmegaConf.structured(kinds[kind])
+    try:
+        node = OmegaConf.merge(node, raw)
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        raise ConfigError(
+            f"{path}: {err.msg if hasattr(err, 'msg') else err}; valid keys of {group} kind "
+            f"{kind!r}: {', '.join(f.name for f in dataclasses.fields(kinds[kind]))}"
+        ) from None
+    node.name = name
+    return node
+
+
+def _split_tokens(tokens: Sequence[str]) -> tuple[Dict[str, str], List[str]]:
+    groups: Dict[str, str] = {}
+    overrides: List[str] = []
+    for token in tokens:
+        if "=" not in token:
+            raise ConfigError(f"cannot parse {token!r}: expected group=name or key.path=value")
+        key, value = token.split("=", 1)
+        if key in _SCHEMAS:
+            groups[key] = value
+        else:
+            overrides.append(token)
+    return groups, overrides
+
+
+def _valid_keys(cfg: DictConfig, dotted: str) -> str:
+    parts = dotted.split(".")[:-1]
+    node: Any = cfg
+    for part in parts:
+        if not isinstance(node, DictConfig) or part not in node:
+            break
+        node = node[part]
+    keys = list(node.keys()) if isinstance(node, DictConfig) else []
+    where = ".".join(parts) or "the top level"
+    return f"valid keys at {where}: {', '.join(map(str, keys))}"
+
+
+def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None) -> DictConfig:
+    """Build a run config from command-line tokens (see the module docstring).
+
+    Args:
+        tokens: ``group=name`` selections and ``a.b=value`` overrides, in order.
+        base: a resolved config to start from instead of the defaults (used to re-open a run's
+            saved config); group selections in ``tokens`` replace its groups.
+    Returns:
+        A struct-mode ``DictConfig``: assigning an unknown key raises.
+    """
+    _import_components()
+    groups, overrides = _split_tokens(tokens)
+    if base is None:
+        cfg = OmegaConf.structured(RunConfig)
+        for group, default in DEFAULT_GROUPS.items():
+            cfg[group] = _group_node(group, groups.get(group, default))
+    else:
+        cfg = base.copy()
+        for group, name in groups.items():
+            cfg[group] = _group_node(group, name)
+    for token in overrides:
+        key, value = token.split("=", 1)
+        try:
+            parsed = OmegaConf.from_dotlist([token])
+            OmegaConf.select(cfg, key, throw_on_missing=False)
+            if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+                raise ConfigKeyError(f"unknown key {key!r}")
+            cfg = OmegaConf.merge(cfg, parsed)
+        except (ConfigKeyError, ConfigAttributeError) as err:
+            raise ConfigError(f"unknown key {key!r}; {_valid_keys(cfg, key)}") from None
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"bad value for {key!r}: {value!r} ({type(err).__name__})") from None
+    OmegaConf.set_struct(cfg, True)
+    if cfg.out_dir is None:
+        import datetime
+
+        cfg.out_dir = "runs/" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, out_dir: str | Path) -> Path:
+    """Write the resolved config to ``<out_dir>/config.yaml`` and return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    return path
+
+
+def section(cfg: DictConfig, exclude: Sequence[str] = ("kind", "name")) -> Dict[str, Any]:
+    """A group section as a plain dict of constructor keyword arguments."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    return {k: v for k, v in data.items() if k not in exclude}

@@ -1,0 +1,188 @@
+"""The base of every pair dataset: records in the original frame -> samples in the network frame."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from semcorr.config import GroupConfig
+from semcorr.data.resize import resize_image, to_network
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig(GroupConfig):
+    """Fields every dataset config has."""
+
+    root: Optional[str] = None
+    split: str = "test"
+    image_size: int = 224
+    resize: str = "longer_side_pad"  # square | longer_side_pad | longer_side
+    batch_size: int = 8
+    num_workers: int = 0
+    max_pairs: Optional[int] = None
+    categories: List[str] = field(default_factory=list)  # empty: all
+
+
+@dataclass
+class PairRecord:
+    """One annotated pair in the original image frames (before any resizing).
+
+    Keypoints are (K, 2) float (x, y), 0-based pixel-index convention; ``valid`` (K,) bool marks
+    keypoints annotated in both images; boxes are (x1, y1, x2, y2) or None.
+    """
+
+    src: str
+    trg: str
+    src_kps: np.ndarray
+    trg_kps: np.ndarray
+    valid: np.ndarray
+    category: str
+    kps_ids: Optional[np.ndarray] = None
+    src_bbox: Optional[Sequence[float]] = None
+    trg_bbox: Optional[Sequence[float]] = None
+    sym_pairs: Optional[np.ndarray] = None  # (S, 2) indices into the K keypoints
+    pair_id: Optional[str] = None
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image file as (3, h, w) float RGB in [0, 1], honouring EXIF orientation.
+
+    Grey-scale, palette and RGBA files are converted to RGB (alpha is dropped).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            array = np.asarray(im, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+
+
+class PairDataset(Dataset):
+    """A list of :class:`PairRecord` served as samples of the schema in ``semcorr.data.schema``.
+
+    Subclasses fill ``self.records`` and ``self.categories`` and may override :meth:`read_image`
+    (images are addressed by the record's ``src`` / ``trg`` ids, relative to ``self.image_root``).
+
+    Class attribute ``protocol``: the evaluation protocol the dataset's literature uses,
+    ``{"threshold_by": "bbox" | "bbox_kp" | "image", "average": "per_image" | "per_keypoint"}``.
+    """
+
+    protocol: Dict[str, str] = {"threshold_by": "bbox", "average": "per_image"}
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        resize: str = "longer_side_pad",
+        divisor: int = 1,
+        max_pairs: Optional[int] = None,
+        categories: Sequence[str] = (),
+    ) -> None:
+        self.image_size = image_size
+        self.resize = resize
+        self.divisor = divisor
+        self.max_pairs = max_pairs
+        self.category_filter = list(categories)
+        self.records: List[PairRecord] = []
+        self.categories: List[str] = []
+        self.image_root = Path(".")
+        self.transform = None  # optional paired augmentation (training), see semcorr.data.transforms
+
+    # ---- subclasses call this after loading their records
+    def finalize(self, records: List[PairRecord], categories: Optional[List[str]] = None) -> None:
+        if self.category_filter:
+            known = sorted({r.category for r in records})
+            unknown = [c for c in self.category_filter if c not in known]
+            if unknown:
+                raise ValueError(f"unknown categories {unknown}; valid: {', '.join(known)}")
+            records = [r for r in records if r.category in self.category_filter]
+        if self.max_pairs is not None:
+            records = records[: self.max_pairs]
+        self.records = records
+        self.categories = categories or sorted({r.category for r in records})
+        self._category_idx = {c: i for i, c in enumerate(self.categories)}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def read_image(self, image_id: str) -> torch.Tensor:
+        return load_image(self.image_root / image_id)
+
+    def image_ids(self) -> List[str]:
+        """Distinct image ids, in first-use order."""
+        return list(dict.fromkeys(i for r in self.records for i in (r.src, r.trg)))
+
+    def load_pair(self, index: int) -> Dict[str, Any]:
+        """The pair in its original frames: images (3, h, w), keypoints, validity, boxes, ids."""
+        rec = self.records[index]
+        return {
+            "src_img": self.read_image(rec.src),
+            "trg_img": self.read_image(rec.trg),
+            "src_kps": torch.as_tensor(rec.src_kps, dtype=torch.float32).reshape(-1, 2),
+            "trg_kps": torch.as_tensor(rec.trg_kps, dtype=torch.float32).reshape(-1, 2),
+            "kps_valid": torch.as_tensor(rec.valid, dtype=torch.bool).reshape(-1),
+            "kps_ids": None if rec.kps_ids is None else torch.as_tensor(
+                np.asarray(rec.kps_ids), dtype=torch.long).reshape(-1),
+            "src_bbox": _box(rec.src_bbox),
+            "trg_bbox": _box(rec.trg_bbox),
+            "sym_pairs": torch.as_tensor(
+                np.zeros((0, 2)) if rec.sym_pairs is None else np.asarray(rec.sym_pairs),
+                dtype=torch.long).reshape(-1, 2),
+        }
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        pair = self.load_pair(index)
+        if self.transform is not None:
+            pair = self.transform(pair)
+        return self.make_sample(self.records[index], pair)
+
+    def make_sample(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, Any]:
+        """Resize an original-frame pair (see :meth:`load_pair`) into a schema sample."""
+        src_img, trg_img = pair["src_img"], pair["trg_img"]
+        src_net, src_frame, src_hw = resize_image(src_img, self.image_size, self.resize, self.divisor)
+        trg_net, trg_frame, trg_hw = resize_image(trg_img, self.image_size, self.resize, self.divisor)
+        k = pair["src_kps"].shape[0]
+        ids = pair["kps_ids"] if pair["kps_ids"] is not None else torch.full((k,), -1, dtype=torch.long)
+        return {
+            "src_img": src_net,
+            "trg_img": trg_net,
+            "src_kps": to_network(pair["src_kps"], src_frame),
+            "trg_kps": to_network(pair["trg_kps"], trg_frame),
+            "src_kps_orig": pair["src_kps"],
+            "trg_kps_orig": pair["trg_kps"],
+            "kps_valid": pair["kps_valid"],
+            "kps_ids": ids,
+            "src_frame": src_frame,
+            "trg_frame": trg_frame,
+            "src_content_hw": src_hw,
+            "trg_content_hw": trg_hw,
+            "src_imsize": torch.tensor(src_img.shape[-2:], dtype=torch.long),
+            "trg_imsize": torch.tensor(trg_img.shape[-2:], dtype=torch.long),
+            "src_bbox": pair["src_bbox"],
+            "trg_bbox": pair["trg_bbox"],
+            "category": rec.category,
+            "category_idx": self._category_idx.get(rec.category, 0),
+            "src_id": rec.src,
+            "trg_id": rec.trg,
+            "pair_id": rec.pair_id or f"{rec.src}->{rec.trg}",
+            "sym_pairs": pair["sym_pairs"],
+        }
+
+
+def _box(box: Optional[Sequence[float]]) -> torch.Tensor:
+    if box is None:
+        return torch.full((4,), float("nan"))
+    return torch.as_tensor(np.asarray(box, dtype=np.float32)).reshape(4)

@@ -1,0 +1,103 @@
+"""One LightningDataModule for every dataset."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from semcorr.config import build
+from semcorr.data.base import PairDataset
+from semcorr.data.schema import collate
+
+SPLITS = ("train", "val", "test")
+
+
+class CorrespondenceDataModule(L.LightningDataModule):
+    """Serves the splits of a pair dataset.
+
+    Args:
+        make_dataset: ``make_dataset(split) -> PairDataset`` (see :func:`datamodule_from_config`).
+        batch_size, num_workers: DataLoader settings.
+        train_transform: optional paired augmentation applied to the training split only.
+        seed: seeds the training shuffle, so a resumed run sees the same order.
+    """
+
+    def __init__(
+        self,
+        make_dataset: Callable[[str], PairDataset],
+        batch_size: int = 8,
+        num_workers: int = 0,
+        train_transform: Optional[Callable] = None,
+        val_split: str = "val",
+        test_split: str = "test",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.make_dataset = make_dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_transform = train_transform
+        self.val_split = val_split
+        self.test_split = test_split
+        self.seed = seed
+        self.datasets: Dict[str, PairDataset] = {}
+
+    def dataset(self, split: str) -> PairDataset:
+        if split not in self.datasets:
+            ds = self.make_dataset(split)
+            if split == "train" and self.train_transform is not None:
+                ds.transform = self.train_transform
+            self.datasets[split] = ds
+        return self.datasets[split]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if stage in ("fit", None):
+            self.dataset("train")
+            self.dataset(self.val_split)
+        if stage in ("validate",):
+            self.dataset(self.val_split)
+        if stage in ("test", None):
+            self.dataset(self.test_split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            generator=generator,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_split, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, shuffle=False)
+
+
+def dataset_from_config(data_cfg, split: str, divisor: int) -> PairDataset:
+    """Build the dataset that the ``data`` config section describes, for one split."""
+    return build("data", data_cfg, exclude=("batch_size", "num_workers", "split"),
+                 split=split, divisor=divisor)
+
+
+def datamodule_from_config(data_cfg, divisor: int, seed: int = 0,
+                           train_transform: Optional[Callable] = None) -> CorrespondenceDataModule:
+    """A datamodule whose test split is ``data.split``."""
+    return CorrespondenceDataModule(
+        make_dataset=lambda split: dataset_from_config(data_cfg, split, divisor),
+        batch_size=data_cfg.batch_size,
+        num_workers=data_cfg.num_workers,
+        train_transform=train_transform,
+        test_split=data_cfg.split,
+        seed=seed,
+    )

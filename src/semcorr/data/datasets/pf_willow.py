@@ -1,0 +1,120 @@
+"""PF-WILLOW (Ham et al., "Proposal Flow", CVPR 2016) in its released layout.
+
+``root`` holds ``PF-dataset-WILLOW/<subset>/<name>.{png,mat}``; each ``.mat`` has ``pts_coord``,
+a 2 x 10 array of 1-based (x, y) coordinates. Pairs: every ordered pair of images within a subset
+(900), or a pair list: ``test_pairs.csv`` (``subset,src_image,trg_image``) or the NC-Net-style
+``test_pairs_pf.csv`` (``imageA,imageB,XA,YA,XB,YB`` with ``;``-separated 1-based coordinates).
+Protocol: threshold alpha * max(w, h) of the box around the target keypoints, mean per image.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import scipy.io
+
+from semcorr.config import register
+from semcorr.data.base import DataConfig, PairDataset, PairRecord
+from semcorr.paths import resolve_root
+
+SUBSETS = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)",
+           "motorbike(S)", "winebottle(M)", "winebottle(wC)", "winebottle(woC)"]
+FOLDER = "PF-dataset-WILLOW"
+
+
+@dataclass
+class PFWillowConfig(DataConfig):
+    pairs_csv: Optional[str] = None  # None: every ordered pair within each subset
+
+
+def read_points(mat_path: Path) -> np.ndarray:
+    """(10, 2) 0-based (x, y) keypoints from a PF-WILLOW ``.mat`` file."""
+    if not mat_path.is_file():
+        raise FileNotFoundError(f"PF-WILLOW annotation not found: {mat_path}")
+    try:
+        coords = scipy.io.loadmat(str(mat_path))["pts_coord"]
+    except (ValueError, KeyError, OSError) as err:
+        raise ValueError(f"cannot read PF-WILLOW annotation {mat_path}: {err}") from None
+    return np.asarray(coords, dtype=np.float64).T[:, :2] - 1.0
+
+
+@register("data", "pf_willow", PFWillowConfig)
+class PFWillowDataset(PairDataset):
+    protocol = {"threshold_by": "bbox_kp", "average": "per_image"}
+
+    def __init__(self, root: Optional[str] = None, split: str = "test",
+                 pairs_csv: Optional[str] = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if split != "test":
+            raise ValueError(f"PF-WILLOW has only a test split, not {split!r}")
+        self.image_root = resolve_root(root, "pf-willow", "pf_willow")
+        if not (self.image_root / FOLDER).is_dir():
+            raise FileNotFoundError(f"pf_willow: {self.image_root / FOLDER} not found")
+        if pairs_csv:
+            records = self._records_from_csv(Path(pairs_csv))
+        else:
+            records = self._all_pairs()
+        self.finalize(records, categories=[s for s in SUBSETS if any(r.category == s for r in records)])
+
+    def _image_id(self, path: str) -> str:
+        p = Path(path)
+        if (self.image_root / p).is_file():
+            return p.as_posix()
+        return (Path(FOLDER) / p.parent.name / p.name).as_posix()
+
+    def _record(self, subset: str, src: str, trg: str, src_kps=None, trg_kps=None) -> PairRecord:
+        if src_kps is None:
+            src_kps = read_points((self.image_root / src).with_suffix(".mat"))
+            trg_kps = read_points((self.image_root / trg).with_suffix(".mat"))
+        return PairRecord(src=src, trg=trg, src_kps=src_kps, trg_kps=trg_kps,
+                          valid=np.ones(len(src_kps), dtype=bool), category=subset,
+                          kps_ids=np.arange(len(src_kps)))
+
+    def _all_pairs(self) -> List[PairRecord]:
+        records = []
+        for subset in SUBSETS:
+            folder = self.image_root / FOLDER / subset
+            if not folder.is_dir():
+                continue
+            names = sorted(p.relative_to(self.image_root).as_posix() for p in folder.glob("*.png"))
+            for src, trg in itertools.permutations(names, 2):
+                records.append(self._record(subset, src, trg))
+        if not records:
+            raise FileNotFoundError(f"pf_willow: no images under {self.image_root / FOLDER}")
+        return records
+
+    def _records_from_csv(self, path: Path) -> List[PairRecord]:
+        if not path.is_absolute() and not path.is_file():
+            path = self.image_root / path
+        if not path.is_file():
+            raise FileNotFoundError(f"pf_willow: pair list {path} not found")
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        records = []
+        for row in rows:
+            if "src_image" in row:
+                src, trg = self._image_id(row["src_image"]), self._image_id(row["trg_image"])
+                subset = row.get("subset") or Path(src).parent.name
+                records.append(self._record(subset, src, trg))
+            elif "imageA" in row:
+                src, trg = self._image_id(row["imageA"]), self._image_id(row["imageB"])
+                src_kps = _coords(row["XA"], row["YA"])
+                trg_kps = _coords(row["XB"], row["YB"])
+                records.append(self._record(Path(src).parent.name, src, trg, src_kps, trg_kps))
+            else:
+                raise ValueError(
+                    f"{path}: unknown pair-list header {list(row)}; expected "
+                    "subset,src_image,trg_image or imageA,imageB,XA,YA,XB,YB"
+                )
+        return records
+
+
+def _coords(xs: str, ys: str) -> np.ndarray:
+    x = np.array([float(v) for v in xs.split(";") if v.strip()])
+    y = np.array([float(v) for v in ys.split(";") if v.strip()])
+    return np.stack([x, y], axis=1) - 1.0

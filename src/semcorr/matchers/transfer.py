@@ -1,0 +1,91 @@
+"""Keypoint transfer: read target positions off the rows of a (B, Ns, Nt) score matrix."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+TRANSFER_METHODS = ("argmax", "soft_argmax", "window_soft_argmax")
+
+
+def cell_index(points: torch.Tensor, grid: Tuple[int, int], stride: int) -> torch.Tensor:
+    """(B, K, 2) (x, y) network-frame points -> (B, K) row-major index of the containing cell.
+
+    Points outside the grid are clamped to the nearest border cell.
+    """
+    h, w = grid
+    col = torch.div(points[..., 0] + 0.5, stride, rounding_mode="floor").long().clamp_(0, w - 1)
+    row = torch.div(points[..., 1] + 0.5, stride, rounding_mode="floor").long().clamp_(0, h - 1)
+    return row * w + col
+
+
+def cell_centers(grid: Tuple[int, int], stride: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(h*w, 2) (x, y) centres of the cells of a grid, row-major."""
+    h, w = grid
+    ys = torch.arange(h, device=device, dtype=dtype) * stride + (stride - 1) / 2
+    xs = torch.arange(w, device=device, dtype=dtype) * stride + (stride - 1) / 2
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
+def transfer_rows(
+    rows: torch.Tensor,
+    trg_grid: Tuple[int, int],
+    trg_stride: int,
+    method: str = "argmax",
+    window: int = 5,
+    temperature: float = 0.02,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Target positions from score rows.
+
+    Args:
+        rows: (B, K, Nt) scores of K queries against the Nt = h' * w' target cells (-inf allowed).
+        method: ``argmax`` (centre of the best cell), ``soft_argmax`` (sum_j softmax(s/T)_j c_j over
+            all cells) or ``window_soft_argmax`` (the same over a ``window`` x ``window`` block of
+            cells centred on the argmax).
+    Returns:
+        points (B, K, 2) (x, y) in target network-frame pixels, and scores (B, K): the best score.
+    """
+    if method not in TRANSFER_METHODS:
+        raise ValueError(f"unknown transfer method {method!r}; valid: {', '.join(TRANSFER_METHODS)}")
+    h, w = trg_grid
+    centers = cell_centers(trg_grid, trg_stride, rows.device, torch.float32)
+    best, idx = rows.max(dim=-1)
+    if method == "argmax":
+        return centers[idx], best
+    logits = rows.float() / temperature
+    if method == "window_soft_argmax":
+        r, c = idx // w, idx % w
+        rr = torch.arange(h, device=rows.device).repeat_interleave(w)
+        cc = torch.arange(w, device=rows.device).repeat(h)
+        half = window // 2
+        inside = ((rr - r[..., None]).abs() <= half) & ((cc - c[..., None]).abs() <= half)
+        logits = logits.masked_fill(~inside, float("-inf"))
+    prob = torch.softmax(logits, dim=-1)
+    prob = torch.nan_to_num(prob, nan=0.0)
+    return prob @ centers, best
+
+
+def transfer_keypoints(
+    scores: torch.Tensor,
+    src_kps: torch.Tensor,
+    src_grid: Tuple[int, int],
+    src_stride: int,
+    trg_grid: Tuple[int, int],
+    trg_stride: int,
+    method: str = "argmax",
+    window: int = 5,
+    temperature: float = 0.02,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Transfer source keypoints through a score matrix.
+
+    Args:
+        scores: (B, Ns, Nt) matcher scores (see :class:`semcorr.matchers.MatchResult`).
+        src_kps: (B, K, 2) source keypoints, network frame.
+    Returns:
+        (B, K, 2) predicted target keypoints (network frame) and (B, K) scores.
+    """
+    idx = cell_index(src_kps, src_grid, src_stride)
+    rows = torch.gather(scores, 1, idx[..., None].expand(-1, -1, scores.shape[-1]))
+    return transfer_rows(rows, trg_grid, trg_stride, method, window, temperature)

@@ -1,0 +1,3 @@
+from semcorr.models.module import CorrespondenceModule
+
+__all__ = ["CorrespondenceModule"]

@@ -1,0 +1,242 @@
+"""The LightningModule: backbone -> head -> matcher -> keypoint transfer -> PCK (and a loss).
+
+Pure-torch parts are built elsewhere and passed in; this module only wires one shared step for
+train / val / test, the per-stage metrics, timing and optimisers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from semcorr.backbones.base import Backbone, FeatureMap, valid_cells
+from semcorr.data.resize import to_original
+from semcorr.features import FeatureExtractor, FeatureStore
+from semcorr.heads import NoHead
+from semcorr.matchers.base import Matcher, MatchResult
+from semcorr.matchers.transfer import cell_index, transfer_keypoints
+from semcorr.metrics import PCK
+
+
+def symmetric_cells(batch: Dict[str, Any], grid: tuple[int, int], stride: int) -> Optional[torch.Tensor]:
+    """(B, S, 2) source-cell indices of the batch's symmetric keypoint pairs (-1 = padding)."""
+    pairs = batch.get("sym_pairs")
+    if pairs is None or pairs.numel() == 0:
+        return None
+    cells = cell_index(batch["src_kps"], grid, stride)  # (B, K)
+    ok = (pairs >= 0).all(-1)
+    safe = pairs.clamp_min(0)
+    out = torch.gather(cells, 1, safe.flatten(1)).view_as(pairs)
+    valid = batch["kps_valid"]
+    both = torch.gather(valid, 1, safe.flatten(1)).view_as(pairs).all(-1)
+    return torch.where((ok & both)[..., None], out, torch.full_like(out, -1))
+
+
+class StageTimer:
+    """Accumulates wall-clock milliseconds of named sections (synchronising CUDA)."""
+
+    def __init__(self) -> None:
+        self.total_ms: Dict[str, float] = {}
+        self.count: Dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.total_ms.clear()
+        self.count.clear()
+
+    def measure(self, name: str, device: torch.device, n: int = 1):
+        timer = self
+
+        class _Section:
+            def __enter__(self_inner):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                self_inner.t0 = time.perf_counter()
+
+            def __exit__(self_inner, *exc):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                ms = (time.perf_counter() - self_inner.t0) * 1e3
+                timer.total_ms[name] = timer.total_ms.get(name, 0.0) + ms
+                timer.count[name] = timer.count.get(name, 0) + n
+
+        return _Section()
+
+    def mean_ms(self, name: str) -> float:
+        return self.total_ms.get(name, 0.0) / max(self.count.get(name, 0), 1)
+
+
+class CorrespondenceModule(L.LightningModule):
+    """Semantic correspondence model with one shared step.
+
+    Args:
+        backbone: a :class:`~semcorr.backbones.Backbone`.
+        matcher: a :class:`~semcorr.matchers.Matcher`.
+        head: optional pairwise feature head (``forward(src, trg) -> (src, trg)``).
+        loss: optional callable ``loss(batch, src, trg, result) -> (loss, logs)``; needed to train.
+        transfer: keypoint-transfer options (``method``, ``window``, ``temperature``).
+        alphas, threshold_by, average, categories: the PCK protocol.
+        stores: feature caches used in val/test (see :mod:`semcorr.features`).
+        optim: ``lr``, ``backbone_lr``, ``weight_decay``, ``scheduler``, ``warmup_steps``.
+        run_config: the resolved run config, saved in checkpoints so ``eval.py ckpt=`` rebuilds.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        matcher: Matcher,
+        head: Optional[nn.Module] = None,
+        loss: Optional[Any] = None,
+        transfer: Optional[Dict[str, Any]] = None,
+        alphas: Sequence[float] = (0.05, 0.1, 0.15),
+        threshold_by: str = "bbox",
+        average: str = "per_image",
+        categories: Sequence[str] = ("all",),
+        val_categories: Optional[Sequence[str]] = None,
+        stores: Sequence[FeatureStore] = (),
+        optim: Optional[Dict[str, Any]] = None,
+        run_config: Optional[Dict[str, Any]] = None,
+        keep_predictions: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "matcher", "head", "loss", "stores"])
+        self.extractor = FeatureExtractor(backbone, stores)
+        self.head = head if head is not None else NoHead()
+        self.matcher = matcher
+        self.loss_fn = loss
+        self.transfer = dict(transfer or {})
+        self.optim_cfg = dict(optim or {})
+        protocol = dict(alphas=alphas, threshold_by=threshold_by, average=average)
+        self.test_pck = PCK(categories=categories, **protocol)
+        self.val_pck = PCK(categories=val_categories or categories, **protocol)
+        self.timer = StageTimer()
+        self.keep_predictions = keep_predictions
+        self.predictions: List[Dict[str, Any]] = []
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.extractor.backbone
+
+    # ------------------------------------------------------------------ the pipeline
+    def features(self, batch: Dict[str, Any], use_cache: bool) -> tuple[FeatureMap, FeatureMap]:
+        n = batch["src_img"].shape[0]
+        with self.timer.measure("backbone", self.device, n=2 * n):
+            src = self.extractor(batch["src_img"], batch.get("src_id"), use_cache)
+            trg = self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache)
+        src.valid = valid_cells(batch["src_content_hw"], src.grid, src.stride)
+        trg.valid = valid_cells(batch["trg_content_hw"], trg.grid, trg.stride)
+        return src, trg
+
+    def match(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap) -> Dict[str, Any]:
+        """Head, matcher and keypoint transfer. Returns scores, predictions (both frames)."""
+        n = batch["src_img"].shape[0]
+        with self.timer.measure("match", self.device, n=n):
+            src, trg = self.head(src, trg)
+            sym = symmetric_cells(batch, src.grid, src.stride)
+            result: MatchResult = self.matcher(src, trg, sym_pairs=sym)
+            pred, score = transfer_keypoints(
+                result.scores, batch["src_kps"], src.grid, src.stride, trg.grid, trg.stride,
+                **self.transfer,
+            )
+        pred_orig = to_original(pred, batch["trg_frame"])
+        return {"src": src, "trg": trg, "result": result, "pred": pred, "pred_orig": pred_orig,
+                "score": score}
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        src, trg = self.features(batch, use_cache=not self.training)
+        return self.match(batch, src, trg)
+
+    def _step(self, batch: Dict[str, Any], stage: str) -> Optional[torch.Tensor]:
+        src, trg = self.features(batch, use_cache=stage != "train")
+        out = self.match(batch, src, trg)
+        bs = batch["src_img"].shape[0]
+        if stage != "train":
+            metric = self.test_pck if stage == "test" else self.val_pck
+            metric.update(out["pred_orig"], batch["trg_kps_orig"], batch["kps_valid"],
+                          batch["category_idx"], batch["trg_bbox"], batch["trg_imsize"])
+            self._keep(batch, out)
+        if self.loss_fn is None:
+            if stage == "train":
+                raise RuntimeError("training needs a loss: set loss=gaussian_ce or loss=ot_nll")
+            return None
+        loss, logs = self.loss_fn(batch, out["src"], out["trg"], out["result"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs)
+        for key, value in logs.items():
+            self.log(f"{stage}/{key}", value, batch_size=bs)
+        return loss
+
+    def _keep(self, batch: Dict[str, Any], out: Dict[str, Any]) -> None:
+        for b in range(batch["src_img"].shape[0]):
+            if len(self.predictions) >= self.keep_predictions:
+                return
+            self.predictions.append({
+                "src_id": batch["src_id"][b], "trg_id": batch["trg_id"][b],
+                "category": batch["category"][b],
+                "src_kps": batch["src_kps_orig"][b].cpu(), "trg_kps": batch["trg_kps_orig"][b].cpu(),
+                "pred": out["pred_orig"][b].detach().cpu(), "valid": batch["kps_valid"][b].cpu(),
+                "trg_bbox": batch["trg_bbox"][b].cpu(), "trg_imsize": batch["trg_imsize"][b].cpu(),
+            })
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def on_test_epoch_start(self) -> None:
+        self.timer.reset()
+        self.predictions.clear()
+
+    def on_validation_epoch_start(self) -> None:
+        self.predictions.clear()
+
+    def _log_pck(self, metric: PCK, stage: str) -> Dict[str, Any]:
+        result = metric.compute()
+        for alpha, value in result["pck"].items():
+            self.log(f"{stage}/pck@{alpha}", value, prog_bar=alpha == "0.1")
+        for cat, values in result["pck_per_category"].items():
+            for alpha, value in values.items():
+                self.log(f"{stage}/pck@{alpha}/{cat}", value)
+        metric.reset()
+        return result
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val_result = self._log_pck(self.val_pck, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_result = self._log_pck(self.test_pck, "test")
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        lr = float(cfg.get("lr", 1e-4))
+        backbone_lr = cfg.get("backbone_lr") or lr * 0.1
+        backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
+        ids = {id(p) for p in backbone_params}
+        other = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [g for g in ({"params": other, "lr": lr},
+                              {"params": backbone_params, "lr": backbone_lr}) if g["params"]]
+        if not groups:
+            raise RuntimeError("nothing to train: no head, no learnable matcher and a frozen backbone")
+        optimizer = torch.optim.AdamW(groups, weight_decay=float(cfg.get("weight_decay", 0.05)))
+        total = self.trainer.estimated_stepping_batches if self.trainer else 1
+        warmup = int(cfg.get("warmup_steps", 0))
+        if cfg.get("scheduler", "cosine") == "constant":
+            return optimizer
+
+        def factor(step: int) -> float:
+            import math
+
+            if step < warmup:
+                return (step + 1) / max(warmup, 1)
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
