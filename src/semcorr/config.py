@@ -26,10 +26,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from semcorr.errors import SemcorrError
+
 CONFIG_DIR_ENV = "SEMCORR_CONFIG_DIR"
 
 
-class ConfigError(ValueError):
+class ConfigError(SemcorrError, ValueError):
     """A configuration that cannot be built; the message says what the valid choices are."""
 
 
@@ -144,8 +146,22 @@ class LoggerConfig:
 
 @dataclass
 class PlotsConfig:
-    n_pairs: int = 4
-    alpha: float = 0.1
+    """Figures of an evaluation run (see ``semcorr.viz.write_eval_figures``)."""
+
+    n_pairs: int = 4  # pairs drawn in keypoints.png and dense_warp.png
+    alpha: float = 0.1  # correct / wrong colouring of keypoints.png
+    curve_max_alpha: float = 0.2  # pck_curve.png and metrics.json "pck_curve": alpha in [0, this]
+    dense_warp: bool = True  # dense_warp.png: target warped into the source frame
+    warp_compare: List[str] = field(default_factory=list)  # more matcher files in dense_warp.png
+
+
+@dataclass
+class CheckpointingConfig:
+    """Training checkpoints under ``<out_dir>/checkpoints`` (``train.py``)."""
+
+    monitor: str = "val/pck@0.1"  # selects best-*.ckpt (mode max)
+    save_top_k: int = 1
+    every_n_steps: int = 50  # last.ckpt every n optimiser steps, for --resume; 0: at validation only
 
 
 @dataclass
@@ -203,6 +219,7 @@ class RunConfig:
     plots: PlotsConfig = field(default_factory=PlotsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     out_dir: Optional[str] = None  # None: runs/<timestamp>
     seed: int = 0
@@ -291,13 +308,16 @@ def _valid_keys(cfg: DictConfig, dotted: str) -> str:
     return f"valid keys at {where}: {', '.join(map(str, keys))}"
 
 
-def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None) -> DictConfig:
+def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
+                default_groups: Optional[Dict[str, str]] = None) -> DictConfig:
     """Build a run config from command-line tokens (see the module docstring).
 
     Args:
         tokens: ``group=name`` selections and ``a.b=value`` overrides, in order.
         base: a resolved config to start from instead of the defaults (used to re-open a run's
             saved config); group selections in ``tokens`` replace its groups.
+        default_groups: group files chosen when ``tokens`` name none, on top of
+            :data:`DEFAULT_GROUPS` (``train.py`` defaults to ``loss=gaussian_ce``).
     Returns:
         A struct-mode ``DictConfig``: assigning an unknown key raises.
     """
@@ -305,7 +325,7 @@ def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None) -
     groups, overrides = _split_tokens(tokens)
     if base is None:
         cfg = OmegaConf.structured(RunConfig)
-        for group, default in DEFAULT_GROUPS.items():
+        for group, default in {**DEFAULT_GROUPS, **(default_groups or {})}.items():
             cfg[group] = _group_node(group, groups.get(group, default))
     else:
         cfg = base.copy()

@@ -26,6 +26,7 @@ from torch import nn
 
 from semcorr.backbones.base import Backbone, FeatureMap
 from semcorr.config import GroupConfig, register
+from semcorr.errors import SemcorrError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class DinoV2Config(GroupConfig):
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2} for tests
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(SemcorrError, RuntimeError):
     """timm's pretrained weights cannot be fetched (offline); use a local checkpoint."""
 
 

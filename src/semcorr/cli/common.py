@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from semcorr.backbones import build_backbone
 from semcorr.config import ConfigError, available, load_config, to_yaml
+from semcorr.errors import SemcorrError
 from semcorr.heads import build_head
 from semcorr.matchers import build_matcher
 
@@ -65,7 +66,7 @@ def run_main(fn, argv: Optional[Sequence[str]], prog: str) -> int:
     setup_logging()
     try:
         return fn(list(sys.argv[1:] if argv is None else argv)) or 0
-    except (ConfigError, FileNotFoundError) as err:
+    except (SemcorrError, FileNotFoundError) as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 2
 
@@ -96,7 +97,7 @@ def config_dict(cfg: DictConfig) -> Dict[str, Any]:
 def build_parts(cfg: DictConfig):
     """Backbone, head and matcher from the config."""
     backbone = build_backbone(cfg.backbone)
-    head = build_head(cfg.head)
+    head = build_head(cfg.head, dim=backbone.dim)
     matcher = build_matcher(cfg.matcher)
     return backbone, head, matcher
 

@@ -30,8 +30,12 @@ def wandb_mode(mode: str) -> str:
     return "offline"
 
 
-def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name: str) -> List[Logger]:
-    """Loggers for a run in ``out_dir`` (``cfg`` is the ``logger`` config section)."""
+def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name: str,
+                 log_model: bool = False) -> List[Logger]:
+    """Loggers for a run in ``out_dir`` (``cfg`` is the ``logger`` config section).
+
+    ``log_model``: upload checkpoints to W&B as artifacts (online runs only).
+    """
     out_dir = Path(out_dir)
     loggers: List[Logger] = []
     if cfg.csv:
@@ -43,6 +47,7 @@ def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name
         logger = WandbLogger(
             project=cfg.project, group=cfg.group, tags=list(cfg.tags), name=name,
             save_dir=str(out_dir), mode=mode, config=run_config,
+            log_model=bool(log_model and mode == "online"),
         )
         loggers.append(logger)
         log.info("W&B logging %s (project %s)", mode, cfg.project)

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from semcorr.config import GroupConfig
 from semcorr.data.resize import resize_image, to_network
+from semcorr.data.transforms import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class DataConfig(GroupConfig):
     num_workers: int = 0
     max_pairs: Optional[int] = None
     categories: List[str] = field(default_factory=list)  # empty: all
+    # training-time paired augmentation (semcorr.data.transforms); not a dataset argument
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -64,8 +67,13 @@ def load_image(path: str | Path) -> torch.Tensor:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            array = np.asarray(im, dtype=np.uint8).copy()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grey-scale
+                grey = np.asarray(im, dtype=np.float64)
+                if im.mode.startswith("I;16") or grey.max() > 255:
+                    grey = grey / 257.0
+                im = Image.fromarray(grey.clip(0, 255).astype(np.uint8))
+            array = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
@@ -112,7 +120,8 @@ class PairDataset(Dataset):
         if self.max_pairs is not None:
             records = records[: self.max_pairs]
         self.records = records
-        self.categories = categories or sorted({r.category for r in records})
+        present = {r.category for r in records}
+        self.categories = [c for c in (categories or sorted(present)) if c in present]
         self._category_idx = {c: i for i, c in enumerate(self.categories)}
 
     def __len__(self) -> int:
@@ -129,6 +138,7 @@ class PairDataset(Dataset):
         """The pair in its original frames: images (3, h, w), keypoints, validity, boxes, ids."""
         rec = self.records[index]
         return {
+            "category": rec.category,
             "src_img": self.read_image(rec.src),
             "trg_img": self.read_image(rec.trg),
             "src_kps": torch.as_tensor(rec.src_kps, dtype=torch.float32).reshape(-1, 2),

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import scipy.io
@@ -30,6 +30,10 @@ FOLDER = "PF-dataset-WILLOW"
 @dataclass
 class PFWillowConfig(DataConfig):
     pairs_csv: Optional[str] = None  # None: every ordered pair within each subset
+    # PF-WILLOW has only test pairs; these carve train / val splits out of disjoint subsets
+    # (e.g. train on car(*) and duck(S), validate on winebottle(M), test on the rest).
+    train_categories: List[str] = field(default_factory=list)
+    val_categories: List[str] = field(default_factory=list)
 
 
 def read_points(mat_path: Path) -> np.ndarray:
@@ -48,10 +52,15 @@ class PFWillowDataset(PairDataset):
     protocol = {"threshold_by": "bbox_kp", "average": "per_image"}
 
     def __init__(self, root: Optional[str] = None, split: str = "test",
-                 pairs_csv: Optional[str] = None, **kwargs) -> None:
+                 pairs_csv: Optional[str] = None, train_categories: Sequence[str] = (),
+                 val_categories: Sequence[str] = (), **kwargs) -> None:
+        chosen = {"train": train_categories, "val": val_categories}.get(split)
+        if split not in ("train", "val", "test") or (split != "test" and not chosen):
+            raise ValueError(f"PF-WILLOW has only a test split, not {split!r}; set "
+                             f"data.{split}_categories=[...] to use some subsets as {split} data")
+        if chosen:
+            kwargs["categories"] = list(chosen)
         super().__init__(**kwargs)
-        if split != "test":
-            raise ValueError(f"PF-WILLOW has only a test split, not {split!r}")
         self.image_root = resolve_root(root, "pf-willow", "pf_willow")
         if not (self.image_root / FOLDER).is_dir():
             raise FileNotFoundError(f"pf_willow: {self.image_root / FOLDER} not found")

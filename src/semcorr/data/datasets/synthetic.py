@@ -21,13 +21,12 @@ from semcorr.config import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
+DEFAULT_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
 
 
 @dataclass
 class SyntheticConfig(DataConfig):
-    images: List[str] = field(
-        default_factory=lambda: ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins"]
-    )
+    images: List[str] = field(default_factory=lambda: list(DEFAULT_IMAGES))
     n_pairs: Dict[str, int] = field(default_factory=lambda: {"train": 512, "val": 48, "test": 48})
     n_keypoints: int = 16
     rotation_deg: float = 15.0
@@ -88,10 +87,12 @@ class ThinPlateSpline:
 class SyntheticPairs(PairDataset):
     protocol = {"threshold_by": "image", "average": "per_image"}
 
-    def __init__(self, root=None, split: str = "test", images=(), n_pairs=None, n_keypoints=16,
+    def __init__(self, root=None, split: str = "test", images=DEFAULT_IMAGES, n_pairs=None, n_keypoints=16,
                  rotation_deg=15.0, scale_range=(0.8, 1.2), shear=0.1, translation=0.08,
                  tps_strength=0.05, seed=0, **kwargs) -> None:
         super().__init__(**kwargs)
+        if not images:
+            raise ValueError("synthetic: data.images is empty")
         if split not in SPLIT_OFFSETS:
             raise ValueError(f"synthetic: unknown split {split!r}; valid: {', '.join(SPLIT_OFFSETS)}")
         n_pairs = dict(n_pairs or {})

@@ -1,0 +1,5 @@
+"""Errors a user can fix (bad config, missing weights, bad inputs): the CLIs print them as one line."""
+
+
+class SemcorrError(Exception):
+    """Base of errors caused by the user's input, reported without a traceback."""

@@ -1,0 +1,59 @@
+import pytest
+from omegaconf import OmegaConf
+
+from semcorr.config import ConfigError, available, load_config, save_config
+
+GROUPS = ["data", "backbone", "matcher", "head", "loss"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_config_file_builds(group):
+    names = available(group)
+    assert names, f"no config files for {group}"
+    for name in names:
+        cfg = load_config([f"{group}={name}"])
+        assert cfg[group].name == name
+        assert cfg[group].kind
+
+
+def test_defaults_are_the_offline_demo():
+    cfg = load_config([])
+    assert (cfg.data.kind, cfg.backbone.kind, cfg.matcher.kind) == ("synthetic", "dsift", "nn")
+
+
+def test_group_file_and_overrides_layer_in_order():
+    cfg = load_config(["data=pf_willow", "backbone=dsift", "data.max_pairs=100",
+                       "matcher.transfer.method=window_soft_argmax", "out_dir=runs/x"])
+    assert cfg.data.kind == "pf_willow" and cfg.data.max_pairs == 100
+    assert cfg.matcher.transfer.method == "window_soft_argmax"
+    assert cfg.out_dir == "runs/x"
+
+
+def test_override_types_are_checked():
+    with pytest.raises(ConfigError, match="data.image_size"):
+        load_config(["data.image_size=big"])
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(["data.max_pair=3"])
+    assert "max_pairs" in str(err.value) and "image_size" in str(err.value)
+
+
+def test_unknown_group_name_lists_valid_names():
+    with pytest.raises(ConfigError) as err:
+        load_config(["backbone=resnet9000"])
+    assert "dsift" in str(err.value) and "dinov2_vitb14" in str(err.value)
+
+
+def test_struct_mode_rejects_new_keys_after_loading():
+    cfg = load_config([])
+    with pytest.raises(Exception):
+        cfg.data.not_a_key = 1
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config(["data=pf_willow", "data.max_pairs=7", f"out_dir={tmp_path}"])
+    path = save_config(cfg, tmp_path)
+    again = OmegaConf.load(path)
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,113 @@
+"""PCK against hand-computed values, for every averaging mode and threshold."""
+
+import math
+
+import pytest
+import torch
+
+from semcorr.metrics import PCK, pck_thresholds
+
+ALPHAS = [0.05, 0.1, 0.15]
+
+
+def _batch():
+    # Pair 0: target box 100 x 50 -> L_bbox = 100; keypoints at distances 4, 8, 12 (+1 invalid).
+    # Pair 1: target box 40 x 80 -> L_bbox = 80; keypoints at distances 3, 20.
+    gt = torch.tensor([[[10.0, 10.0], [50.0, 20.0], [90.0, 40.0], [0.0, 0.0]],
+                       [[20.0, 20.0], [30.0, 70.0], [0.0, 0.0], [0.0, 0.0]]])
+    pred = gt.clone()
+    pred[0, 0, 0] += 4
+    pred[0, 1, 1] += 8
+    pred[0, 2, 0] += 12
+    pred[0, 3] += 1000  # invalid: must not count
+    pred[1, 0, 1] += 3
+    pred[1, 1, 0] += 20
+    valid = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    bbox = torch.tensor([[0.0, 0.0, 100.0, 50.0], [10.0, 0.0, 50.0, 80.0]])
+    imsize = torch.tensor([[200, 300], [120, 160]])  # (h, w)
+    cats = torch.tensor([0, 1])
+    return pred, gt, valid, bbox, imsize, cats
+
+
+def test_thresholds_by_protocol():
+    _, gt, valid, bbox, imsize, _ = _batch()
+    assert pck_thresholds("bbox", gt, valid, bbox).tolist() == [100.0, 80.0]
+    # keypoint boxes: pair 0 x 10..90, y 10..40 -> 80; pair 1 x 20..30, y 20..70 -> 50
+    assert pck_thresholds("bbox_kp", gt, valid).tolist() == [80.0, 50.0]
+    assert pck_thresholds("image", gt, valid, trg_imsize=imsize).tolist() == [300.0, 160.0]
+
+
+@pytest.mark.parametrize("threshold_by,average,expected", [
+    # bbox: L = 100, 80. thresholds 5/10/15 and 4/8/12.
+    # pair 0 distances 4, 8, 12: correct 1, 2, 3 of 3; pair 1 distances 3, 20: 1, 1, 1 of 2.
+    ("bbox", "per_image", [(1 / 3 + 1 / 2) / 2, (2 / 3 + 1 / 2) / 2, (3 / 3 + 1 / 2) / 2]),
+    ("bbox", "per_keypoint", [2 / 5, 3 / 5, 4 / 5]),
+    # bbox_kp: L = 80, 50 -> thresholds 4/8/12 and 2.5/5/7.5: pair 0: 1,2,3; pair 1: 0,1,1.
+    ("bbox_kp", "per_image", [(1 / 3 + 0) / 2, (2 / 3 + 1 / 2) / 2, (3 / 3 + 1 / 2) / 2]),
+    ("bbox_kp", "per_keypoint", [1 / 5, 3 / 5, 4 / 5]),
+    # image: L = 300, 160 -> 15/30/45 and 8/16/24: pair 0: 3,3,3; pair 1: 1,1,2.
+    ("image", "per_image", [(1 + 1 / 2) / 2, (1 + 1 / 2) / 2, (1 + 1) / 2]),
+    ("image", "per_keypoint", [4 / 5, 4 / 5, 5 / 5]),
+])
+def test_pck_hand_computed(threshold_by, average, expected):
+    pred, gt, valid, bbox, imsize, cats = _batch()
+    metric = PCK(ALPHAS, threshold_by=threshold_by, average=average, categories=["a", "b"])
+    metric.update(pred, gt, valid, cats, bbox, imsize)
+    out = metric.compute()
+    for alpha, value in zip(["0.05", "0.1", "0.15"], expected):
+        assert out["pck"][alpha] == pytest.approx(100 * value)
+    assert out["n_pairs"] == 2 and out["n_keypoints"] == 5
+
+
+def test_per_category_results():
+    pred, gt, valid, bbox, imsize, cats = _batch()
+    metric = PCK(ALPHAS, threshold_by="bbox", average="per_image", categories=["a", "b", "unused"])
+    metric.update(pred, gt, valid, cats, bbox, imsize)
+    per_cat = metric.compute()["pck_per_category"]
+    assert set(per_cat) == {"a", "b"}
+    assert per_cat["a"]["0.1"] == pytest.approx(100 * 2 / 3)
+    assert per_cat["b"]["0.1"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("average", ["per_image", "per_keypoint"])
+def test_exact_when_a_batch_is_split_across_updates(average):
+    torch.manual_seed(0)
+    b, k = 37, 9
+    gt = torch.rand(b, k, 2) * 100
+    pred = gt + torch.randn(b, k, 2) * 8
+    valid = torch.rand(b, k) > 0.3
+    bbox = torch.cat([torch.zeros(b, 2), 50 + torch.rand(b, 2) * 50], dim=1)
+    cats = torch.randint(0, 3, (b,))
+    whole = PCK(ALPHAS, "bbox", average, categories=["x", "y", "z"])
+    whole.update(pred, gt, valid, cats, bbox)
+    parts = PCK(ALPHAS, "bbox", average, categories=["x", "y", "z"])
+    for chunk in torch.arange(b).split(5):
+        parts.update(pred[chunk], gt[chunk], valid[chunk], cats[chunk], bbox[chunk])
+    # and two metric objects merged, as processes are in distributed evaluation
+    a = PCK(ALPHAS, "bbox", average, categories=["x", "y", "z"])
+    c = PCK(ALPHAS, "bbox", average, categories=["x", "y", "z"])
+    a.update(pred[:20], gt[:20], valid[:20], cats[:20], bbox[:20])
+    c.update(pred[20:], gt[20:], valid[20:], cats[20:], bbox[20:])
+    a.merge_state(c)
+    expected = whole.compute()
+    for other in (parts.compute(), a.compute()):
+        assert other["pck"] == pytest.approx(expected["pck"], abs=1e-9)
+        for cat, values in expected["pck_per_category"].items():
+            assert other["pck_per_category"][cat] == pytest.approx(values, abs=1e-9)
+
+
+def test_pairs_without_valid_keypoints_are_not_counted():
+    gt = torch.zeros(2, 2, 2)
+    valid = torch.tensor([[True, True], [False, False]])
+    metric = PCK([0.1], "image", "per_image")
+    metric.update(gt, gt, valid, trg_imsize=torch.tensor([[10, 10], [10, 10]]))
+    out = metric.compute()
+    assert out["n_pairs"] == 1 and out["pck"]["0.1"] == 100.0
+
+
+def test_bbox_protocol_needs_boxes():
+    gt = torch.zeros(1, 1, 2)
+    metric = PCK([0.1], "bbox")
+    with pytest.raises(ValueError, match="bbox"):
+        metric.update(gt, gt, torch.ones(1, 1, dtype=torch.bool),
+                      trg_bbox=torch.full((1, 4), math.nan))
