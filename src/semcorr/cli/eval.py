@@ -1,7 +1,8 @@
 """Zero-shot (or checkpoint) evaluation: ``python eval.py [group=name ...] [key=value ...]``.
 
-Writes ``<out_dir>/config.yaml``, ``metrics.json`` and ``keypoints.png``, logs to CSV and W&B,
-and prints a PCK table.
+Writes ``<out_dir>/config.yaml``, ``metrics.json`` (with a PCK-vs-alpha ``pck_curve``) and the
+figures ``keypoints.png``, ``pck_curve.png`` and ``dense_warp.png`` (``plots.*``), logs to CSV and
+W&B, and prints a PCK table.
 """
 
 from __future__ import annotations
@@ -18,24 +19,34 @@ import lightning as L
 from semcorr.cli.common import (accelerator, build_parts, config_dict, parse_args, pck_table,
                                 protocol, resolve_config, run_main)
 from semcorr.cli.loggers import log_image, make_loggers
+from semcorr.checkpoint import checkpoint_config, ckpt_token, load_weights
 from semcorr.config import save_config
 from semcorr.data.datamodule import datamodule_from_config
-from semcorr.features import MemoryCache
+from semcorr.features import DiskCache, MemoryCache
 from semcorr.models import CorrespondenceModule
-from semcorr.viz import plot_predictions
+from semcorr.viz import curve_of_run, write_eval_figures
 
 log = logging.getLogger("semcorr.eval")
 
 
-def feature_stores(cfg):
+def feature_stores(cfg, trained: bool = False):
+    """Feature caches checked in order: memory, then ``cache.disk_dir`` when set.
+
+    ``trained``: the weights come from a checkpoint, whose features the disk cache's keys do not
+    tell apart from the pretrained ones, so only the in-memory cache is used.
+    """
     if not cfg.cache.enabled:
         return []
-    return [MemoryCache(cfg.cache.memory_mb)]
+    stores = [MemoryCache(cfg.cache.memory_mb)]
+    if cfg.cache.disk_dir and not trained:
+        stores.append(DiskCache(cfg.cache.disk_dir))
+    return stores
 
 
 def evaluate(argv: Sequence[str]) -> int:
     args = parse_args(argv, "eval.py")
-    cfg = resolve_config(args)
+    ckpt = ckpt_token(args.tokens)  # ckpt=PATH: rebuild from the checkpoint's config, then override
+    cfg = resolve_config(args, base=checkpoint_config(ckpt) if ckpt else None)
     if cfg is None:
         return 0
     L.seed_everything(cfg.seed, verbose=False)
@@ -48,9 +59,11 @@ def evaluate(argv: Sequence[str]) -> int:
     module = CorrespondenceModule(
         backbone, matcher, head=head, transfer=dict(cfg.matcher.transfer),
         alphas=list(cfg.metric.alphas), categories=dataset.categories,
-        stores=feature_stores(cfg), keep_predictions=cfg.plots.n_pairs,
+        stores=feature_stores(cfg, trained=bool(cfg.ckpt)), keep_predictions=cfg.plots.n_pairs,
         run_config=config_dict(cfg), **proto,
     )
+    if cfg.ckpt:
+        log.info("loaded weights from %s", load_weights(module, cfg.ckpt))
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
     trainer = L.Trainer(
         accelerator=accelerator(cfg), devices=1, logger=loggers or False,
@@ -86,11 +99,12 @@ def evaluate(argv: Sequence[str]) -> int:
         },
         "config": config_dict(cfg),
     }
+    metrics["pck_curve"] = curve_of_run(module.errors, cfg.plots.curve_max_alpha, proto["average"])
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot = plot_predictions(module.predictions, dataset.read_image, out_dir / "keypoints.png",
-                            alpha=cfg.plots.alpha, threshold_by=proto["threshold_by"])
-    if plot is not None:
-        log_image(loggers, "keypoints", plot)
+    figures = write_eval_figures(module, dataset, out_dir, cfg.plots, proto["threshold_by"],
+                                 metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}")
+    for key, path in figures.items():
+        log_image(loggers, key, path)
     for logger in loggers:
         logger.finalize("success")
     sys.stdout.write(pck_table(result, f"{cfg.data.name} ({cfg.data.split}), {result['n_pairs']} pairs, "

@@ -44,6 +44,9 @@ class CorrespondenceDataModule(L.LightningDataModule):
         self.test_split = test_split
         self.seed = seed
         self.datasets: Dict[str, PairDataset] = {}
+        self.train_sampler = None  # set by train_dataloader()
+        # optional () -> (epoch, samples consumed): where a resumed run stands (semcorr.training)
+        self.train_position: Optional[Callable[[], tuple]] = None
 
     def dataset(self, split: str) -> PairDataset:
         if split not in self.datasets:
@@ -63,14 +66,19 @@ class CorrespondenceDataModule(L.LightningDataModule):
             self.dataset(self.test_split)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        dataset = self.dataset(split)
+        sampler = None
+        if shuffle:  # seeded per epoch and resumable mid-epoch (semcorr.training)
+            from semcorr.training import EpochShuffleSampler
+
+            sampler = self.train_sampler = EpochShuffleSampler(len(dataset), self.seed)
+            sampler.position = self.train_position
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
-            generator=generator,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -86,7 +94,7 @@ class CorrespondenceDataModule(L.LightningDataModule):
 
 def dataset_from_config(data_cfg, split: str, divisor: int) -> PairDataset:
     """Build the dataset that the ``data`` config section describes, for one split."""
-    return build("data", data_cfg, exclude=("batch_size", "num_workers", "split"),
+    return build("data", data_cfg, exclude=("batch_size", "num_workers", "split", "augment"),
                  split=split, divisor=divisor)
 
 

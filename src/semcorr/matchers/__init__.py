@@ -20,3 +20,5 @@ def build_matcher(cfg) -> Matcher:
 from semcorr.matchers import nearest  # noqa: E402,F401  (registers "nn")
 
 __all__ = ["Matcher", "MatchResult", "MatcherConfig", "build_matcher", "cosine_similarity"]
+from semcorr.matchers import ot  # noqa: E402,F401  (registers "ot")
+from semcorr.matchers import gwot  # noqa: E402,F401  (registers "gwot")

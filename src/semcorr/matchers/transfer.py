@@ -87,5 +87,11 @@ def transfer_keypoints(
         (B, K, 2) predicted target keypoints (network frame) and (B, K) scores.
     """
     idx = cell_index(src_kps, src_grid, src_stride)
+    if idx.shape[1] > scores.shape[1]:
+        # dense queries (e.g. every foreground pixel, TSS): transfer each source cell once, then
+        # look the K queries up -- the same result, with memory O(Ns * Nt) instead of O(K * Nt)
+        pts, best = transfer_rows(scores, trg_grid, trg_stride, method, window, temperature)
+        return (torch.gather(pts, 1, idx[..., None].expand(-1, -1, 2)),
+                torch.gather(best, 1, idx))
     rows = torch.gather(scores, 1, idx[..., None].expand(-1, -1, scores.shape[-1]))
     return transfer_rows(rows, trg_grid, trg_stride, method, window, temperature)

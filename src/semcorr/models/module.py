@@ -17,9 +17,11 @@ from semcorr.backbones.base import Backbone, FeatureMap, valid_cells
 from semcorr.data.resize import to_original
 from semcorr.features import FeatureExtractor, FeatureStore
 from semcorr.heads import NoHead
+from semcorr.heads.consensus import match_with_refiner
 from semcorr.matchers.base import Matcher, MatchResult
 from semcorr.matchers.transfer import cell_index, transfer_keypoints
 from semcorr.metrics import PCK
+from semcorr.metrics.pck import pck_thresholds
 
 
 def symmetric_cells(batch: Dict[str, Any], grid: tuple[int, int], stride: int) -> Optional[torch.Tensor]:
@@ -115,6 +117,7 @@ class CorrespondenceModule(L.LightningModule):
         self.timer = StageTimer()
         self.keep_predictions = keep_predictions
         self.predictions: List[Dict[str, Any]] = []
+        self.errors: List[torch.Tensor] = []  # per evaluated pair: dist / L of valid keypoints
 
     @property
     def backbone(self) -> Backbone:
@@ -136,7 +139,11 @@ class CorrespondenceModule(L.LightningModule):
         with self.timer.measure("match", self.device, n=n):
             src, trg = self.head(src, trg)
             sym = symmetric_cells(batch, src.grid, src.stride)
-            result: MatchResult = self.matcher(src, trg, sym_pairs=sym)
+            refine = getattr(self.head, "refine", None)
+            if refine is not None:  # a score refiner (neighbourhood consensus), see semcorr.heads
+                result: MatchResult = match_with_refiner(self.matcher, refine, src, trg, sym)
+            else:
+                result = self.matcher(src, trg, sym_pairs=sym)
             pred, score = transfer_keypoints(
                 result.scores, batch["src_kps"], src.grid, src.stride, trg.grid, trg.stride,
                 **self.transfer,
@@ -169,6 +176,13 @@ class CorrespondenceModule(L.LightningModule):
         return loss
 
     def _keep(self, batch: Dict[str, Any], out: Dict[str, Any]) -> None:
+        # every pair: dist / L of its valid keypoints (for PCK-vs-alpha curves, semcorr.viz)
+        lengths = pck_thresholds(self.test_pck.threshold_by, batch["trg_kps_orig"],
+                                 batch["kps_valid"], batch.get("trg_bbox"), batch.get("trg_imsize"))
+        dist = torch.linalg.vector_norm(out["pred_orig"].float() - batch["trg_kps_orig"].float(), dim=-1)
+        norm = (dist / lengths.to(dist.dtype)[:, None]).detach().cpu()
+        valid = batch["kps_valid"].cpu()
+        self.errors.extend(norm[b][valid[b]] for b in range(norm.shape[0]))
         for b in range(batch["src_img"].shape[0]):
             if len(self.predictions) >= self.keep_predictions:
                 return
@@ -193,9 +207,11 @@ class CorrespondenceModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.timer.reset()
         self.predictions.clear()
+        self.errors.clear()
 
     def on_validation_epoch_start(self) -> None:
         self.predictions.clear()
+        self.errors.clear()
 
     def _log_pck(self, metric: PCK, stage: str) -> Dict[str, Any]:
         result = metric.compute()
@@ -218,10 +234,14 @@ class CorrespondenceModule(L.LightningModule):
         lr = float(cfg.get("lr", 1e-4))
         backbone_lr = cfg.get("backbone_lr") or lr * 0.1
         backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
-        ids = {id(p) for p in backbone_params}
+        # learnable matcher weights (log lambdas / epsilon) get no weight decay: it would pull them to 1
+        matcher_params = [p for p in self.matcher.parameters() if p.requires_grad]
+        ids = {id(p) for p in backbone_params + matcher_params}
         other = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         groups = [g for g in ({"params": other, "lr": lr},
-                              {"params": backbone_params, "lr": backbone_lr}) if g["params"]]
+                              {"params": backbone_params, "lr": backbone_lr},
+                              {"params": matcher_params, "lr": lr, "weight_decay": 0.0})
+                  if g["params"]]
         if not groups:
             raise RuntimeError("nothing to train: no head, no learnable matcher and a frozen backbone")
         optimizer = torch.optim.AdamW(groups, weight_decay=float(cfg.get("weight_decay", 0.05)))

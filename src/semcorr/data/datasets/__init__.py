@@ -1,3 +1,3 @@
 """Pair datasets. Importing this package registers every dataset kind."""
 
-from semcorr.data.datasets import pf_willow, synthetic  # noqa: F401
+from semcorr.data.datasets import ap10k, folder, pf_pascal, pf_willow, spair, synthetic, tss  # noqa: F401

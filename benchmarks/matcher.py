@@ -1,0 +1,260 @@
+"""Matcher speed / memory benchmark: nn, ot, gwot (ours), gwot_dense (naive), POT.
+
+    python benchmarks/matcher.py --grids 16 32 40 60 --steps 50 --batch 1 --device cpu \
+        --json runs/bench_matcher.json
+
+Every (method, grid) is measured in a fresh subprocess so that peak memory is its own:
+
+- CPU: ``peak_mb`` = peak resident set size of the process (``ru_maxrss``) minus its resident
+  size just before the measured calls (inputs, imports and the POT/torch runtime excluded). It is
+  an upper bound of the extra memory, including allocator slack.
+- CUDA: ``torch.cuda.max_memory_allocated`` during the calls, minus the memory allocated before.
+
+Methods (same random features, L2-normalised, cost C = 1 - cos; paper TSS preset
+λ=0.2, λ_gw=0.2, λ_ub=0.05, ε=0.01, δ=(3, 5)):
+
+- ``nn``: cosine similarity; ``ot``: semi-unbalanced Sinkhorn (``steps`` iterations);
+- ``gwot``: :func:`semcorr.matchers.gwot.solve_gwot` (unbalanced, automatic step; backward in
+  ``checkpoint`` mode) and ``gwot_dense``: the dense reference on the same problem; the diff
+  column is max |T_gwot - T_dense| over the plan;
+- ``gwot_bal`` and ``pot``: the POT-comparable problem (balanced marginals, η = 1/ε, no symmetry):
+  ours with 10 warm-started Sinkhorn iterations per step, and POT's
+  ``entropic_fused_gromov_wasserstein`` (PGD, ``steps`` outer iterations, torch backend), both
+  against the dense reference of that problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+LAM, LAM_GW, LAM_UB, EPS, DMIN, DMAX = 0.2, 0.2, 0.05, 0.01, 3.0, 5.0
+METHODS = ("nn", "ot", "gwot", "gwot_dense", "gwot_bal", "pot")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _inputs(grid, batch, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = grid * grid
+    # Smooth-ish random features: a low-frequency random field plus noise, so plans are peaked.
+    base = torch.randn(batch, 64, grid // 4 + 1, grid // 4 + 1, generator=g)
+    f = torch.nn.functional.interpolate(base, size=(grid, grid), mode="bilinear", align_corners=False)
+    f1 = f + 0.3 * torch.randn(batch, 64, grid, grid, generator=g)
+    f2 = torch.roll(f, shifts=(1, 2), dims=(2, 3)) + 0.3 * torch.randn(batch, 64, grid, grid, generator=g)
+    del n
+    return f1.to(device), f2.to(device)
+
+
+def _cost(f1, f2):
+    a = torch.nn.functional.normalize(f1.flatten(2).transpose(1, 2), dim=-1)
+    b = torch.nn.functional.normalize(f2.flatten(2).transpose(1, 2), dim=-1)
+    return 1 - a @ b.transpose(1, 2)
+
+
+def _run_method(method, grid, steps, cost, backward):
+    from semcorr.matchers.gwot import solve_gwot
+    from semcorr.matchers.gwot_dense import solve_gwot_dense
+    from semcorr.matchers.ot import solve_ot
+
+    g = (grid, grid)
+    cost = cost.detach().requires_grad_(backward)
+    nu = grid * grid / 3600  # λ_gw normalisation (n_s / ref_cells), explicit for POT
+    if method == "nn":
+        out = -cost
+    elif method == "ot":
+        out = solve_ot(cost, lam=LAM, eps=EPS, lam_ub=LAM_UB, n_iters=steps)
+    elif method == "gwot":
+        out = solve_gwot(cost, g, g, lam=LAM, lam_gw=LAM_GW, lam_ub=LAM_UB, eps=EPS, delta_min=DMIN,
+                         delta_max=DMAX, n_steps=steps, grad="checkpoint" if backward else "detach").log_plan
+    elif method == "gwot_dense":
+        out = solve_gwot_dense(cost, g, g, lam=LAM, lam_gw=LAM_GW, lam_ub=LAM_UB, eps=EPS,
+                               delta_min=DMIN, delta_max=DMAX, n_steps=steps)[0]
+    elif method == "gwot_bal":
+        out = solve_gwot(cost, g, g, lam=LAM, lam_gw=LAM_GW * nu, eps=EPS, delta_min=DMIN, delta_max=DMAX,
+                         n_steps=steps, marginal="balanced", step_size=1 / EPS, normalize=False,
+                         grad="checkpoint" if backward else "detach").log_plan
+    elif method == "gwot_bal_dense":
+        out = solve_gwot_dense(cost, g, g, lam=LAM, lam_gw=LAM_GW * nu, eps=EPS, delta_min=DMIN,
+                               delta_max=DMAX, n_steps=steps, marginal="balanced", step_size=1 / EPS,
+                               normalize=False)[0]
+    elif method == "pot":
+        out = _pot(cost, g, steps, nu).log()[None]
+    else:
+        raise ValueError(method)
+    if backward:
+        loss = out.sum() if method == "nn" else out[torch.isfinite(out)].exp().pow(2).sum()
+        loss.backward()
+    return out.detach()
+
+
+def _pot(cost, g, steps, nu):
+    import ot
+
+    from semcorr.matchers.gwot_dense import structure_matrices
+
+    cp, cq = structure_matrices(g, g, DMIN, DMAX, cost.dtype, cost.device)
+    k = 1 - cq
+    lam_gw = LAM_GW * nu
+    s = LAM + lam_gw / 2
+    n = cost.shape[1]
+    p = torch.full((n,), 1.0 / n, dtype=cost.dtype, device=cost.device)
+    return ot.gromov.entropic_fused_gromov_wasserstein(
+        cost[0], cp, k, p, p, loss_fun="square_loss", epsilon=EPS / s, alpha=(lam_gw / 2) / s,
+        max_iter=steps, tol=0.0, solver="PGD", symmetric=True,
+    )
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def child(args) -> dict:
+    device = args.device
+    torch.manual_seed(0)
+    f1, f2 = _inputs(args.grid, args.batch, device)
+    cost = _cost(f1, f2)
+    rec = dict(method=args.method, grid=args.grid, batch=args.batch, device=device, ms_forward=None,
+               ms_forward_backward=None, peak_mb=None, max_abs_diff_vs_dense=None)
+    import semcorr.matchers.gwot  # noqa: F401  (imports outside the measurement)
+
+    if args.method == "pot":
+        import ot  # noqa: F401
+    if args.method == "pot" and args.batch != 1:
+        rec["note"] = "POT solves one pair"
+        f1, f2 = f1[:1], f2[:1]
+        cost = cost[:1]
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    rss0 = _rss_mb()
+    if args.grid <= 32:  # untimed warm-up (lazy initialisation); too slow to repeat at 40+
+        _run_method(args.method, args.grid, args.steps, cost, backward=False)
+    _sync(device)
+    t0 = time.perf_counter()
+    out = _run_method(args.method, args.grid, args.steps, cost, backward=False)
+    _sync(device)
+    rec["ms_forward"] = (time.perf_counter() - t0) * 1000
+    if args.backward and args.method not in ("pot",):
+        _sync(device)
+        t0 = time.perf_counter()
+        _run_method(args.method, args.grid, args.steps, cost, backward=True)
+        _sync(device)
+        rec["ms_forward_backward"] = (time.perf_counter() - t0) * 1000
+    if device == "cuda":
+        rec["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        rec["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    if args.reference:
+        ref = torch.load(args.reference)
+        rec["max_abs_diff_vs_dense"] = float((out.exp().cpu() - ref.exp()).abs().max())
+    if args.save_plan:
+        torch.save(out.cpu(), args.save_plan)
+    return rec
+
+
+def _spawn(method, grid, a, backward, reference=None, save_plan=None):
+    cmd = [sys.executable, __file__, "--_child", method, "--grid", str(grid), "--steps", str(a.steps),
+           "--batch", str(a.batch), "--device", a.device]
+    if backward:
+        cmd.append("--_backward")
+    if reference:
+        cmd += ["--_reference", reference]
+    if save_plan:
+        cmd += ["--_save_plan", save_plan]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"{method} @ {grid}: {res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grids", type=int, nargs="+", default=[16, 32, 40, 60])
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--json", default=None, help="write the records to this path")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--pot-max-grid", type=int, default=32, help="skip POT above this grid")
+    ap.add_argument("--dense-backward-max-grid", type=int, default=32,
+                    help="skip the dense reference's backward above this grid (memory: O(steps N^2))")
+    ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--grid", type=int, default=16, help=argparse.SUPPRESS)
+    ap.add_argument("--_backward", dest="backward", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_reference", dest="reference", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_save_plan", dest="save_plan", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a._child:
+        a.method = a._child
+        print(json.dumps(child(a)))
+        return 0
+    import tempfile
+
+    records = []
+    tmp = tempfile.mkdtemp(prefix="bench_matcher_")
+    for grid in a.grids:
+        refs = {}
+        need_bal = any(m in a.methods for m in ("gwot_bal", "pot"))
+        for ref_method in ["gwot_dense"] + (["gwot_bal_dense"] if need_bal else []):
+            path = os.path.join(tmp, f"{ref_method}_{grid}.pt")
+            rec = _spawn(ref_method, grid, a, backward=(ref_method == "gwot_dense"
+                                                         and grid <= a.dense_backward_max_grid),
+                         save_plan=path)
+            refs[ref_method] = (path, rec)
+        for method in a.methods:
+            if method == "pot" and grid > a.pot_max_grid:
+                records.append(dict(method=method, grid=grid, batch=a.batch, device=a.device, ms_forward=None,
+                                    ms_forward_backward=None, peak_mb=None, max_abs_diff_vs_dense=None,
+                                    note=f"skipped (grid > --pot-max-grid {a.pot_max_grid})"))
+                continue
+            if method == "gwot_dense":
+                rec = refs["gwot_dense"][1]
+                rec["max_abs_diff_vs_dense"] = 0.0
+                if grid > a.dense_backward_max_grid:
+                    rec["note"] = "backward skipped (memory)"
+            else:
+                ref = refs["gwot_dense"][0] if method == "gwot" else (
+                    refs["gwot_bal_dense"][0] if method in ("gwot_bal", "pot") else None)
+                rec = _spawn(method, grid, a, backward=True, reference=ref)
+            records.append(rec)
+            print(_fmt(rec), flush=True)
+    print()
+    print(_table(records))
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump(records, f, indent=1)
+    return 0
+
+
+def _num(v, fmt):
+    return "-" if v is None else format(v, fmt)
+
+
+def _fmt(r):
+    return (f"{r['method']:<11} {r['grid']:>4} {r['batch']:>5} {r['device']:>6} {_num(r['ms_forward'], '12.1f')} "
+            f"{_num(r['ms_forward_backward'], '14.1f')} {_num(r['peak_mb'], '9.1f')} "
+            f"{_num(r['max_abs_diff_vs_dense'], '12.2e')}  {r.get('note', '')}")
+
+
+def _table(records):
+    head = (f"{'method':<11} {'grid':>4} {'batch':>5} {'device':>6} {'ms_forward':>12} {'ms_fwd+bwd':>14} "
+            f"{'peak_mb':>9} {'diff_vs_ref':>12}")
+    return "\n".join([head, "-" * len(head)] + [_fmt(r) for r in records])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Checkpoints of trained runs: find them, re-open their config, rebuild the model, load weights.
+
+A training checkpoint (Lightning ``.ckpt``) holds the module's ``state_dict`` and, in its
+hyper-parameters, ``run_config``: the resolved config of the run. :func:`checkpoint_config`
+re-types that config with the current schemas, so ``eval.py ckpt=PATH [overrides]`` rebuilds the
+same backbone, head and matcher (``backbone.weights`` is set to ``none``: the checkpoint carries
+every weight) and :func:`load_weights` fills them in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from semcorr.config import ConfigError, RunConfig, schemas
+
+GROUPS = ("data", "backbone", "matcher", "head", "loss")
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A ``.ckpt`` file from a file path or a training run's ``out_dir``.
+
+    For a run folder: the best checkpoint recorded in ``train_summary.json`` (``prefer="best"``)
+    or ``checkpoints/last.ckpt`` (``prefer="last"``, or when no best exists).
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    summary = path / "train_summary.json"
+    if prefer == "best" and summary.is_file():
+        best = json.loads(summary.read_text()).get("best_checkpoint")
+        if best and Path(best).is_file():
+            return Path(best)
+    last = path / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    found = sorted((path / "checkpoints").glob("*.ckpt"))
+    if found:
+        return found[-1]
+    raise FileNotFoundError(f"no checkpoint in {path} (expected checkpoints/last.ckpt)")
+
+
+def read_checkpoint(path: str | Path) -> Dict[str, Any]:
+    return torch.load(str(path), map_location="cpu", weights_only=False)
+
+
+def typed_config(saved: Dict[str, Any]) -> DictConfig:
+    """A saved (plain) run config as a typed, struct-mode config of the current schemas."""
+    plain = dict(saved)
+    cfg = OmegaConf.structured(RunConfig)
+    try:
+        for group in GROUPS:
+            section = dict(plain.pop(group) or {})
+            kinds = schemas(group)
+            if section.get("kind") not in kinds:
+                raise ConfigError(f"saved config: unknown {group} kind {section.get('kind')!r}; "
+                                  f"valid: {', '.join(sorted(kinds))}")
+            cfg[group] = OmegaConf.merge(OmegaConf.structured(kinds[section["kind"]]), section)
+        cfg = OmegaConf.merge(cfg, plain)
+    except ConfigError:
+        raise
+    except Exception as err:  # a key the current schemas no longer know
+        raise ConfigError(f"the saved config does not fit the current schemas: {err}") from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def checkpoint_config(path: str | Path) -> DictConfig:
+    """The run config stored in a checkpoint, ready to rebuild the model for evaluation."""
+    ckpt = read_checkpoint(resolve_checkpoint(path))
+    saved = (ckpt.get("hyper_parameters") or {}).get("run_config")
+    if not saved:
+        raise ConfigError(f"{path} has no run_config in its hyper-parameters (not a semcorr "
+                          "training checkpoint?)")
+    cfg = typed_config(saved)
+    if "weights" in cfg.backbone:
+        cfg.backbone.weights = "none"  # every weight comes from the checkpoint
+    cfg.out_dir = None
+    return cfg
+
+
+def load_weights(module: torch.nn.Module, path: str | Path) -> Path:
+    """Load a checkpoint's ``state_dict`` into ``module``; model keys must match exactly.
+
+    Keys of the training loss (``loss_fn.*``) are ignored, so an evaluation module without a loss
+    loads a training checkpoint.
+    """
+    path = resolve_checkpoint(path)
+    state = read_checkpoint(path)["state_dict"]
+    state = {k: v for k, v in state.items() if not k.startswith("loss_fn.")}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("loss_fn.")]
+    if missing or unexpected:
+        raise ConfigError(f"{path} does not fit the model built from its config: missing "
+                          f"{missing[:5]}, unexpected {unexpected[:5]}")
+    return path
+
+
+def ckpt_token(tokens: Sequence[str]) -> Optional[str]:
+    """The value of the last ``ckpt=...`` token, if any."""
+    found = None
+    for token in tokens:
+        if token.startswith("ckpt="):
+            found = token.split("=", 1)[1] or None
+    return found
+
+
+def load_module_from_checkpoint(path: str | Path, tokens: Sequence[str] = (), **module_kwargs):
+    """(cfg, module): an evaluation :class:`CorrespondenceModule` with the checkpoint's weights.
+
+    ``tokens`` override the saved config (e.g. ``data=pf_willow``); ``module_kwargs`` go to the
+    module (e.g. ``stores``, ``categories``).
+    """
+    from semcorr.cli.common import build_parts
+    from semcorr.config import load_config
+    from semcorr.models import CorrespondenceModule
+
+    cfg = load_config(list(tokens), base=checkpoint_config(path))
+    backbone, head, matcher = build_parts(cfg)
+    module = CorrespondenceModule(backbone, matcher, head=head, transfer=dict(cfg.matcher.transfer),
+                                  alphas=list(cfg.metric.alphas), **module_kwargs)
+    load_weights(module, path)
+    return cfg, module

@@ -1,0 +1,209 @@
+"""Ablation grids: ``python sweep.py configs/sweep/<name>.yaml [key=value ...] [out_dir=DIR]``.
+
+A sweep file::
+
+    name: matcher_x_head          # also the W&B group of every run
+    mode: train                   # train | eval: what each run does
+    base: [data=synthetic, backbone=dinov2_vits14, trainer.max_steps=100]  # every run's tokens
+    grid:                         # the cross product of these overrides, one run per cell
+      matcher: [nn, ot, gwot]
+      head: [none, resnet_bottleneck]
+    eval_after: true              # train mode: evaluate the best checkpoint on data.split
+
+Extra command-line tokens are appended to ``base``; ``out_dir=DIR`` sets the sweep folder
+(default ``runs/sweeps/<name>``). Each run lives in ``DIR/<run name>/`` and, once finished, holds
+``sweep_result.json``; a re-started sweep skips those runs (so an interrupted sweep resumes), and
+failed runs are retried. After every run ``DIR/summary.csv`` and ``DIR/summary.md`` are rewritten
+with one row per run: its overrides, status, PCK (eval: the evaluated split; train: the best
+validation score and, with ``eval_after``, the test split) and wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from semcorr.cli.common import run_main
+from semcorr.config import ConfigError
+
+log = logging.getLogger("semcorr.sweep")
+RESULT = "sweep_result.json"
+MODES = ("train", "eval")
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    mode: str = "eval"
+    base: List[str] = field(default_factory=list)
+    grid: Dict[str, List[Any]] = field(default_factory=dict)
+    eval_after: bool = True
+    out_dir: Optional[str] = None
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and check a sweep file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file not found: {path}")
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    known = set(SweepSpec.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; valid: {', '.join(sorted(known))}")
+    spec = SweepSpec(**{"name": path.stem, **raw})
+    if spec.mode not in MODES:
+        raise ConfigError(f"{path}: mode {spec.mode!r}; valid: {', '.join(MODES)}")
+    bad = [k for k, v in spec.grid.items() if not isinstance(v, list) or not v]
+    if bad or not spec.grid:
+        raise ConfigError(f"{path}: grid needs a non-empty list of values per key (bad: {bad})")
+    return spec
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, (list, dict)):
+        return json.dumps(v).replace('"', "").replace(" ", "")
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def grid_runs(spec: SweepSpec) -> List[Dict[str, str]]:
+    """One ``{key: value}`` dict of overrides per cell of the grid, in row-major order."""
+    keys = list(spec.grid)
+    return [dict(zip(keys, map(_value, combo)))
+            for combo in itertools.product(*(spec.grid[k] for k in keys))]
+
+
+def run_name(overrides: Dict[str, str]) -> str:
+    text = "__".join(f"{k.split('.')[-1]}-{v}" for k, v in overrides.items())
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
+
+
+def _finish_wandb() -> None:
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(quiet=True)
+    except ImportError:
+        pass
+
+
+def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,
+            extra: Sequence[str]) -> Dict[str, Any]:
+    """Run one cell; returns its result (PCK and seconds)."""
+    from semcorr.cli.eval import evaluate
+
+    tokens = [*spec.base, *extra, *(f"{k}={v}" for k, v in overrides.items()),
+              f"out_dir={run_dir}", f"logger.group={spec.name}"]
+    t0 = time.perf_counter()
+    result: Dict[str, Any] = {}
+    if spec.mode == "eval":
+        _check(evaluate(tokens))
+        result["pck"] = json.loads((run_dir / "metrics.json").read_text())["pck"]
+    else:
+        from semcorr.cli.train import fit, train_config
+
+        summary = fit(train_config(tokens))
+        result["val_best"] = summary["best_score"]
+        result["steps"] = summary["global_step"]
+        _finish_wandb()
+        if spec.eval_after and summary["best_checkpoint"]:
+            eval_dir = run_dir / "eval"
+            _check(evaluate([f"ckpt={summary['best_checkpoint']}", f"out_dir={eval_dir}",
+                             f"logger.group={spec.name}", *extra]))
+            result["pck"] = json.loads((eval_dir / "metrics.json").read_text())["pck"]
+    _finish_wandb()
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def _check(code: int) -> None:
+    if code:
+        raise RuntimeError(f"run exited with status {code}")
+
+
+def write_summary(out_dir: Path, spec: SweepSpec, rows: List[Dict[str, Any]]) -> None:
+    """``summary.csv`` and ``summary.md``: one row per run."""
+    alphas = sorted({a for r in rows for a in (r.get("pck") or {})}, key=float)
+    keys = list(spec.grid)
+    header = ["run", *keys, "status", *(f"pck@{a}" for a in alphas)]
+    if spec.mode == "train":
+        header += ["val_best", "steps"]
+    header.append("seconds")
+    table = []
+    for r in rows:
+        line = [r["run"], *(r["overrides"][k] for k in keys), r["status"],
+                *(_fmt(r.get("pck", {}).get(a)) for a in alphas)]
+        if spec.mode == "train":
+            line += [_fmt(r.get("val_best")), str(r.get("steps", ""))]
+        line.append(_fmt(r.get("seconds"), 1))
+        table.append(line)
+    with open(out_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(table)
+    md = [f"# Sweep {spec.name} ({spec.mode})", "", "| " + " | ".join(header) + " |",
+          "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(line) + " |" for line in table]
+    (out_dir / "summary.md").write_text("\n".join(md) + "\n")
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "" if v is None else f"{float(v):.{digits}f}"
+
+
+def sweep(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(__doc__ or "")
+        return 0
+    spec = load_sweep(argv[0])
+    extra = [t for t in argv[1:] if not t.startswith("out_dir=")]
+    outs = [t.split("=", 1)[1] for t in argv[1:] if t.startswith("out_dir=")]
+    out_dir = Path(outs[-1] if outs else spec.out_dir or f"runs/sweeps/{spec.name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: List[Dict[str, Any]] = []
+    cells = grid_runs(spec)
+    for i, overrides in enumerate(cells):
+        name = run_name(overrides)
+        run_dir = out_dir / name
+        done = run_dir / RESULT
+        row: Dict[str, Any] = {"run": name, "overrides": overrides}
+        if done.is_file():
+            row.update(json.loads(done.read_text()), status="done (skipped)")
+            log.info("[%d/%d] %s: finished before, skipped", i + 1, len(cells), name)
+        else:
+            log.info("[%d/%d] %s", i + 1, len(cells), name)
+            try:
+                result = execute(spec, overrides, run_dir, extra)
+                done.write_text(json.dumps(result, indent=2))
+                row.update(result, status="done")
+            except (Exception, SystemExit) as err:  # one failed run does not stop the sweep
+                log.error("%s failed: %s", name, err)
+                log.debug("%s", traceback.format_exc())
+                _finish_wandb()
+                row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+        rows.append(row)
+        write_summary(out_dir, spec, rows)
+    failed = sum(r["status"].startswith("failed") for r in rows)
+    sys.stdout.write((out_dir / "summary.md").read_text())
+    sys.stdout.write(f"{len(rows) - failed}/{len(rows)} runs finished; {out_dir / 'summary.md'}\n")
+    return 1 if failed else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(sweep, argv, "sweep.py")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Supervised fine-tuning: ``python train.py [group=name ...] [key=value ...] [--resume RUN]``.
+
+The same pipeline as evaluation (backbone -> head -> matcher -> transfer -> PCK) plus a loss;
+Lightning Trainer arguments come from ``trainer.*``. Writes under ``out_dir``: ``config.yaml``,
+``checkpoints/best-*.ckpt`` (selected by ``checkpointing.monitor``, validation PCK@0.1),
+``checkpoints/last.ckpt`` (every ``checkpointing.every_n_steps`` steps, for ``--resume``),
+``val_matches/*.png``, CSV / W&B logs and ``train_summary.json`` (learning curves, best score).
+
+Training defaults (:data:`TRAIN_DEFAULT_GROUPS`, :data:`TRAIN_DEFAULTS`), applied only where
+neither the command line nor the chosen group file sets the key:
+
+- ``loss=gaussian_ce`` (evaluation's default is ``loss=none``; training with it is an error);
+- ``backbone.trainable_blocks=2`` for DINOv2 (the survey baseline: the last two blocks train);
+- ``trainer.gradient_clip_val=1.0``; ``trainer.precision=bf16-mixed`` on a GPU (AMP).
+
+``--resume RUN`` (a run folder or a ``.ckpt``) re-opens the run's saved config, restores the
+weights, optimiser, scheduler, step and data order, and continues in the same ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from semcorr.checkpoint import resolve_checkpoint, typed_config
+from semcorr.cli.common import (accelerator, build_parts, config_dict, parse_args, protocol,
+                                run_main)
+from semcorr.cli.loggers import log_image, make_loggers
+from semcorr.config import ConfigError, config_dir, load_config, save_config, to_yaml
+from semcorr.data.datamodule import datamodule_from_config
+from semcorr.features import MemoryCache
+from semcorr.losses import build_loss
+from semcorr.models import CorrespondenceModule
+from semcorr.training import History, PredictionPanel, ResumeDataOrder
+
+log = logging.getLogger("semcorr.train")
+
+TRAIN_DEFAULT_GROUPS = {"loss": "gaussian_ce"}
+# key -> (backbone kinds it applies to or None for all, value, only on a GPU)
+TRAIN_DEFAULTS = {
+    "backbone.trainable_blocks": (("dinov2",), 2, False),
+    "trainer.gradient_clip_val": (None, 1.0, False),
+    "trainer.precision": (None, "bf16-mixed", True),
+}
+
+
+def _set_in_file(cfg: DictConfig, key: str) -> bool:
+    """Whether the group file chosen for ``key``'s group sets ``key`` itself."""
+    group, _, rest = key.partition(".")
+    if group not in ("data", "backbone", "matcher", "head", "loss"):
+        return False
+    path = config_dir() / group / f"{cfg[group].name}.yaml"
+    if not path.is_file():
+        return False
+    return OmegaConf.select(OmegaConf.load(path), rest, default="__absent__") != "__absent__"
+
+
+def apply_train_defaults(cfg: DictConfig, tokens: Sequence[str]) -> DictConfig:
+    """Apply :data:`TRAIN_DEFAULTS` where neither ``tokens`` nor the group files set the key."""
+    given = {t.split("=", 1)[0] for t in tokens}
+    on_gpu = accelerator(cfg) == "gpu"
+    for key, (kinds, value, gpu_only) in TRAIN_DEFAULTS.items():
+        if key in given or (gpu_only and not on_gpu) or _set_in_file(cfg, key):
+            continue
+        if kinds is not None and cfg[key.split(".")[0]].kind not in kinds:
+            continue
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+def train_config(tokens: Sequence[str], resume: Optional[str] = None) -> DictConfig:
+    """The run config: a new run from ``tokens``, or the resumed run's saved config + ``tokens``."""
+    if resume is None:
+        cfg = load_config(tokens, default_groups=TRAIN_DEFAULT_GROUPS)
+        return apply_train_defaults(cfg, tokens)
+    ckpt = resolve_checkpoint(resume, prefer="last")
+    saved = Path(resume) / "config.yaml" if Path(resume).is_dir() else ckpt.parent.parent / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"--resume: no config.yaml beside {ckpt} (expected {saved})")
+    plain = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    return load_config(tokens, base=typed_config(plain))
+
+
+def trainer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+              if v is not None}
+    kwargs["accelerator"] = accelerator(cfg)
+    return kwargs
+
+
+def build_training(cfg: DictConfig):
+    """(module, datamodule, val dataset) for a training run; fails clearly without a loss."""
+    loss = build_loss(cfg.loss)
+    if loss is None:
+        raise ConfigError("training needs a loss: loss=none only evaluates; pick loss=gaussian_ce, "
+                          "loss=ot_nll or loss=combined")
+    backbone, head, matcher = build_parts(cfg)
+    from semcorr.data.transforms import build_train_transform
+
+    datamodule = datamodule_from_config(cfg.data, divisor=backbone.stride, seed=cfg.seed,
+                                        train_transform=build_train_transform(cfg.data))
+    try:
+        datamodule.dataset("train")
+        val = datamodule.dataset(datamodule.val_split)
+    except ValueError as err:
+        raise ConfigError(f"data={cfg.data.name} cannot be trained on: {err}") from None
+    frozen = not any(p.requires_grad for p in backbone.parameters())
+    stores = [MemoryCache(cfg.cache.memory_mb)] if frozen and cfg.cache.enabled else []
+    module = CorrespondenceModule(
+        backbone, matcher, head=head, loss=loss, transfer=dict(cfg.matcher.transfer),
+        alphas=list(cfg.metric.alphas), categories=val.categories, stores=stores,
+        optim=config_dict(cfg)["optim"], run_config=config_dict(cfg),
+        keep_predictions=cfg.plots.n_pairs, **protocol(cfg, val),
+    )
+    # Lightning keeps the modes modules are in when fit starts; train() lets the backbone put its
+    # frozen blocks in eval mode (DinoV2.train) before the first step.
+    module.train()
+    return module, datamodule, val
+
+
+def fit(cfg: DictConfig, resume: Optional[str] = None,
+        callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
+    """Train one run; returns (and writes to ``train_summary.json``) its summary."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out_dir = Path(cfg.out_dir)
+    save_config(cfg, out_dir)
+    module, datamodule, val = build_training(cfg)
+    loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name, log_model=True)
+    ck = cfg.checkpointing
+    best = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=ck.monitor, mode="max",
+                           save_top_k=ck.save_top_k, auto_insert_metric_name=False,
+                           filename="best-step{step:06d}")
+    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_top_k=0, save_last=True,
+                           every_n_train_steps=ck.every_n_steps or None)
+    history = History()
+    proto = protocol(cfg, val)
+    all_callbacks: List[L.Callback] = [
+        best, last, history, ResumeDataOrder(cfg.data.batch_size),
+        PredictionPanel(val.read_image, out_dir, cfg.plots.alpha, proto["threshold_by"], log_image),
+        *callbacks,
+    ]
+    if loggers:
+        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = L.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=all_callbacks,
+                        default_root_dir=str(out_dir))
+    ckpt_path = str(resolve_checkpoint(resume, prefer="last")) if resume else None
+    log.info("training %s + %s + %s on %s (%d train / %d val pairs), loss %s, out_dir %s",
+             cfg.backbone.name, cfg.head.name, cfg.matcher.name, cfg.data.name,
+             len(datamodule.dataset("train")), len(val), cfg.loss.name, out_dir)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    summary = {
+        "out_dir": str(out_dir),
+        "global_step": trainer.global_step,
+        "seconds": time.perf_counter() - t0,
+        "monitor": ck.monitor,
+        "best_score": None if best.best_model_score is None else float(best.best_model_score),
+        "best_checkpoint": best.best_model_path or None,
+        "last_checkpoint": last.last_model_path or None,
+        "history": history.records,
+    }
+    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train(argv: Sequence[str]) -> int:
+    args = parse_args(argv, "train.py", flags=("--resume",))
+    cfg = train_config(args.tokens, args.resume)
+    if args.print_config:
+        sys.stdout.write(to_yaml(cfg))
+        return 0
+    summary = fit(cfg, resume=args.resume)
+    best = summary["best_score"]
+    sys.stdout.write(f"trained {summary['global_step']} steps in {summary['seconds']:.1f} s; "
+                     f"best {summary['monitor']} = {'n/a' if best is None else f'{best:.2f}'}; "
+                     f"checkpoints in {Path(cfg.out_dir) / 'checkpoints'}\n")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(train, argv, "train.py")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

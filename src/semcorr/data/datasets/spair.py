@@ -1,0 +1,105 @@
+"""SPair-71k (Min et al., 2019) in its released layout.
+
+``root`` holds ``JPEGImages/<category>/<name>.jpg``, ``PairAnnotation/{trn,val,test}/<pair>.json``
+and ``Layout/<layout>/{trn,val,test}.txt`` (one pair file stem per line). Fields read from a pair
+file: ``src_imname``, ``trg_imname``, ``category``, ``src_kps``, ``trg_kps`` (lists of [x, y],
+pixel coordinates), ``kps_ids``, ``src_bndbox``, ``trg_bndbox`` ([x1, y1, x2, y2]),
+``src_imsize``, ``trg_imsize`` and the difficulty flags ``viewpoint_variation``,
+``scale_variation``, ``truncation``, ``occlusion``. ``data.<flag>=[values]`` keeps only pairs whose
+flag is one of the values (empty: all). Keypoints given as null or negative are invalid.
+
+Protocol: threshold alpha * max(w, h) of the target box, per image and per keypoint both
+reported (``pck_per_image`` / ``pck_per_keypoint``); ``pck`` is per keypoint, as in the SPair-71k
+paper. Symmetric keypoints (GW-OT symmetry term, flips) come from ``semcorr.data.symmetry``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from semcorr.config import register
+from semcorr.data.base import DataConfig, PairDataset, PairRecord
+from semcorr.data.datasets._files import DataError, points, read_json
+from semcorr.data.symmetry import load_symmetry, sym_indices
+from semcorr.paths import resolve_root
+
+log = logging.getLogger(__name__)
+
+SPLITS = {"train": "trn", "trn": "trn", "val": "val", "test": "test"}
+DIFFICULTY = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
+
+
+@dataclass
+class SPairConfig(DataConfig):
+    layout: str = "large"  # Layout/<layout>/<split>.txt; missing layout: every pair file
+    viewpoint_variation: List[int] = field(default_factory=list)  # keep these values; empty: all
+    scale_variation: List[int] = field(default_factory=list)
+    truncation: List[int] = field(default_factory=list)
+    occlusion: List[int] = field(default_factory=list)
+
+
+@register("data", "spair", SPairConfig)
+class SPairDataset(PairDataset):
+    protocol = {"threshold_by": "bbox", "average": "per_keypoint"}
+
+    def __init__(self, root: Optional[str] = None, split: str = "test", layout: str = "large",
+                 viewpoint_variation=(), scale_variation=(), truncation=(), occlusion=(),
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        if split not in SPLITS:
+            raise DataError(f"spair: unknown split {split!r}; valid: train (trn), val, test")
+        self.split = SPLITS[split]
+        self.image_root = resolve_root(root, "spair", "spair") / "JPEGImages"
+        base = self.image_root.parent
+        filters = dict(zip(DIFFICULTY, (viewpoint_variation, scale_variation, truncation, occlusion)))
+        self.filters = {k: {int(v) for v in vals} for k, vals in filters.items() if vals}
+        symmetry = load_symmetry()
+        records = []
+        for path in self._pair_files(base, layout):
+            ann = read_json(path, "spair")
+            rec = self._record(ann, path, symmetry)
+            if rec is not None:
+                records.append(rec)
+        self.finalize(records)
+
+    def _pair_files(self, base: Path, layout: str) -> List[Path]:
+        folder = base / "PairAnnotation" / self.split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"spair: pair annotations not found: {folder}")
+        listing = base / "Layout" / layout / f"{self.split}.txt"
+        if listing.is_file():
+            names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+            return [folder / (n if n.endswith(".json") else f"{n}.json") for n in names]
+        log.warning("spair: %s not found; using every file in %s", listing, folder)
+        return sorted(folder.glob("*.json"))
+
+    def _record(self, ann: Dict[str, Any], path: Path, symmetry) -> Optional[PairRecord]:
+        try:
+            category = str(ann["category"])
+            flags = {k: int(ann.get(k, 0)) for k in DIFFICULTY}
+            if any(flags[k] not in allowed for k, allowed in self.filters.items()):
+                return None
+            src_kps, src_ok = points(ann["src_kps"])
+            trg_kps, trg_ok = points(ann["trg_kps"])
+            ids = np.asarray(ann.get("kps_ids", list(range(len(src_kps)))), dtype=np.int64)
+            if not (len(src_kps) == len(trg_kps) == len(ids)):
+                raise DataError(f"{len(src_kps)} src_kps, {len(trg_kps)} trg_kps, {len(ids)} kps_ids")
+            valid = src_ok & trg_ok
+            src = f"{category}/{ann['src_imname']}"
+            trg = f"{category}/{ann['trg_imname']}"
+            src_box = [float(v) for v in ann["src_bndbox"]]
+            trg_box = [float(v) for v in ann["trg_bndbox"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"spair: malformed pair annotation {path}: {err!r}") from None
+        return PairRecord(
+            src=src, trg=trg, src_kps=src_kps, trg_kps=trg_kps, valid=valid, category=category,
+            kps_ids=ids, src_bbox=src_box, trg_bbox=trg_box,
+            sym_pairs=sym_indices(ids, valid, symmetry.pairs("spair", category)),
+            pair_id=path.stem,
+            meta={**flags, "src_imsize": ann.get("src_imsize"), "trg_imsize": ann.get("trg_imsize")},
+        )

@@ -1,0 +1,54 @@
+"""A list of heads applied in order: ``kind: compose``, ``heads: [resnet_bottleneck, ...]``.
+
+Feature heads run in list order on the feature maps; score refiners (heads with ``refine``) run in
+list order on the similarity volume. ``options`` maps a head kind to keyword arguments that differ
+from its defaults, e.g. ``options: {neighbourhood_consensus: {channels: [8, 4]}}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+from torch import nn
+
+from semcorr.config import ConfigError, GroupConfig, build, register, schemas
+from semcorr.heads import Head
+
+
+@dataclass
+class ComposeConfig(GroupConfig):
+    heads: List[str] = field(default_factory=list)
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@register("head", "compose", ComposeConfig)
+class ComposeHead(Head):
+    def __init__(self, dim: int = 0, heads: Optional[List[str]] = None,
+                 options: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__()
+        options = dict(options or {})
+        kinds = {k: v for k, v in schemas("head").items() if k not in ("compose", "none")}
+        unknown = [k for k in list(heads or []) + list(options) if k not in kinds]
+        if unknown:
+            raise ConfigError(f"head compose: unknown heads {unknown}; valid: {', '.join(sorted(kinds))}")
+        built = []
+        for kind in heads or []:
+            node = OmegaConf.merge(OmegaConf.structured(kinds[kind]),
+                                   {"kind": kind, **dict(options.get(kind) or {})})
+            built.append(build("head", node, dim=dim))
+        self.heads = nn.ModuleList(built)
+        self.refiners = [h for h in self.heads if h.refine is not None]
+        if self.refiners:
+            self.refine = self._refine
+
+    def forward(self, src, trg):
+        for head in self.heads:
+            src, trg = head(src, trg)
+        return src, trg
+
+    def _refine(self, similarity, src, trg):
+        for head in self.refiners:
+            similarity = head.refine(similarity, src, trg)
+        return similarity

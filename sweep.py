@@ -1,0 +1,9 @@
+"""Run a grid of ablations: ``python sweep.py configs/sweep/<name>.yaml [key=value ...]``.
+
+Thin wrapper around :mod:`semcorr.cli.sweep`; ``python sweep.py --help`` describes sweep files.
+"""
+
+from semcorr.cli.sweep import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""SPair-71k loader on a fixture written in the released layout and field names."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dataset_fixtures import assert_on_colours, painted, sample_on_colours, save
+from semcorr.config import load_config
+from semcorr.data.datamodule import dataset_from_config
+from semcorr.data.schema import collate
+
+# cat kps ids 0..5; symmetric: (0,1), (2,3), (4,5) in the packaged table
+IMAGES = {
+    "cat/2008_000001.jpg": (60, 80, {0: (10, 12), 1: (30, 12), 2: (8, 40), 3: (50, 40), 5: (70, 50)}),
+    "cat/2008_000002.jpg": (64, 64, {0: (12, 10), 1: (40, 14), 2: (6, 30), 3: (44, 44), 4: (60, 60)}),
+    "dog/2009_000003.jpg": (48, 72, {0: (5, 5), 1: (20, 20), 2: (60, 40)}),
+}
+
+
+def _pair(name, src, trg, category, ids, flags, trg_box=None, null_kp=None):
+    s_kps = [list(IMAGES[src][2][i]) for i in ids]
+    t_kps = [list(IMAGES[trg][2][i]) for i in ids]
+    if null_kp is not None:
+        t_kps[null_kp] = None
+    h, w = IMAGES[trg][:2]
+    return name, {
+        "pair_id": 1, "filename": name, "src_imname": Path(src).name, "trg_imname": Path(trg).name,
+        "src_imsize": [IMAGES[src][1], IMAGES[src][0], 3], "trg_imsize": [w, h, 3],
+        "src_bndbox": [2, 2, 75, 55], "trg_bndbox": trg_box or [3, 4, 62, 62], "category": category,
+        "src_pose": "Right", "trg_pose": "Left", "src_kps": s_kps, "trg_kps": t_kps,
+        "kps_ids": [str(i) for i in ids], **flags,
+    }
+
+
+@pytest.fixture()
+def spair_root(tmp_path: Path) -> Path:
+    for i, (rel, (h, w, kps)) in enumerate(IMAGES.items()):
+        kp_list = [kps.get(k) for k in range(max(kps) + 1)]
+        save(tmp_path / "JPEGImages" / rel, painted(h, w, kp_list, seed=i), mode="L" if i == 2 else None)
+    flags0 = dict(viewpoint_variation=0, scale_variation=0, truncation=0, occlusion=0)
+    flags1 = dict(viewpoint_variation=2, scale_variation=1, truncation=1, occlusion=0)
+    pairs = [
+        _pair("000001-2008_000001-2008_000002:cat", "cat/2008_000001.jpg", "cat/2008_000002.jpg",
+              "cat", [0, 1, 2, 3], flags0),
+        # a keypoint missing in the target and a box touching the image border
+        _pair("000002-2008_000002-2008_000001:cat", "cat/2008_000002.jpg", "cat/2008_000001.jpg",
+              "cat", [0, 1, 2, 3], flags1, trg_box=[0, 0, 79, 59], null_kp=1),
+        _pair("000003-2009_000003-2009_000003:dog", "dog/2009_000003.jpg", "dog/2009_000003.jpg",
+              "dog", [0, 1, 2], flags0),
+    ]
+    for split in ("test", "trn"):
+        folder = tmp_path / "PairAnnotation" / split
+        folder.mkdir(parents=True)
+        for name, ann in pairs:
+            (folder / f"{name}.json").write_text(json.dumps(ann))
+        layout = tmp_path / "Layout" / "large"
+        layout.mkdir(parents=True, exist_ok=True)
+        (layout / f"{split}.txt").write_text("\n".join(n for n, _ in pairs) + "\n")
+    return tmp_path
+
+
+def _dataset(root, *overrides, split="test"):
+    cfg = load_config(["data=spair", f"data.root={root}", "data.image_size=64", *overrides])
+    return dataset_from_config(cfg.data, split, divisor=8)
+
+
+def test_records_schema_and_colours(spair_root):
+    ds = _dataset(spair_root)
+    assert len(ds) == 3 and ds.categories == ["cat", "dog"]
+    assert ds.protocol == {"threshold_by": "bbox", "average": "per_keypoint"}
+    s = ds[0]
+    assert s["src_img"].shape == (3, 64, 64) and s["src_kps"].shape == (4, 2)
+    assert s["kps_ids"].tolist() == [0, 1, 2, 3] and s["kps_valid"].all()
+    assert s["trg_bbox"].tolist() == [3, 4, 62, 62]
+    assert s["src_imsize"].tolist() == [60, 80]
+    assert sorted(map(tuple, s["sym_pairs"].tolist())) == [(0, 1), (2, 3)]
+    pair = ds.load_pair(0)
+    assert_on_colours(pair["src_img"], pair["src_kps"], pair["kps_valid"])
+    assert_on_colours(pair["trg_img"], pair["trg_kps"], pair["kps_valid"])
+    sample_on_colours(s)
+    batch = collate([ds[0], ds[1], ds[2]])
+    assert batch["src_kps"].shape == (3, 4, 2) and batch["sym_pairs"].shape == (3, 2, 2)
+
+
+def test_missing_keypoint_border_box_and_grey_image(spair_root):
+    ds = _dataset(spair_root)
+    s = ds[1]
+    assert s["kps_valid"].tolist() == [True, False, True, True]
+    # the symmetric pair (0, 1) loses its partner; only (2, 3) remains
+    assert s["sym_pairs"].tolist() == [[2, 3]]
+    assert s["trg_bbox"].tolist() == [0, 0, 79, 59]
+    grey = ds.load_pair(2)["src_img"]
+    assert grey.shape[0] == 3 and torch.allclose(grey[0], grey[1])
+
+
+def test_difficulty_category_and_max_pairs_filters(spair_root):
+    assert len(_dataset(spair_root, "data.viewpoint_variation=[0]")) == 2
+    assert len(_dataset(spair_root, "data.truncation=[1]", "data.scale_variation=[1]")) == 1
+    assert [r.category for r in _dataset(spair_root, "data.categories=[dog]").records] == ["dog"]
+    assert len(_dataset(spair_root, "data.max_pairs=2")) == 2
+    assert len(_dataset(spair_root, split="train")) == 3
+    with pytest.raises(ValueError, match="unknown categories"):
+        _dataset(spair_root, "data.categories=[zebra]")
+
+
+def test_errors_name_the_file(spair_root):
+    (spair_root / "JPEGImages" / "cat" / "2008_000002.jpg").unlink()
+    ds = _dataset(spair_root)
+    with pytest.raises(FileNotFoundError, match="2008_000002.jpg"):
+        ds[0]
+    bad = spair_root / "PairAnnotation" / "test" / "000003-2009_000003-2009_000003:dog.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="000003-2009_000003-2009_000003:dog.json"):
+        _dataset(spair_root)
+    bad.unlink()
+    (spair_root / "Layout" / "large" / "test.txt").write_text("000001-2008_000001-2008_000002:cat\n")
+    assert len(_dataset(spair_root)) == 1
+    (spair_root / "JPEGImages" / "cat" / "2008_000001.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="2008_000001.jpg"):
+        _dataset(spair_root).load_pair(0)
+
+
+def test_eval_cli_reports_both_averages(spair_root, tmp_path):
+    from semcorr.cli.eval import main as eval_main
+
+    out = tmp_path / "run"
+    rc = eval_main(["data=spair", f"data.root={spair_root}", "data.image_size=64", "backbone=dsift",
+                    "plots.n_pairs=2", "logger.wandb=false", "trainer.enable_progress_bar=false",
+                    f"out_dir={out}"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == {"threshold_by": "bbox", "average": "per_keypoint"}
+    assert metrics["n_pairs"] == 3 and metrics["n_keypoints"] == 4 + 3 + 3
+    assert metrics["pck"] == metrics["pck_per_keypoint"] and "0.1" in metrics["pck_per_image"]

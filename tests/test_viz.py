@@ -1,0 +1,93 @@
+"""Figures and the computations behind them: PCK curves, dense warps, the eval figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from semcorr.viz import (plot_dense_warps, plot_matches, plot_pck_curves, pck_curve,
+                         position_colours, warp_to_source)
+
+
+def test_pck_curve_by_hand():
+    errors = [torch.tensor([0.0, 0.09, 0.3]), torch.tensor([0.04]), torch.tensor([])]
+    alphas, per_image = pck_curve(errors, alphas=[0.0, 0.05, 0.1, 0.2], average="per_image")
+    # pair 1: 1/3, 1/3, 2/3, 2/3; pair 2: 0, 1, 1, 1; the empty pair is skipped
+    np.testing.assert_allclose(per_image, 100 * np.array([1 / 6, 2 / 3, 5 / 6, 5 / 6]))
+    _, per_kp = pck_curve(errors, alphas=[0.0, 0.05, 0.1, 0.2], average="per_keypoint")
+    np.testing.assert_allclose(per_kp, [25.0, 50.0, 75.0, 75.0])
+    assert np.isnan(pck_curve([], alphas=[0.1])[1]).all()
+    with pytest.raises(ValueError):
+        pck_curve(errors, average="mean")
+
+
+def _scores_for_shift(grid, dc, dr):
+    """Scores whose row argmax maps source cell (r, c) to target cell (r + dr, c + dc)."""
+    h, w = grid
+    idx = torch.arange(h * w)
+    r, c = idx // w, idx % w
+    tgt = (r + dr).clamp(0, h - 1) * w + (c + dc).clamp(0, w - 1)
+    scores = torch.full((h * w, h * w), -1.0)
+    scores[idx, tgt] = 1.0
+    return scores
+
+
+def test_warp_to_source_identity_and_shift():
+    image = torch.rand(3, 32, 48)
+    warped = warp_to_source(image, _scores_for_shift((4, 6), 0, 0), (4, 6), 8, (4, 6), 8, (32, 48))
+    torch.testing.assert_close(warped, image)
+    # every source cell reads the target one cell to the right: the warp is a 8 px shift left
+    warped = warp_to_source(image, _scores_for_shift((4, 6), 1, 0), (4, 6), 8, (4, 6), 8, (32, 48))
+    torch.testing.assert_close(warped[:, :, :40], image[:, :, 8:])
+    # a source row with no finite score (padding) stays black
+    scores = _scores_for_shift((4, 6), 0, 0)
+    scores[0] = float("-inf")
+    assert warp_to_source(image, scores, (4, 6), 8, (4, 6), 8, (32, 48))[:, :8, :8].abs().sum() == 0
+
+
+def test_position_colours_distinguish_positions():
+    colours = position_colours(np.array([[0, 0], [99, 0], [0, 49], [99, 49], [49.5, 24.5]]), 50, 100)
+    assert colours.shape == (5, 3) and (colours >= 0).all() and (colours <= 1).all()
+    assert len({tuple(np.round(c, 3)) for c in colours}) == 5
+
+
+def test_plots_write_files(tmp_path):
+    src, trg = torch.rand(3, 40, 60), torch.rand(3, 50, 50)
+    pts = np.array([[5.0, 5.0], [30.0, 20.0]])
+    assert plot_matches(src, trg, pts, pts + 1, tmp_path / "m.png", scores=[0.5, 0.7]).stat().st_size > 0
+    assert plot_dense_warps(src, trg, {"nn": src}, tmp_path / "w.png").is_file()
+    metrics = {"pck_curve": {"alphas": [0, 0.1, 0.2], "pck": [0, 50, 80]}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    path = plot_pck_curves({"a": metrics, "b": tmp_path / "run", "c": ([0, 0.2], [0, 100])},
+                           tmp_path / "c.png")
+    assert path.is_file()
+    with pytest.raises(ValueError, match="pck_curve"):
+        plot_pck_curves({"old": {"pck": {"0.1": 50}}}, tmp_path / "d.png")
+
+
+def test_eval_writes_figures_and_curve(tmp_path, monkeypatch):
+    """eval.py on 4 synthetic pairs: the curve matches the PCK metric at its alphas, every figure
+    is written and logged to (offline) W&B, and plots.warp_compare adds a matcher."""
+    from semcorr.cli.eval import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    rc = main(["data.max_pairs=4", "data.batch_size=2", "plots.n_pairs=2", "metric.alphas=[0.05,0.1]",
+               "plots.warp_compare=[nn]", "trainer.enable_progress_bar=false", f"out_dir={out}"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    curve = metrics["pck_curve"]
+    assert curve["n_pairs"] == 4 and curve["alphas"][0] == 0 and curve["alphas"][-1] == pytest.approx(0.2)
+    for alpha, value in metrics["pck"].items():
+        i = int(np.argmin(np.abs(np.array(curve["alphas"]) - float(alpha))))
+        assert curve["pck"][i] == pytest.approx(value, abs=1e-6)
+    assert np.all(np.diff(curve["pck"]) >= 0)
+    for name in ("keypoints", "pck_curve", "dense_warp"):
+        assert (out / f"{name}.png").stat().st_size > 5_000
+    media = list(out.glob("wandb/offline-run-*/files/media/images/*.png"))
+    assert {p.name.split("_")[0] for p in media} >= {"keypoints", "pck", "dense"}
