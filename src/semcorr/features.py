@@ -177,7 +177,9 @@ class FeatureExtractor(nn.Module):
 
         Returns a :class:`FeatureMap` with (B, D, h, w) features.
         """
-        caching = use_cache and bool(self.stores) and ids is not None
+        # features of a backbone that is being trained go stale after every optimiser step
+        trainable = any(p.requires_grad for p in self.backbone.parameters())
+        caching = use_cache and bool(self.stores) and ids is not None and not trainable
         if ids is None or not (caching or self.dedupe):
             self.backbone_calls += images.shape[0]
             return self.backbone(images)

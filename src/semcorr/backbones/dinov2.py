@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict
@@ -145,7 +146,9 @@ class DinoV2(Backbone):
         super().__init__()
         self.model_name = MODELS.get(model, model)
         self.weights = weights
-        self.vit = create_vit(self.model_name, weights, dict(model_kwargs or {}))
+        self.model_kwargs = dict(model_kwargs or {})
+        self._instance = uuid.uuid4().hex[:12]
+        self.vit = create_vit(self.model_name, weights, self.model_kwargs)
         self.stride = int(self.vit.patch_embed.patch_size[0])
         self.dim = int(self.vit.embed_dim)
         depth = len(self.vit.blocks)
@@ -159,7 +162,12 @@ class DinoV2(Backbone):
         self._freeze()
 
     def cache_key(self) -> str:
-        return f"dinov2-{self.model_name}-{Path(str(self.weights)).name}-l{self.layer}-n{int(self.norm)}"
+        """Model, weights, block, norm and architecture overrides. Randomly initialised models get
+        a per-instance id, so no cache ever mixes two random draws."""
+        weights = Path(str(self.weights)).name if self.weights not in ("none", "", None) else \
+            f"random-{self._instance}"
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items()))
+        return f"dinov2-{self.model_name}-{weights}-l{self.layer}-n{int(self.norm)}-{extra}"
 
     def _freeze(self) -> None:
         depth = len(self.vit.blocks)

@@ -13,6 +13,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from semcorr.config import GroupConfig
+from semcorr.errors import DataError
+from semcorr.features import MemoryCache
 from semcorr.data.resize import resize_image, to_network
 from semcorr.data.transforms import AugmentConfig
 
@@ -31,6 +33,7 @@ class DataConfig(GroupConfig):
     num_workers: int = 0
     max_pairs: Optional[int] = None
     categories: List[str] = field(default_factory=list)  # empty: all
+    image_cache_mb: int = 512  # decoded images kept in memory (per worker)
     # training-time paired augmentation (semcorr.data.transforms); not a dataset argument
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -62,6 +65,11 @@ def load_image(path: str | Path) -> torch.Tensor:
 
     Grey-scale, palette and RGBA files are converted to RGB (alpha is dropped).
     """
+    return load_image_uint8(path).float().div_(255.0)
+
+
+def load_image_uint8(path: str | Path) -> torch.Tensor:
+    """:func:`load_image` as (3, h, w) uint8."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
@@ -75,8 +83,8 @@ def load_image(path: str | Path) -> torch.Tensor:
                 im = Image.fromarray(grey.clip(0, 255).astype(np.uint8))
             array = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+        raise DataError(f"cannot read image {path}: {err}") from None
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 class PairDataset(Dataset):
@@ -98,6 +106,7 @@ class PairDataset(Dataset):
         divisor: int = 1,
         max_pairs: Optional[int] = None,
         categories: Sequence[str] = (),
+        image_cache_mb: float = 512,
     ) -> None:
         self.image_size = image_size
         self.resize = resize
@@ -107,6 +116,7 @@ class PairDataset(Dataset):
         self.records: List[PairRecord] = []
         self.categories: List[str] = []
         self.image_root = Path(".")
+        self.image_cache = MemoryCache(image_cache_mb)
         self.transform = None  # optional paired augmentation (training), see semcorr.data.transforms
 
     # ---- subclasses call this after loading their records
@@ -128,7 +138,14 @@ class PairDataset(Dataset):
         return len(self.records)
 
     def read_image(self, image_id: str) -> torch.Tensor:
-        return load_image(self.image_root / image_id)
+        """(3, h, w) float image; decoded files are kept (as uint8) in a bounded LRU cache, since
+        pair benchmarks use each image many times."""
+        key = str(image_id)
+        cached = self.image_cache.get(key)
+        if cached is None:
+            cached = load_image_uint8(self.image_root / image_id)
+            self.image_cache.put(key, cached)
+        return cached.float().div_(255.0)
 
     def image_ids(self) -> List[str]:
         """Distinct image ids, in first-use order."""

@@ -9,14 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from semcorr.errors import SemcorrError
-
-
-class DataError(SemcorrError, ValueError):
-    """A dataset file that exists but cannot be used (malformed, unreadable); names the file.
-
-    A ``SemcorrError``, so the CLIs print it as one line.
-    """
+from semcorr.errors import DataError  # noqa: F401  (re-exported for the loaders)
 
 
 def read_json(path: Path, dataset: str) -> Any:
