@@ -46,13 +46,11 @@ def _rss_mb() -> float:
 
 def _inputs(grid, batch, device, seed=0):
     g = torch.Generator().manual_seed(seed)
-    n = grid * grid
     # Smooth-ish random features: a low-frequency random field plus noise, so plans are peaked.
     base = torch.randn(batch, 64, grid // 4 + 1, grid // 4 + 1, generator=g)
     f = torch.nn.functional.interpolate(base, size=(grid, grid), mode="bilinear", align_corners=False)
     f1 = f + 0.3 * torch.randn(batch, 64, grid, grid, generator=g)
     f2 = torch.roll(f, shifts=(1, 2), dims=(2, 3)) + 0.3 * torch.randn(batch, 64, grid, grid, generator=g)
-    del n
     return f1.to(device), f2.to(device)
 
 
@@ -231,13 +229,18 @@ def main(argv=None):
                 rec = _spawn(method, grid, a, backward=True, reference=ref)
             records.append(rec)
             print(_fmt(rec), flush=True)
+            _write(a.json, records)  # after every record, so a long run leaves partial results
     print()
     print(_table(records))
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(records, f, indent=1)
+    _write(a.json, records)
     return 0
+
+
+def _write(path, records):
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(records, f, indent=1)
 
 
 def _num(v, fmt):

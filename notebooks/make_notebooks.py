@@ -261,7 +261,7 @@ runs = {"appearance only (lam_gw=0)": solve(lam_gw=0.0, lam_sym=0.0),
         f"+ GW term (lam_gw={PRESET['lam_gw']:g})": solve(lam_sym=0.0)}
 for name, out in runs.items():
     report(name, out)
-show = [0, 3, 5, 8]
+show = [k for k in (0, 3, 5, 8) if k < n_kps]
 viz.plot_plan_rows(batch["trg_img"][0], {n: o["rows"][show] for n, o in runs.items()}, stride,
                    trg_kps=batch["trg_kps"][0, show],
                    pred={n: o["pred"][0, show] for n, o in runs.items()},

@@ -62,32 +62,26 @@ def test_equals_dense_reference(marginal):
 
 def test_equals_pot_entropic_fused_gw():
     """Balanced, no symmetry, η = 1/ε: our iteration is POT's PGD; plans and values agree."""
-    import ot
-
     sg = tg = (5, 6)
     cost = _cost(1, sg, tg, seed=3)
     lam, lam_gw, eps, dmin, dmax = 1.0, 0.5, 0.05, 2.0, 2.5
     res = solve_gwot(
         cost, sg, tg, lam=lam, lam_gw=lam_gw, eps=eps, delta_min=dmin, delta_max=dmax,
-        marginal="balanced", step_size=1 / eps, n_steps=100, sinkhorn_iters=100,
+        marginal="balanced", step_size=1 / eps, n_steps=40, sinkhorn_iters=25,
         normalize=False, return_objective=True,
     )
-    t_pot = pot_entropic_fgw(cost[0], sg, tg, lam, lam_gw, eps, dmin, dmax)
+    t_pot, log = pot_entropic_fgw(cost[0], sg, tg, lam, lam_gw, eps, dmin, dmax, max_iter=40, tol=0.0,
+                                  log=True)
     t_ours = res.log_plan[0].exp()
-    assert (t_ours - t_pot).abs().max() < 1e-10  # plan entries are ~1e-3
+    assert (t_ours - t_pot).abs().max() < 1e-9  # plan entries are ~1e-3
     # Objective: ours = s * POT's fgw value - s * alpha * (q'Kq - p'C^p p) - eps * H(T).
     cp, cq = structure_matrices(sg, tg, dmin, dmax)
     k = 1 - cq
     s, alpha = lam + lam_gw / 2, (lam_gw / 2) / (lam + lam_gw / 2)
     p = torch.full((30,), 1 / 30, dtype=torch.float64)
-    m = cost[0].numpy()
-    _, log = ot.gromov.entropic_fused_gromov_wasserstein(
-        m, cp.numpy(), k.numpy(), p.numpy(), p.numpy(), epsilon=eps / s, alpha=alpha,
-        max_iter=1000, tol=1e-11, log=True, numItermax=10000, stopThr=1e-13,
-    )
-    ours_from_pot = s * log["fgw_dist"] - s * alpha * float(p @ k @ p - p @ cp @ p)
+    ours_from_pot = s * float(log["fgw_dist"]) - s * alpha * float(p @ k @ p - p @ cp @ p)
     ours_from_pot += eps * float((t_pot * t_pot.log()).sum())
-    assert abs(float(res.objective[0, -1]) - ours_from_pot) < 1e-9 * max(1.0, abs(ours_from_pot))
+    assert abs(float(res.objective[0, -1]) - ours_from_pot) < 1e-8 * max(1.0, abs(ours_from_pot))
 
 
 def test_row_marginal_exact_and_padding_is_minus_inf():
@@ -201,12 +195,12 @@ def _feature_maps(b=2, grid=(12, 12), dim=16, dtype=torch.float32):
 
 
 def test_no_nan_small_eps_float32_and_bf16_autocast():
-    src, trg = _feature_maps()
-    m = GWOTMatcher(eps=1e-3, lam_gw=5.0, lam_sym=1.0, n_steps=50, return_objective=True)
+    src, trg = _feature_maps(grid=(10, 10))
+    m = GWOTMatcher(eps=1e-3, lam_gw=5.0, lam_sym=1.0, n_steps=30, return_objective=True)
     pairs = torch.tensor([[[3, 8], [30, 40]], [[5, 6], [-1, -1]]])
     out = m(src, trg, pairs)
     fin = out.scores[torch.isfinite(out.scores)]
-    assert fin.numel() == 2 * 144 * 144 - 144 * 24 and not torch.isnan(out.scores).any()
+    assert fin.numel() == 2 * 100 * 100 - 100 * 20 and not torch.isnan(out.scores).any()
     assert torch.isfinite(out.extras["objective"]).all()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         src16 = src.with_features(src.features.bfloat16())

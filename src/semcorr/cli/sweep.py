@@ -90,13 +90,14 @@ def run_name(overrides: Dict[str, str]) -> str:
 
 
 def _finish_wandb() -> None:
+    """Close the W&B run of the last cell, so the next cell starts its own run."""
     try:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(quiet=True)
-    except ImportError:
-        pass
+            wandb.finish()
+    except Exception as err:  # noqa: BLE001  (never let logging clean-up stop a sweep)
+        log.warning("could not finish the W&B run: %s", err)
 
 
 def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,

@@ -92,7 +92,6 @@ class GWOTResult(NamedTuple):
 def gw_filter(t: torch.Tensor, src_grid, trg_grid, delta_min: float, delta_max: float) -> torch.Tensor:
     """(C^p T K) for T (B, Ns, Nt): δ_min-disc (strict) over the source grid, δ_max-disc (closed)
     over the target grid."""
-    b, ns, nt = t.shape
     out = filter_trailing(t, trg_grid, delta_max, strict=False)
     return filter_leading(out, src_grid, delta_min, strict=True)
 

@@ -173,7 +173,8 @@ def solve_gwot_dense(
     return out, torch.stack(objs, 1), eta[:, 0, 0]
 
 
-def pot_entropic_fgw(cost, src_grid, trg_grid, lam, lam_gw, eps, delta_min, delta_max, max_iter=1000, tol=1e-11):
+def pot_entropic_fgw(cost, src_grid, trg_grid, lam, lam_gw, eps, delta_min, delta_max, max_iter=1000, tol=1e-11,
+                     log=False):
     """Balanced GW-OT without symmetry (one pair, no padding) solved by POT (``ot`` package).
 
     With K = 1 - C^q (the δ_max disc) and the square loss, POT's GW term is
@@ -182,7 +183,7 @@ def pot_entropic_fgw(cost, src_grid, trg_grid, lam, lam_gw, eps, delta_min, delt
     s [(1-α)<C,T> + α Σ L T T] - εH(T) + const with s = λ + λ_gw/2, α = λ_gw / (2 s), and POT's
     ε is ε / s. ``lam_gw`` here is the effective (already normalised) weight.
 
-    Returns T (Ns, Nt) as a float64 tensor.
+    Returns T (Ns, Nt) as a float64 tensor (and POT's log dict, with ``fgw_dist``, if ``log``).
     """
     import ot  # test / benchmark dependency
 
@@ -196,8 +197,10 @@ def pot_entropic_fgw(cost, src_grid, trg_grid, lam, lam_gw, eps, delta_min, delt
 
     p = np.full(ns, 1.0 / ns)
     q = np.full(nt, 1.0 / nt)
-    t = ot.gromov.entropic_fused_gromov_wasserstein(
+    t, info = ot.gromov.entropic_fused_gromov_wasserstein(
         c, cp.numpy(), k.numpy(), p, q, loss_fun="square_loss", epsilon=eps / s, alpha=alpha,
-        max_iter=max_iter, tol=tol, solver="PGD", symmetric=True, numItermax=10000, stopThr=1e-13,
+        max_iter=max_iter, tol=tol, solver="PGD", symmetric=True, numItermax=2000, stopThr=1e-12,
+        log=True,
     )
-    return torch.as_tensor(np.asarray(t), dtype=torch.float64)
+    t = torch.as_tensor(np.asarray(t), dtype=torch.float64)
+    return (t, info) if log else t
