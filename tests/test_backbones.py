@@ -99,6 +99,25 @@ def test_trainable_blocks_and_frozen_modules_stay_in_eval():
     assert not any(p.requires_grad for p in frozen.parameters())
 
 
+def test_trainable_blocks_minus_one_trains_the_whole_vit():
+    for model_name in ("vits14", "vits14_reg"):
+        model = DinoV2(model=model_name, weights="none", trainable_blocks=-1, model_kwargs=TINY)
+        names = [n for n, _ in model.named_parameters()]
+        assert {"vit.patch_embed.proj.weight", "vit.pos_embed", "vit.cls_token"} <= set(names)
+        assert all(p.requires_grad for p in model.parameters()), \
+            [n for n, p in model.named_parameters() if not p.requires_grad]
+        assert model.frozen_modules() == [] and all(m.training for m in model.modules())
+        model(torch.rand(1, 3, 28, 28)).features.sum().backward()
+        assert model.vit.patch_embed.proj.weight.grad is not None
+        assert model.vit.pos_embed.grad is not None
+    # frozen modules are in eval mode right after construction, before any train() call
+    partial = DinoV2(model="vits14", weights="none", trainable_blocks=1, model_kwargs=TINY)
+    assert not partial.vit.patch_embed.training and not partial.vit.blocks[0].training
+    assert partial.vit.blocks[1].training
+    with pytest.raises(ValueError, match="-1"):
+        DinoV2(model="vits14", weights="none", trainable_blocks=-2, model_kwargs=TINY)
+
+
 def test_layer_choice_and_input_size_check():
     model = DinoV2(model="vits14", weights="none", layer=0, model_kwargs=TINY).eval()
     assert model.layer == 0

@@ -52,7 +52,11 @@ class DinoV2Config(GroupConfig):
     weights: str = "timm"  # timm | none | /path/to/checkpoint.{pth,safetensors}
     layer: int = -1  # block whose tokens are returned (negative: from the end)
     norm: bool = True  # apply the final LayerNorm to the returned tokens
-    trainable_blocks: int = 0  # the last k blocks train; the rest stay frozen and in eval mode
+    # the last k blocks (and the final norm) train; the rest, and the patch / position embeddings
+    # and class / register tokens, stay frozen and in eval mode. -1: the whole ViT trains (every
+    # block, patch embedding, position embedding, class / register tokens, final norm), e.g. a
+    # randomly initialised model learned from scratch (configs/backbone/vit_tiny_random.yaml)
+    trainable_blocks: int = 0
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2} for tests
 
 
@@ -138,6 +142,13 @@ class DinoV2(Backbone):
     ``forward`` normalises [0, 1] RGB with the ImageNet mean/std, runs the ViT at the input's own
     size (``dynamic_img_size``: position embeddings are interpolated) and returns the tokens of
     block ``layer`` (optionally through the final norm), without class and register tokens.
+
+    ``trainable_blocks=k`` (``0 <= k <= depth``) trains the last ``k`` blocks and the final norm;
+    the patch embedding, position embedding and class / register tokens stay frozen.
+    ``trainable_blocks=-1`` trains everything: all blocks, the patch embedding, the position
+    embedding, the class / register tokens and the final norm (for training a random ViT from
+    scratch). Blocks after ``layer`` never train (their output is unused). Frozen modules
+    (:meth:`frozen_modules`) are in eval mode from construction on, and :meth:`train` keeps them so.
     """
 
     def __init__(self, model: str = "vit_base_patch14_dinov2", weights: str = "timm",
@@ -154,12 +165,19 @@ class DinoV2(Backbone):
         depth = len(self.vit.blocks)
         self.layer = layer % depth
         self.norm = norm
-        if not 0 <= trainable_blocks <= depth:
-            raise ValueError(f"trainable_blocks={trainable_blocks} must be in [0, {depth}]")
+        if not -1 <= trainable_blocks <= depth:
+            raise ValueError(f"trainable_blocks={trainable_blocks} must be in [0, {depth}], or -1 "
+                             f"(the whole ViT, embeddings included, trains)")
         self.trainable_blocks = trainable_blocks
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._freeze()
+        self.train(self.training)  # frozen modules in eval mode from the start
+
+    @property
+    def train_all(self) -> bool:
+        """``trainable_blocks == -1``: the whole ViT trains, embeddings included."""
+        return self.trainable_blocks == -1
 
     def cache_key(self) -> str:
         """Model, weights, block, norm and architecture overrides. Randomly initialised models get
@@ -169,23 +187,34 @@ class DinoV2(Backbone):
         extra = ",".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items()))
         return f"dinov2-{self.model_name}-{weights}-l{self.layer}-n{int(self.norm)}-{extra}"
 
+    def _first_trainable_block(self) -> int:
+        depth = len(self.vit.blocks)
+        return 0 if self.train_all else depth - self.trainable_blocks
+
     def _freeze(self) -> None:
         depth = len(self.vit.blocks)
-        first_trainable = depth - self.trainable_blocks
         for p in self.vit.parameters():
             p.requires_grad_(False)
-        for i in range(first_trainable, min(depth, self.layer + 1)):
+        for i in range(self._first_trainable_block(), min(depth, self.layer + 1)):
             for p in self.vit.blocks[i].parameters():
                 p.requires_grad_(True)
         if self.trainable_blocks and self.norm:
             for p in self.vit.norm.parameters():
                 p.requires_grad_(True)
+        if self.train_all:
+            for p in self.vit.patch_embed.parameters():
+                p.requires_grad_(True)
+            for name in ("pos_embed", "cls_token", "reg_token"):
+                param = getattr(self.vit, name, None)
+                if isinstance(param, nn.Parameter):
+                    param.requires_grad_(True)
 
     def frozen_modules(self):
-        """Modules that never train (kept in eval mode by :meth:`train`)."""
-        depth = len(self.vit.blocks)
-        frozen = [self.vit.patch_embed] + list(self.vit.blocks[: depth - self.trainable_blocks])
-        return frozen
+        """Modules that never train (kept in eval mode by :meth:`train`): the patch embedding and
+        the blocks before the last ``trainable_blocks``; none with ``trainable_blocks=-1``."""
+        if self.train_all:
+            return []
+        return [self.vit.patch_embed] + list(self.vit.blocks[: self._first_trainable_block()])
 
     def train(self, mode: bool = True) -> "DinoV2":
         super().train(mode)
@@ -197,7 +226,7 @@ class DinoV2(Backbone):
     def forward(self, images: torch.Tensor) -> FeatureMap:
         self.check_input(images)
         x = (images - self.mean) / self.std
-        grad = torch.is_grad_enabled() and self.trainable_blocks > 0
+        grad = torch.is_grad_enabled() and self.trainable_blocks != 0
         with torch.set_grad_enabled(grad):
             feats = self.vit.forward_intermediates(
                 x, indices=[self.layer], norm=self.norm, output_fmt="NCHW", intermediates_only=True
