@@ -114,15 +114,32 @@ def test_compose_runs_features_then_refiners():
     assert nc.net[0].weight.grad.abs().sum() > 0
 
 
-def test_nc_with_an_ot_matcher():
-    matcher = build_matcher(load_config(["matcher=ot", "matcher.n_steps=5"]).matcher)
+@pytest.mark.parametrize("matcher_name", ["ot", "gwot"])
+def test_nc_with_the_ot_family(matcher_name):
+    grad = ["matcher.grad=unroll"] if matcher_name == "gwot" else []
+    matcher = build_matcher(load_config([f"matcher={matcher_name}", "matcher.n_steps=5", *grad]).matcher)
+    assert accepts_similarity(matcher)
     nc = NeighbourhoodConsensus(channels=[2, 2])
     src, trg = fmap(), fmap(seed=1)
-    if accepts_similarity(matcher):
-        assert match_with_refiner(matcher, nc.refine, src, trg).scores.shape == (2, 20, 20)
-    else:
-        with pytest.raises(ValueError, match="similarity"):
-            match_with_refiner(matcher, nc.refine, src, trg)
+    result = match_with_refiner(matcher, nc.refine, src, trg)
+    assert result.scores.shape == (2, 20, 20)
+    result.scores[torch.isfinite(result.scores)].exp().pow(2).sum().backward()
+    assert nc.net[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("matcher_name", ["ot", "gwot"])
+def test_given_similarity_equals_the_feature_cost(matcher_name):
+    """Passing the plain cosine similarity reproduces the matcher's own cost, padding included."""
+    grad = ["matcher.grad=detach"] if matcher_name == "gwot" else []
+    matcher = build_matcher(load_config([f"matcher={matcher_name}", "matcher.n_steps=5", *grad]).matcher)
+    src, trg = fmap(), fmap(seed=1)
+    trg.valid = torch.ones(trg.features.shape[0], *trg.grid, dtype=torch.bool)
+    trg.valid[:, -1, :] = False  # a padded bottom row: the solver crops it away
+    plain = matcher(src, trg).scores
+    given = matcher(src, trg, similarity=cosine_similarity(src, trg)).scores
+    finite = torch.isfinite(plain)
+    assert torch.equal(finite, torch.isfinite(given))
+    assert torch.allclose(plain[finite], given[finite], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", available("head"))

@@ -69,6 +69,7 @@ from semcorr.matchers.ot import (
     _per_pair,
     cosine_cost,
     masks,
+    similarity_cost,
     sinkhorn_log,
     uniform_log_marginals,
 )
@@ -451,6 +452,15 @@ def crop_to_valid(fm: FeatureMap) -> Tuple[FeatureMap, Box]:
     return FeatureMap(feats, fm.stride, fm.valid[..., r0:r1, c0:c1]), (r0, r1, c0, c1)
 
 
+def crop_pairwise(matrix: torch.Tensor, src_grid, s_box: Box, trg_grid, t_box: Box) -> torch.Tensor:
+    """Crop a (B, h*w, h'*w') matrix to the source and target boxes of :func:`crop_to_valid`."""
+    (h, w), (ht, wt) = src_grid, trg_grid
+    r0, r1, c0, c1 = s_box
+    q0, q1, d0, d1 = t_box
+    m = matrix.reshape(-1, h, w, ht, wt)[:, r0:r1, c0:c1, q0:q1, d0:d1]
+    return m.reshape(m.shape[0], (r1 - r0) * (c1 - c0), (q1 - q0) * (d1 - d0))
+
+
 def remap_cells(cells: torch.Tensor, grid, box: Box) -> torch.Tensor:
     """Row-major cell indices of ``grid`` -> indices in the cropped grid (-1 outside / padding)."""
     r0, r1, c0, c1 = box
@@ -569,11 +579,14 @@ class GWOTMatcher(Matcher):
         return {k: getattr(self, "log_" + k).exp() for k in _LEARNABLE}
 
     def forward(
-        self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None
+        self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None,
+        similarity: Optional[torch.Tensor] = None,
     ) -> MatchResult:
         """Args:
             src, trg: feature maps, features (B, D, h, w) / (B, D, h', w'), optional valid masks.
             sym_pairs: optional (B, S, 2) source cell indices of left/right symmetric pairs.
+            similarity: optional (B, h*w, h'*w'); the cost is ``1 - similarity`` instead of the
+                cosine cost of the features (e.g. a neighbourhood-consensus-refined similarity).
         Returns:
             MatchResult: scores (B, h*w, h'*w') = log T (-inf at invalid target cells); extras
             ``objective`` (B, n_steps) if ``return_objective``, ``step_size`` (B,).
@@ -582,7 +595,10 @@ class GWOTMatcher(Matcher):
             # Solve on the bounding box of the valid cells (exact: padded cells carry no mass).
             src_c, s_box = crop_to_valid(src)
             trg_c, t_box = crop_to_valid(trg)
-            cost = cosine_cost(src_c, trg_c)
+            if similarity is None:
+                cost = cosine_cost(src_c, trg_c)
+            else:
+                cost = crop_pairwise(similarity_cost(similarity), src.grid, s_box, trg.grid, t_box)
             sv, tv = masks(src_c, trg_c)
             if sym_pairs is not None:
                 sym_pairs = remap_cells(sym_pairs, src.grid, s_box)

@@ -148,6 +148,14 @@ def cosine_cost(src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
     return 1.0 - a @ b.transpose(1, 2)
 
 
+def similarity_cost(similarity: torch.Tensor) -> torch.Tensor:
+    """(B, Ns, Nt) C = 1 - s for a given (e.g. consensus-refined) similarity; -inf entries (invalid
+    target cells, which the solvers mask anyway) become a finite cost of 2."""
+    dt = torch.float64 if similarity.dtype == torch.float64 else torch.float32
+    s = similarity.to(dt)
+    return 1.0 - torch.where(torch.isfinite(s), s, torch.full_like(s, -1.0))
+
+
 def masks(src: FeatureMap, trg: FeatureMap) -> Tuple[torch.Tensor, torch.Tensor]:
     """(B, Ns), (B, Nt) bool validity of the cells (all True where a map has no mask)."""
     out = []
@@ -184,11 +192,16 @@ class OTMatcher(Matcher):
         self.marginal, self.n_steps = marginal, n_steps
 
     def forward(
-        self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None
+        self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None,
+        similarity: Optional[torch.Tensor] = None,
     ) -> MatchResult:
-        """src, trg: feature maps (B, D, h, w); returns scores (B, Ns, Nt) = log T."""
+        """src, trg: feature maps (B, D, h, w); returns scores (B, Ns, Nt) = log T.
+
+        ``similarity`` (B, Ns, Nt), optional: use ``C = 1 - similarity`` instead of the cosine
+        cost of the features (e.g. a neighbourhood-consensus-refined similarity).
+        """
         with torch.autocast(src.features.device.type, enabled=False):
-            cost = cosine_cost(src, trg)
+            cost = cosine_cost(src, trg) if similarity is None else similarity_cost(similarity)
             sv, tv = masks(src, trg)
             log_plan = solve_ot(
                 cost, sv, tv, self.lam, self.eps, self.lam_ub, self.marginal, self.n_steps
