@@ -9,6 +9,16 @@ import torch
 from torch import nn
 
 
+def cell_centers(grid: tuple[int, int], stride: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(h*w, 2) (x, y) centres of the cells of an (h, w) grid with ``stride``-px cells, row-major:
+    ``c * stride + (stride - 1) / 2`` along each axis (pixel-index convention)."""
+    h, w = grid
+    ys = torch.arange(h, device=device, dtype=dtype) * stride + (stride - 1) / 2
+    xs = torch.arange(w, device=device, dtype=dtype) * stride + (stride - 1) / 2
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+
+
 @dataclass
 class FeatureMap:
     """Patch features on a regular grid of the network-frame image.
@@ -33,12 +43,7 @@ class FeatureMap:
 
     def cell_centers(self) -> torch.Tensor:
         """(h*w, 2) (x, y) pixel coordinates of the cell centres, row-major."""
-        h, w = self.grid
-        dev, dt = self.features.device, torch.float32
-        ys = torch.arange(h, device=dev, dtype=dt) * self.stride + (self.stride - 1) / 2
-        xs = torch.arange(w, device=dev, dtype=dt) * self.stride + (self.stride - 1) / 2
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
+        return cell_centers(self.grid, self.stride, self.features.device)
 
     def flat(self) -> torch.Tensor:
         """(B, h*w, D) features, row-major over the grid."""

@@ -6,6 +6,8 @@ from typing import Tuple
 
 import torch
 
+from semcorr.backbones.base import cell_centers  # noqa: F401  (re-exported)
+
 TRANSFER_METHODS = ("argmax", "soft_argmax", "window_soft_argmax")
 
 
@@ -18,15 +20,6 @@ def cell_index(points: torch.Tensor, grid: Tuple[int, int], stride: int) -> torc
     col = torch.div(points[..., 0] + 0.5, stride, rounding_mode="floor").long().clamp_(0, w - 1)
     row = torch.div(points[..., 1] + 0.5, stride, rounding_mode="floor").long().clamp_(0, h - 1)
     return row * w + col
-
-
-def cell_centers(grid: Tuple[int, int], stride: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(h*w, 2) (x, y) centres of the cells of a grid, row-major."""
-    h, w = grid
-    ys = torch.arange(h, device=device, dtype=dtype) * stride + (stride - 1) / 2
-    xs = torch.arange(w, device=device, dtype=dtype) * stride + (stride - 1) / 2
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
 
 
 def transfer_rows(
