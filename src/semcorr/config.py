@@ -335,11 +335,10 @@ def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
         key, value = token.split("=", 1)
         try:
             parsed = OmegaConf.from_dotlist([token])
-            OmegaConf.select(cfg, key, throw_on_missing=False)
             if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
                 raise ConfigKeyError(f"unknown key {key!r}")
             cfg = OmegaConf.merge(cfg, parsed)
-        except (ConfigKeyError, ConfigAttributeError) as err:
+        except (ConfigKeyError, ConfigAttributeError):
             raise ConfigError(f"unknown key {key!r}; {_valid_keys(cfg, key)}") from None
         except OmegaConfBaseException as err:
             raise ConfigError(f"bad value for {key!r}: {value!r} ({type(err).__name__})") from None

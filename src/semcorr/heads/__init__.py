@@ -18,7 +18,6 @@ Every head's ``__init__`` takes ``dim``, the backbone's feature dimension (passe
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
 from torch import nn
 
 from semcorr.config import GroupConfig, build, register

@@ -13,7 +13,7 @@ Averaging (``average``):
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torchmetrics import Metric

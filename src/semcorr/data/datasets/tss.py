@@ -167,7 +167,7 @@ class TSSDataset(PairDataset):
 
     def load_pair(self, index: int) -> Dict[str, Any]:
         rec = self.records[index]
-        d, a, b = rec.meta["dir"], rec.meta["a"], rec.meta["b"]
+        d, a = rec.meta["dir"], rec.meta["a"]
         src_img, trg_img = self.read_image(rec.src), self.read_image(rec.trg)
         flow = read_flo(d / f"flow{a}.flo")
         mask = read_mask(d / f"mask{a}.png")
