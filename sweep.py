@@ -1,4 +1,4 @@
-"""Run a grid of ablations: ``python sweep.py configs/sweep/<name>.yaml [key=value ...]``.
+"""Run a grid of ablations: ``python sweep.py <name or file.yaml> [key=value ...]``.
 
 Thin wrapper around :mod:`semcorr.cli.sweep`; ``python sweep.py --help`` describes sweep files.
 """

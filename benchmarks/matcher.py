@@ -32,8 +32,11 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the dense reference
 
 LAM, LAM_GW, LAM_UB, EPS, DMIN, DMAX = 0.2, 0.2, 0.05, 0.01, 3.0, 5.0
 METHODS = ("nn", "ot", "gwot", "gwot_dense", "gwot_bal", "pot")
@@ -62,7 +65,7 @@ def _cost(f1, f2):
 
 def _run_method(method, grid, steps, cost, backward):
     from semcorr.matchers.gwot import solve_gwot
-    from semcorr.matchers.gwot_dense import solve_gwot_dense
+    from reference.gwot_dense import solve_gwot_dense
     from semcorr.matchers.ot import solve_ot
 
     g = (grid, grid)
@@ -71,7 +74,7 @@ def _run_method(method, grid, steps, cost, backward):
     if method == "nn":
         out = -cost
     elif method == "ot":
-        out = solve_ot(cost, lam=LAM, eps=EPS, lam_ub=LAM_UB, n_iters=steps)
+        out = solve_ot(cost, lam=LAM, eps=EPS, lam_ub=LAM_UB, n_steps=steps)
     elif method == "gwot":
         out = solve_gwot(cost, g, g, lam=LAM, lam_gw=LAM_GW, lam_ub=LAM_UB, eps=EPS, delta_min=DMIN,
                          delta_max=DMAX, n_steps=steps, grad="checkpoint" if backward else "detach").log_plan
@@ -99,7 +102,7 @@ def _run_method(method, grid, steps, cost, backward):
 def _pot(cost, g, steps, nu):
     import ot
 
-    from semcorr.matchers.gwot_dense import structure_matrices
+    from reference.gwot_dense import structure_matrices
 
     cp, cq = structure_matrices(g, g, DMIN, DMAX, cost.dtype, cost.device)
     k = 1 - cq

@@ -5,7 +5,7 @@
 ``gwot_vs_nn.png``: one PF-WILLOW pair matched with dense SIFT, by nearest neighbours and by
 GW-OT (``matcher=gwot_pf_willow``). Top: the ten keypoints, green when within alpha = 0.1 of
 the ground truth (white crosses), red otherwise. Bottom: the target warped back into the source
-frame through each matcher's scores / plan (``semcorr.viz.warp_to_source``). About 20 s on a CPU.
+frame through each matcher's scores / plan (``semcorr.warp.warp_to_source``). About 20 s on a CPU.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from semcorr import viz
 from semcorr.config import load_config
 from semcorr.data.datasets.pf_willow import PFWillowDataset
 from semcorr.data.schema import collate
-from semcorr.match import build_module
+from semcorr.inference import inference_model
 from semcorr.metrics.pck import pck_correct, pck_thresholds
+from semcorr.warp import warp_match
 
 SUBSET, INDEX, SIZE, ALPHA = "winebottle(M)", 72, 192, 0.1
 MATCHERS = {"NN": "nn", "GW-OT": "gwot_pf_willow"}
@@ -41,7 +42,7 @@ def gwot_vs_nn(path: Path) -> Path:
     grid = fig.add_gridspec(2, 4, height_ratios=[1.0, 1.05])
     warps = {}
     for col, (name, matcher) in enumerate(MATCHERS.items()):
-        module = build_module(load_config(["backbone=dsift", f"matcher={matcher}", f"data.image_size={SIZE}"]))
+        module = inference_model(load_config(["backbone=dsift", f"matcher={matcher}", f"data.image_size={SIZE}"]))
         with torch.no_grad():
             out = module(batch)
         ok = pck_correct(out["pred_orig"], batch["trg_kps_orig"], batch["kps_valid"], length, [ALPHA])[0, :, 0]
@@ -49,7 +50,7 @@ def gwot_vs_nn(path: Path) -> Path:
         viz.draw_matches(ax, src_img, trg_img, batch["src_kps_orig"][0], out["pred_orig"][0],
                          batch["trg_kps_orig"][0], ok.numpy(), legend=col == 0,
                          title=f"{name} (dense SIFT): {int(ok.sum())}/{len(ok)} keypoints correct at alpha={ALPHA:g}")
-        src_net, trg_net, warps[name] = viz.warp_match(batch, out)
+        src_net, trg_net, warps[name] = warp_match(batch, out)
         log.info("%s: %d/%d correct", name, int(ok.sum()), len(ok))
     axes = [fig.add_subplot(grid[1, c]) for c in range(4)]
     viz.plot_dense_warps(src_net, trg_net, warps, axes=axes)

@@ -92,7 +92,7 @@ print(SRC.name, tuple(src_img.shape), "->", TRG.name, tuple(trg_img.shape), "|",
     ("md", '''\
 ## Match with NN and with GW-OT
 
-`build_module` builds backbone, head and matcher from a config (the same `group=name` and
+`inference_model` builds backbone, head and matcher from a config (the same `group=name` and
 `key=value` tokens as the command line); `match_images` resizes both images to the network frame,
 runs the pipeline and maps the predictions back to the original target frame.
 
@@ -100,12 +100,12 @@ The command-line equivalent writes `matches.json` and `matches.png`:
 `semcorr-match SRC TRG --points "x,y;x,y" backbone=dsift matcher=gwot_pf_willow out_dir=out`
 (or `--dense` for a grid of foreground points).'''),
     ("code", '''\
-from semcorr.match import build_module, match_images
+from semcorr.inference import inference_model, match_images
 
 matches = {}
 for name, matcher in {"NN": "nn", "GW-OT": GWOT}.items():
     cfg = load_config([*BACKBONE, f"matcher={matcher}", f"data.image_size={SIZE}"])
-    module = build_module(cfg)
+    module = inference_model(cfg)
     matches[name] = match_images(module, src_img, trg_img, src_kps, SIZE, cfg.data.resize)
     print(f"{name:6s} first matches:", matches[name].trg_points[:3].round().tolist(),
           "scores:", [f"{v:.3f}" for v in matches[name].scores[:3].tolist()])'''),
@@ -129,9 +129,11 @@ The dense view: every source cell copies the target patch its row of the scores 
 transport plan (GW-OT) points to. A perfect matcher would reproduce the source; GW-OT's
 neighbourhood term keeps neighbouring cells together, so its warp is more coherent.'''),
     ("code", '''\
+from semcorr.warp import warp_match
+
 warps = {}
 for name, m in matches.items():
-    src_net, trg_net, warps[name] = viz.warp_match(m.batch, m.out)
+    src_net, trg_net, warps[name] = warp_match(m.batch, m.out)
 viz.plot_dense_warps(src_net, trg_net, warps)
 plt.show()'''),
     ("md", '''\
@@ -199,12 +201,12 @@ A wine bottle seen from the front: its ten PF-WILLOW keypoints come in left/righ
 (0-1, 2-3, ..., 8-9, by inspection of the annotation; PF-WILLOW ships no symmetry labels). We
 pass them as `sym_pairs` so the symmetry term has something to work on.'''),
     ("code", '''\
-from semcorr.config import section
+from semcorr.registry import section
 from semcorr.data.schema import collate
-from semcorr.match import build_module
+from semcorr.inference import inference_model
 
 cfg = load_config([*BACKBONE, f"matcher={GWOT}", f"data.image_size={SIZE}"])
-module = build_module(cfg)
+module = inference_model(cfg)
 stride = module.backbone.stride
 if HAVE_PF_WILLOW:
     from semcorr.data.datasets.pf_willow import PFWillowDataset
@@ -279,7 +281,7 @@ On this pair appearance and the GW term already keep every pair in order, so eve
 $\\lambda_{sym}$ only nudges the plan (a slightly lower $F_{sym}$): the term matters when a
 matcher would swap left and right (SPair-71k animals and vehicles seen from the side).'''),
     ("code", '''\
-from semcorr.matchers.gwot import sym_setup, sym_value
+from semcorr.matchers.gwot.terms import sym_setup, sym_value
 from semcorr.models.module import symmetric_cells
 
 sym_cells = symmetric_cells(batch, src.grid, stride)  # the pairs' source cells

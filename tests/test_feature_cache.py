@@ -7,7 +7,8 @@ import torch
 
 from semcorr.backbones.base import Backbone, FeatureMap
 from semcorr.cli.eval import main as eval_main
-from semcorr.features import DiskCache, FeatureExtractor, MemoryCache
+from semcorr.features import FeatureExtractor
+from semcorr.stores import DiskCache, MemoryCache
 
 
 class Pool(Backbone):

@@ -8,7 +8,7 @@ import torch
 from semcorr.backbones.base import FeatureMap
 from semcorr.matchers.gridfilter import disc_size, filter_leading, filter_trailing
 from semcorr.matchers.gwot import GWOTMatcher, solve_gwot
-from semcorr.matchers.gwot_dense import pot_entropic_fgw, solve_gwot_dense, structure_matrices
+from reference.gwot_dense import pot_entropic_fgw, solve_gwot_dense, structure_matrices
 
 SG, TG = (6, 7), (5, 8)  # Ns = 42, Nt = 40
 

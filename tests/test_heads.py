@@ -1,6 +1,8 @@
 """Heads: the bottleneck block, 4-D convolution against a brute-force reference, neighbourhood
 consensus symmetry and memory, composition, and the wiring into the matchers."""
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,10 +11,14 @@ from semcorr.backbones.base import FeatureMap
 from semcorr.config import available, load_config
 from semcorr.heads import build_head
 from semcorr.heads.bottleneck import ResNetBottleneckHead
-from semcorr.heads.consensus import (NeighbourhoodConsensus, accepts_similarity, conv4d,
-                                     match_with_refiner, nc_activation_bytes)
+from semcorr.heads.consensus import NeighbourhoodConsensus, conv4d, nc_activation_bytes
 from semcorr.matchers import build_matcher
 from semcorr.matchers.base import cosine_similarity
+
+
+def match_refined(matcher, head, src, trg):
+    """The pipeline's score refinement: the matcher on the head's refined cosine similarity."""
+    return matcher(src, trg, similarity=head.refine(cosine_similarity(src, trg), src, trg))
 
 
 def fmap(b=2, d=12, h=4, w=5, seed=0, dtype=torch.float32):
@@ -104,10 +110,10 @@ def test_compose_runs_features_then_refiners():
     cfg = load_config(["head=resnet_bottleneck_nc"])
     head = build_head(cfg.head, dim=12)
     assert [type(h).__name__ for h in head.heads] == ["ResNetBottleneckHead", "NeighbourhoodConsensus"]
-    assert head.refine is not None
+    assert head.refines_similarity
     src, trg = fmap(), fmap(seed=1)
     s2, t2 = head(src, trg)
-    result = match_with_refiner(build_matcher(load_config(["matcher=nn"]).matcher), head.refine, s2, t2)
+    result = match_refined(build_matcher(load_config(["matcher=nn"]).matcher), head, s2, t2)
     assert result.scores.shape == (2, 20, 20)
     result.scores[torch.isfinite(result.scores)].sum().backward()
     nc = head.heads[1]
@@ -118,10 +124,10 @@ def test_compose_runs_features_then_refiners():
 def test_nc_with_the_ot_family(matcher_name):
     grad = ["matcher.grad=unroll"] if matcher_name == "gwot" else []
     matcher = build_matcher(load_config([f"matcher={matcher_name}", "matcher.n_steps=5", *grad]).matcher)
-    assert accepts_similarity(matcher)
+    assert "similarity" in inspect.signature(matcher.forward).parameters
     nc = NeighbourhoodConsensus(channels=[2, 2])
     src, trg = fmap(), fmap(seed=1)
-    result = match_with_refiner(matcher, nc.refine, src, trg)
+    result = match_refined(matcher, nc, src, trg)
     assert result.scores.shape == (2, 20, 20)
     result.scores[torch.isfinite(result.scores)].exp().pow(2).sum().backward()
     assert nc.net[0].weight.grad.abs().sum() > 0

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from semcorr.match import (InputError, border_contrast_mask, dense_points, main, parse_points,
-                           read_points_file)
+from semcorr.cli.match import main, parse_points, read_points_file
+from semcorr.errors import InputError
+from semcorr.foreground import border_contrast_mask, dense_points
 
 TINY_VIT = ["backbone=dinov2_vits14", "backbone.weights=none",
             "backbone.model_kwargs={depth: 1, embed_dim: 32, num_heads: 2}"]
@@ -163,8 +164,48 @@ def test_bad_inputs_end_with_one_line(case, shifted_pair, tmp_path, capsys):
 
 def test_module_entry_point_reports_without_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline")
-    proc = subprocess.run([sys.executable, "-m", "semcorr.match", str(tmp_path / "a.png"),
+    proc = subprocess.run([sys.executable, "-m", "semcorr.cli.match", str(tmp_path / "a.png"),
                            str(tmp_path / "b.png"), "--points", "1,1"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "image not found" in proc.stderr
+
+
+def test_match_uses_the_checkpoints_weights(shifted_pair, tmp_path, capsys):
+    """``ckpt=RUN`` rebuilds the run's model and loads its weights: a checkpoint whose head differs
+    from the initial one changes the predictions, and equals matching with that head directly."""
+    import torch
+
+    from semcorr.builder import build_run, config_dict
+    from semcorr.config import load_config, save_config
+    from semcorr.inference import match_images
+    from semcorr.data.base import load_image
+
+    src, trg, _ = shifted_pair
+    tokens = ["backbone=dsift", "head=resnet_bottleneck", "matcher=nn", "data.image_size=160",
+              "data.resize=longer_side", f"out_dir={tmp_path / 'run'}"]
+    cfg = load_config(tokens)
+    module = build_run(cfg, stage="predict").module
+    torch.manual_seed(3)
+    with torch.no_grad():  # a "trained" head: far from the identity it starts as
+        for p in module.head.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_config(cfg, run)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": {"run_config": config_dict(cfg)}},
+               run / "checkpoints" / "last.ckpt")
+    points = "43.5,35.5;83.5,67.5;123.5,91.5;59.5,99.5;27.5,75.5;100,50;140,110"
+
+    def matched(*extra):
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        rc, _, err = _run([src, trg, "--points", points, *extra, f"out_dir={out}"], capsys)
+        assert rc == 0, err
+        return np.array([m["trg"] for m in json.loads((out / "matches.json").read_text())["matches"]])
+
+    initial = matched(*tokens[:-1])
+    trained = matched(f"ckpt={run}")
+    assert np.abs(initial - trained).max() > 1.0  # the checkpoint's head moved predictions
+    direct = match_images(module.eval(), load_image(src), load_image(trg), torch.tensor(
+        [[float(v) for v in p.split(",")] for p in points.split(";")]), 160, "longer_side")
+    np.testing.assert_allclose(trained, direct.trg_points.numpy(), atol=0.01)

@@ -22,7 +22,7 @@ def test_balanced_equals_pot_sinkhorn():
 
     cost = _cost()
     lam, eps = 0.5, 0.02
-    plan = solve_ot(cost, lam=lam, eps=eps, marginal="balanced", n_iters=500)[0].exp()
+    plan = solve_ot(cost, lam=lam, eps=eps, marginal="balanced", n_steps=500)[0].exp()
     a, b = torch.full((20,), 1 / 20, dtype=torch.float64), torch.full((24,), 1 / 24, dtype=torch.float64)
     ref = ot.sinkhorn(a.numpy(), b.numpy(), (lam * cost[0]).numpy(), eps, method="sinkhorn_log",
                       numItermax=5000, stopThr=1e-14)
@@ -36,7 +36,7 @@ def test_unbalanced_is_optimal_and_equals_gwot_without_gw():
     λ_gw = 0 converges to the same plan."""
     cost = _cost(2, seed=1)
     lam, eps, lam_ub = 0.3, 0.05, 0.2
-    log_t = solve_ot(cost, lam=lam, eps=eps, lam_ub=lam_ub, marginal="unbalanced", n_iters=300)
+    log_t = solve_ot(cost, lam=lam, eps=eps, lam_ub=lam_ub, marginal="unbalanced", n_steps=300)
     t = log_t.exp()
     col = t.sum(1)
     grad = lam * cost + lam_ub * (col * 24).log()[:, None, :] + eps * log_t
@@ -54,7 +54,7 @@ def test_masks_and_virtual_rows():
     sv[0, -4:] = False
     tv[0, :3] = False
     for marginal in ("balanced", "unbalanced"):
-        log_t = solve_ot(cost, sv, tv, lam=0.5, eps=0.02, marginal=marginal, n_iters=200)
+        log_t = solve_ot(cost, sv, tv, lam=0.5, eps=0.02, marginal=marginal, n_steps=200)
         assert torch.isneginf(log_t[0, :, :3]).all() and torch.isfinite(log_t[0, :, 3:]).all()
         t = log_t.exp()
         assert torch.allclose(t.sum(2), torch.full((1, 20), 1 / 16, dtype=torch.float64))
@@ -67,7 +67,7 @@ def test_masks_and_virtual_rows():
 def test_gradcheck(marginal):
     cost = _cost(1, 4, 5, seed=3).requires_grad_()
     eps = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
-    fn = lambda c, e: solve_ot(c, lam=1.0, eps=e, lam_ub=0.3, marginal=marginal, n_iters=5)  # noqa: E731
+    fn = lambda c, e: solve_ot(c, lam=1.0, eps=e, lam_ub=0.3, marginal=marginal, n_steps=5)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (cost, eps), eps=1e-6, atol=1e-6, rtol=1e-4)
 
 

@@ -61,9 +61,9 @@ def test_sweep_file_checks(tmp_path):
 
 
 def test_every_sweep_file_builds():
-    from semcorr.config import config_dir, load_config
+    from semcorr.config import PACKAGED_CONFIGS, load_config
 
-    files = sorted((config_dir() / "sweep").glob("*.yaml"))
+    files = sorted((PACKAGED_CONFIGS / "sweep").glob("*.yaml"))
     assert files
     for path in files:
         spec = load_sweep(path)

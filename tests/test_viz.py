@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from semcorr.viz import (plot_dense_warps, plot_matches, plot_pck_curves, pck_curve,
-                         position_colours, warp_to_source)
+from semcorr.metrics.curve import pck_curve
+from semcorr.viz import plot_dense_warps, plot_matches, plot_pck_curves, position_colours
+from semcorr.warp import warp_to_source
 
 
 def test_pck_curve_by_hand():

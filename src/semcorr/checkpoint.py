@@ -16,9 +16,9 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from semcorr.config import ConfigError, RunConfig, schemas
-
-GROUPS = ("data", "backbone", "matcher", "head", "loss")
+from semcorr.config import RunConfig
+from semcorr.errors import ConfigError
+from semcorr.registry import GROUPS, schemas
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
@@ -109,21 +109,3 @@ def ckpt_token(tokens: Sequence[str]) -> Optional[str]:
         if token.startswith("ckpt="):
             found = token.split("=", 1)[1] or None
     return found
-
-
-def load_module_from_checkpoint(path: str | Path, tokens: Sequence[str] = (), **module_kwargs):
-    """(cfg, module): an evaluation :class:`CorrespondenceModule` with the checkpoint's weights.
-
-    ``tokens`` override the saved config (e.g. ``data=pf_willow``); ``module_kwargs`` go to the
-    module (e.g. ``stores``, ``categories``).
-    """
-    from semcorr.cli.common import build_parts
-    from semcorr.config import load_config
-    from semcorr.models import CorrespondenceModule
-
-    cfg = load_config(list(tokens), base=checkpoint_config(path))
-    backbone, head, matcher = build_parts(cfg)
-    module = CorrespondenceModule(backbone, matcher, head=head, transfer=dict(cfg.matcher.transfer),
-                                  alphas=list(cfg.metric.alphas), **module_kwargs)
-    load_weights(module, path)
-    return cfg, module

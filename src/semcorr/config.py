@@ -3,9 +3,11 @@
 A run's configuration is built in three layers, later layers winning:
 
 1. dataclass defaults (this module and the ``*Config`` dataclasses registered per group);
-2. one YAML file per *group* (``configs/<group>/<name>.yaml``) holding only what differs from
-   the defaults. Its ``kind`` key picks the dataclass that types the group (e.g. a backbone
-   group of kind ``dinov2`` or ``dsift``);
+2. one YAML file per *group* (``<config folder>/<group>/<name>.yaml``) holding only what differs
+   from the defaults. Its ``kind`` key picks the dataclass that types the group (e.g. a backbone
+   group of kind ``dinov2`` or ``dsift``). The group files ship inside the package
+   (``semcorr/configs``); a user's own folders (``--config-dir``, ``$SEMCORR_CONFIG_DIR``) are
+   searched first (:func:`config_dirs`);
 3. command-line tokens: ``group=name`` selects a group file, ``a.b=value`` overrides one key.
 
 Unknown keys and unknown group names raise :class:`ConfigError` with the valid choices.
@@ -21,30 +23,18 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from semcorr.errors import SemcorrError
+import semcorr.components  # noqa: F401  (fills the registry the group schemas come from)
+from semcorr.errors import ConfigError
+from semcorr.registry import GROUPS, schemas
 
 CONFIG_DIR_ENV = "SEMCORR_CONFIG_DIR"
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
-
-class ConfigError(SemcorrError, ValueError):
-    """A configuration that cannot be built; the message says what the valid choices are."""
-
-
-# --------------------------------------------------------------------------------------------
-# Group registries: group name -> kind -> dataclass. Components register their own schema.
-# --------------------------------------------------------------------------------------------
-_SCHEMAS: Dict[str, Dict[str, type]] = {
-    "data": {},
-    "backbone": {},
-    "matcher": {},
-    "head": {},
-    "loss": {},
-}
 
 # The group file chosen when the command line names none.
 DEFAULT_GROUPS: Dict[str, str] = {
@@ -56,75 +46,9 @@ DEFAULT_GROUPS: Dict[str, str] = {
 }
 
 
-def register_schema(group: str, kind: str) -> Callable[[type], type]:
-    """Class decorator: register ``cls`` as the typed schema of ``group`` files with ``kind``."""
-
-    def wrap(cls: type) -> type:
-        if group not in _SCHEMAS:
-            raise KeyError(f"unknown config group {group!r}")
-        _SCHEMAS[group][kind] = cls
-        return cls
-
-    return wrap
-
-
-_BUILDERS: Dict[str, Dict[str, Callable[..., Any]]] = {group: {} for group in _SCHEMAS}
-
-
-def register(group: str, kind: str, schema: type) -> Callable[[Any], Any]:
-    """Decorator: ``obj(**section)`` builds a ``group`` component of ``kind`` typed by ``schema``."""
-
-    def wrap(obj: Any) -> Any:
-        register_schema(group, kind)(schema)
-        _BUILDERS[group][kind] = obj
-        return obj
-
-    return wrap
-
-
-def build(group: str, cfg: DictConfig, exclude: Sequence[str] = (), **extra: Any) -> Any:
-    """Build the component that ``cfg`` (a group section with ``kind``) describes.
-
-    Keys in ``exclude`` are not passed on; ``extra`` keyword arguments are.
-    """
-    _import_components()
-    builders = _BUILDERS[group]
-    if cfg.kind not in builders:
-        raise ConfigError(f"no {group} of kind {cfg.kind!r}; valid: {', '.join(sorted(builders))}")
-    kwargs = section(cfg, exclude=("kind", "name", *exclude))
-    return builders[cfg.kind](**kwargs, **extra)
-
-
-def schemas(group: str) -> Dict[str, type]:
-    _import_components()
-    return dict(_SCHEMAS[group])
-
-
-@dataclass
-class GroupConfig:
-    """Base of every group schema: ``kind`` picks the schema, ``name`` is the group file's name."""
-
-    kind: str = ""
-    name: str = ""
-
-
 # --------------------------------------------------------------------------------------------
 # Top-level (group-independent) sections
 # --------------------------------------------------------------------------------------------
-@dataclass
-class TransferConfig:
-    """How a keypoint is read off a row of the match scores (see ``semcorr.matchers.transfer``).
-
-    ``argmax``: centre of the best target cell. ``soft_argmax``: softmax-weighted mean of all cell
-    centres. ``window_soft_argmax``: the same restricted to a ``window`` x ``window`` block of cells
-    around the argmax. ``temperature`` divides the scores before the softmax.
-    """
-
-    method: str = "argmax"
-    window: int = 5
-    temperature: float = 0.02
-
-
 @dataclass
 class MetricConfig:
     alphas: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.15])
@@ -230,42 +154,39 @@ class RunConfig:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-def config_dir() -> Path:
-    """Where the group YAML files live: $SEMCORR_CONFIG_DIR, else ``<repo>/configs``."""
-    env = os.environ.get(CONFIG_DIR_ENV)
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "configs" / "backbone").is_dir():
-            return parent / "configs"
-    packaged = here.parent / "configs"
-    return packaged
+def config_dirs(extra: Sequence[str | Path] = ()) -> List[Path]:
+    """Folders searched for group files, first match wins: ``extra`` (``--config-dir``), then
+    ``$SEMCORR_CONFIG_DIR`` (``os.pathsep``-separated), then the configs shipped in the package.
+
+    A user's folder holds ``<group>/<name>.yaml`` files like the packaged one; a file there with a
+    packaged name replaces the packaged file.
+    """
+    env = [p for p in os.environ.get(CONFIG_DIR_ENV, "").split(os.pathsep) if p]
+    return [Path(p).expanduser() for p in (*extra, *env)] + [PACKAGED_CONFIGS]
 
 
-def available(group: str) -> List[str]:
-    folder = config_dir() / group
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+def available(group: str, extra: Sequence[str | Path] = ()) -> List[str]:
+    """Names of the ``group`` files in every config folder."""
+    return sorted({p.stem for folder in config_dirs(extra) for p in (folder / group).glob("*.yaml")})
 
 
-def _import_components() -> None:
-    # Importing the component packages registers their schemas.
-    import semcorr.backbones  # noqa: F401
-    import semcorr.data  # noqa: F401
-    import semcorr.heads  # noqa: F401
-    import semcorr.losses  # noqa: F401
-    import semcorr.matchers  # noqa: F401
+def group_file(group: str, name: str, extra: Sequence[str | Path] = ()) -> Path:
+    """The file of ``group=name``; :class:`ConfigError` listing the choices when there is none."""
+    for folder in config_dirs(extra):
+        path = folder / group / f"{name}.yaml"
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"unknown {group} {name!r}; valid choices: {', '.join(available(group, extra)) or '(none)'}"
+    )
 
 
-def _group_node(group: str, name: str) -> DictConfig:
-    path = config_dir() / group / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"unknown {group} {name!r}; valid choices: {', '.join(available(group)) or '(none)'}"
-        )
+def group_config(group: str, name: str, extra: Sequence[str | Path] = ()) -> DictConfig:
+    """The typed section of ``group=name`` (its schema's defaults, then the file)."""
+    path = group_file(group, name, extra)
     raw = OmegaConf.load(path)
     kind = raw.get("kind", name)
-    kinds = _SCHEMAS[group]
+    kinds = schemas(group)
     if kind not in kinds:
         raise ConfigError(
             f"{path}: unknown {group} kind {kind!r}; valid kinds: {', '.join(sorted(kinds))}"
@@ -289,7 +210,7 @@ def _split_tokens(tokens: Sequence[str]) -> tuple[Dict[str, str], List[str]]:
         if "=" not in token:
             raise ConfigError(f"cannot parse {token!r}: expected group=name or key.path=value")
         key, value = token.split("=", 1)
-        if key in _SCHEMAS:
+        if key in GROUPS:
             groups[key] = value
         else:
             overrides.append(token)
@@ -309,7 +230,8 @@ def _valid_keys(cfg: DictConfig, dotted: str) -> str:
 
 
 def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
-                default_groups: Optional[Dict[str, str]] = None) -> DictConfig:
+                default_groups: Optional[Dict[str, str]] = None,
+                extra_dirs: Sequence[str | Path] = ()) -> DictConfig:
     """Build a run config from command-line tokens (see the module docstring).
 
     Args:
@@ -318,19 +240,19 @@ def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
             saved config); group selections in ``tokens`` replace its groups.
         default_groups: group files chosen when ``tokens`` name none, on top of
             :data:`DEFAULT_GROUPS` (``train.py`` defaults to ``loss=gaussian_ce``).
+        extra_dirs: user config folders searched before the packaged ones (:func:`config_dirs`).
     Returns:
         A struct-mode ``DictConfig``: assigning an unknown key raises.
     """
-    _import_components()
     groups, overrides = _split_tokens(tokens)
     if base is None:
         cfg = OmegaConf.structured(RunConfig)
         for group, default in {**DEFAULT_GROUPS, **(default_groups or {})}.items():
-            cfg[group] = _group_node(group, groups.get(group, default))
+            cfg[group] = group_config(group, groups.get(group, default), extra_dirs)
     else:
         cfg = base.copy()
         for group, name in groups.items():
-            cfg[group] = _group_node(group, name)
+            cfg[group] = group_config(group, name, extra_dirs)
     for token in overrides:
         key, value = token.split("=", 1)
         try:
@@ -361,10 +283,3 @@ def save_config(cfg: DictConfig, out_dir: str | Path) -> Path:
     path = out / "config.yaml"
     path.write_text(to_yaml(cfg))
     return path
-
-
-def section(cfg: DictConfig, exclude: Sequence[str] = ("kind", "name")) -> Dict[str, Any]:
-    """A group section as a plain dict of constructor keyword arguments."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(data, dict)
-    return {k: v for k, v in data.items() if k not in exclude}

@@ -5,5 +5,13 @@ class SemcorrError(Exception):
     """Base of errors caused by the user's input, reported without a traceback."""
 
 
+class ConfigError(SemcorrError, ValueError):
+    """A configuration that cannot be built; the message says what the valid choices are."""
+
+
 class DataError(SemcorrError, ValueError):
     """A data file that exists but cannot be used (malformed, unreadable); the message names it."""
+
+
+class InputError(SemcorrError, ValueError):
+    """A bad image, mask or point list given to the match command."""

@@ -1,13 +1,9 @@
-"""Figures shared by the CLI (``eval.py``, ``semcorr-match``) and the notebooks.
+"""Figures shared by the CLIs (``eval.py``, ``semcorr-match``, ``train.py``) and the notebooks.
 
-Drawing functions take an ``ax`` and draw on it; ``plot_*`` functions make a whole figure and save
-it when given a ``path`` (returning the path) or return the figure otherwise. Computations that the
-figures need are plain torch/numpy functions here too:
-
-- :func:`pck_curve`: PCK(alpha) over a fine alpha grid from per-keypoint normalised errors
-  (``dist / L``, see :mod:`semcorr.metrics.pck`), per image or per keypoint;
-- :func:`warp_to_source`: the target image warped back into the source frame through a score
-  matrix (each source cell copies the target cell its row of the scores/plan points to).
+Plotting only: drawing functions take an ``ax`` and draw on it; ``plot_*`` functions make a whole
+figure and save it when given a ``path`` (returning the path) or return the figure otherwise.
+What they draw is computed elsewhere: PCK curves in :mod:`semcorr.metrics.curve`, dense warps in
+:mod:`semcorr.warp`, per-pair records in :mod:`semcorr.report`.
 """
 
 from __future__ import annotations
@@ -19,14 +15,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from semcorr.matchers.transfer import cell_centers, cell_index
-from semcorr.metrics.pck import pck_correct, pck_thresholds
 
 CORRECT, WRONG, UNKNOWN = "lime", "red", "tab:blue"
 
@@ -111,21 +104,15 @@ def draw_matches(ax, src_img, trg_img, src_kps, pred, gt=None, correct=None, tit
         ax.set_title(title, fontsize=8)
 
 
-def correct_at(prediction: Mapping[str, Any], alpha: float, threshold_by: str) -> torch.Tensor:
-    """(K,) bool: which keypoints of one kept prediction (see ``CorrespondenceModule._keep``) lie
-    within ``alpha * L`` of the ground truth."""
-    valid = prediction["valid"].bool()
-    length = pck_thresholds(threshold_by, prediction["trg_kps"][None], valid[None],
-                            prediction["trg_bbox"][None], prediction["trg_imsize"][None])
-    return pck_correct(prediction["pred"][None], prediction["trg_kps"][None], valid[None], length,
-                       [alpha])[0, :, 0]
-
-
 def plot_predictions(predictions: List[Dict[str, Any]], read_image: Callable[[str], torch.Tensor],
                      path: Optional[Union[str, Path]] = None, alpha: float = 0.1,
                      threshold_by: str = "bbox_kp", cols: int = 2):
     """A grid of evaluated pairs: prediction, ground truth and a line per match coloured correct /
-    wrong at ``alpha`` (keypoints in the original frames). None when there is nothing to draw."""
+    wrong at ``alpha`` (keypoints in the original frames). None when there is nothing to draw.
+
+    ``predictions``: per-pair records (:func:`semcorr.report.pair_records`) with ``src_id``,
+    ``trg_id``, ``category``, ``src_kps``, ``trg_kps``, ``pred``, ``valid`` and ``norm_error``
+    (dist / L; ``threshold_by`` names L in the titles)."""
     if not predictions:
         return None
     n = len(predictions)
@@ -135,8 +122,8 @@ def plot_predictions(predictions: List[Dict[str, Any]], read_image: Callable[[st
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     for i, (ax, p) in enumerate(zip(axes.ravel(), predictions)):
-        ok = correct_at(p, alpha, threshold_by)
         v = p["valid"].bool()
+        ok = v & (p["norm_error"] <= alpha)
         vn = v.numpy()
         draw_matches(ax, read_image(p["src_id"]), read_image(p["trg_id"]), p["src_kps"][vn],
                      p["pred"][vn], p["trg_kps"][vn], ok[v].numpy(), legend=i == 0,
@@ -180,57 +167,8 @@ def plot_matches(src_img: torch.Tensor, trg_img: torch.Tensor, src_pts, trg_pts,
 
 
 # ------------------------------------------------------------------------------------------------
-# dense warp
+# dense warps and transport plans
 # ------------------------------------------------------------------------------------------------
-def warp_to_source(trg_img: torch.Tensor, scores: torch.Tensor, src_grid: Tuple[int, int],
-                   src_stride: int, trg_grid: Tuple[int, int], trg_stride: int,
-                   src_hw: Tuple[int, int]) -> torch.Tensor:
-    """The target warped back into the source frame through a score matrix.
-
-    Each source cell i takes the target cell j* = argmax_j scores[i, j] (for OT matchers the
-    largest entry of row i of the plan) and copies the target's ``stride`` x ``stride`` pixels
-    around j*'s centre, i.e. every source pixel p in cell i reads the target at
-    ``p + (c_t(j*) - c_s(i))`` (nearest pixel). A perfect matcher reproduces the source.
-
-    Args:
-        trg_img: (3, H', W') network-frame target.
-        scores: (Ns, Nt) scores of one pair (``MatchResult.scores[b]``).
-        src_hw: (H, W) of the source network frame.
-    Returns:
-        (3, H, W) warped image; pixels in source cells whose row is all -inf are 0.
-    """
-    h, w = src_hw
-    best, idx = scores.max(dim=-1)  # (Ns,)
-    shift = (cell_centers(trg_grid, trg_stride, scores.device)[idx]
-             - cell_centers(src_grid, src_stride, scores.device))  # (Ns, 2)
-    ys, xs = torch.meshgrid(torch.arange(h, device=scores.device, dtype=torch.float32),
-                            torch.arange(w, device=scores.device, dtype=torch.float32), indexing="ij")
-    pix = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2)
-    cell = cell_index(pix, src_grid, src_stride)[0]  # (H*W,)
-    target = pix[0] + shift[cell]
-    th, tw = trg_img.shape[-2:]
-    grid = (target + 0.5) / torch.tensor([tw, th], device=scores.device) * 2 - 1
-    out = F.grid_sample(trg_img[None].float(), grid.view(1, h, w, 2), mode="nearest",
-                        padding_mode="zeros", align_corners=False)[0]
-    return out * torch.isfinite(best)[cell].view(1, h, w)
-
-
-def warp_match(batch: Mapping[str, Any], out: Mapping[str, Any], scores: Optional[torch.Tensor] = None,
-               index: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source, target and warped target of pair ``index`` of a pipeline output, cropped to the
-    image content (no padding). ``batch``/``out``: ``CorrespondenceModule`` input and output
-    (``out["src"]``, ``out["trg"]``, ``out["result"]``); ``scores`` (Ns, Nt) replaces the output's.
-    """
-    src, trg = out["src"], out["trg"]
-    scores = out["result"].scores[index] if scores is None else scores
-    sh, sw = (int(v) for v in batch["src_content_hw"][index])
-    th, tw = (int(v) for v in batch["trg_content_hw"][index])
-    warped = warp_to_source(batch["trg_img"][index], scores, src.grid, src.stride, trg.grid,
-                            trg.stride, tuple(batch["src_img"].shape[-2:]))
-    return (batch["src_img"][index, :, :sh, :sw].cpu(), batch["trg_img"][index, :, :th, :tw].cpu(),
-            warped[:, :sh, :sw].cpu())
-
-
 def plot_plan_rows(trg_img: torch.Tensor, rows: Mapping[str, torch.Tensor], stride: int,
                    trg_kps=None, pred: Optional[Mapping[str, Any]] = None, labels: Sequence[str] = (),
                    path: Optional[Union[str, Path]] = None, src_img: Optional[torch.Tensor] = None,
@@ -313,35 +251,6 @@ def plot_dense_warps(src_img: torch.Tensor, trg_img: torch.Tensor,
 # ------------------------------------------------------------------------------------------------
 # PCK vs alpha
 # ------------------------------------------------------------------------------------------------
-def alpha_grid(max_alpha: float = 0.2, steps: int = 41) -> np.ndarray:
-    return np.linspace(0.0, max_alpha, steps)
-
-
-def pck_curve(errors: Sequence[torch.Tensor], alphas: Optional[Sequence[float]] = None,
-              average: str = "per_image") -> Tuple[np.ndarray, np.ndarray]:
-    """PCK (in percent) at each alpha from per-pair normalised errors.
-
-    Args:
-        errors: one 1-D tensor per pair holding ``dist / L`` of its valid keypoints (what
-            ``CorrespondenceModule.errors`` keeps); pairs with no valid keypoint are skipped, as
-            in :class:`semcorr.metrics.PCK`.
-        average: ``per_image`` (mean over pairs of each pair's PCK) or ``per_keypoint``.
-    Returns:
-        alphas (A,), pck (A,).
-    """
-    a = alpha_grid() if alphas is None else np.asarray(alphas, dtype=np.float64)
-    errs = [np.asarray(e, dtype=np.float64).reshape(-1) for e in errors]
-    errs = [e for e in errs if e.size]
-    if not errs:
-        return a, np.full(a.shape, np.nan)
-    if average == "per_keypoint":
-        flat = np.concatenate(errs)
-        return a, 100.0 * (flat[:, None] <= a[None]).mean(0)
-    if average != "per_image":
-        raise ValueError(f"unknown average {average!r}; valid: per_image, per_keypoint")
-    return a, 100.0 * np.mean([(e[:, None] <= a[None]).mean(0) for e in errs], axis=0)
-
-
 CurveLike = Union[Tuple[Sequence[float], Sequence[float]], Mapping[str, Any], str, Path]
 
 
@@ -384,54 +293,9 @@ def plot_pck_curves(curves: Mapping[str, CurveLike], path: Optional[Union[str, P
     return _finish(fig, path)
 
 
-# ------------------------------------------------------------------------------------------------
-# the figures of an evaluation run
-# ------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def dense_warp_rows(module, dataset, n_pairs: int, compare: Sequence[str] = ()) -> List[Dict[str, Any]]:
-    """Warp the first ``n_pairs`` pairs of ``dataset`` with the module's matcher and with the
-    matchers named in ``compare`` (``configs/matcher/<name>.yaml``, default settings), all on the
-    module's own (cached) features. Returns per pair ``src``, ``trg`` (content crops of the
-    network frame), ``warps`` (name -> image) and ``title``."""
-    from semcorr.config import load_config
-    from semcorr.data.schema import collate
-    from semcorr.matchers import build_matcher
-    from semcorr.models.module import symmetric_cells
-
-    others = {}
-    for name in compare:
-        cfg = load_config([f"matcher={name}"]).matcher
-        if cfg.get("grad", "detach") != "detach":
-            cfg.grad = "detach"  # drawing needs no gradient
-        others[name] = build_matcher(cfg).to(module.device)
-    own = module.hparams.get("run_config", {}) or {}
-    own_name = (own.get("matcher") or {}).get("name") or type(module.matcher).__name__
-    rows = []
-    was_training = module.training
-    module.eval()
-    for index in range(min(n_pairs, len(dataset))):
-        batch = collate([dataset[index]])
-        batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        src, trg = module.features(batch, use_cache=True)
-        # cached features may be inference-mode tensors (from trainer.test); matchers that run
-        # autograd internally (GW-OT's checkpointed steps) need ordinary ones
-        src, trg = src.with_features(src.features.clone()), trg.with_features(trg.features.clone())
-        out = module.match(batch, src, trg)
-        results = {own_name: out["result"]}
-        for name, matcher in others.items():
-            sym = symmetric_cells(batch, out["src"].grid, out["src"].stride)
-            results[name] = matcher(out["src"], out["trg"], sym_pairs=sym)
-        warps = {}
-        for name, r in results.items():
-            src_crop, trg_crop, warps[name] = warp_match(batch, out, r.scores[0])
-        rows.append({"src": src_crop, "trg": trg_crop, "warps": warps,
-                     "title": f"{batch['category'][0]}: {batch['pair_id'][0]}"})
-    module.train(was_training)
-    return rows
-
-
 def plot_dense_warp_rows(rows: List[Dict[str, Any]], path: Optional[Union[str, Path]] = None):
-    """Stack :func:`dense_warp_rows` output into one figure (one pair per row)."""
+    """Stack rows of ``{"src", "trg", "warps"}`` (:func:`semcorr.figures.dense_warp_rows`) into
+    one figure (one pair per row)."""
     if not rows:
         return None
     cols = 2 + len(rows[0]["warps"])
@@ -442,32 +306,3 @@ def plot_dense_warp_rows(rows: List[Dict[str, Any]], path: Optional[Union[str, P
     return _finish(fig, path)
 
 
-def curve_of_run(errors: Sequence[torch.Tensor], max_alpha: float, average: str) -> Dict[str, Any]:
-    """The ``pck_curve`` entry of ``metrics.json``: ``{"alphas": [...], "pck": [...]}``."""
-    alphas, pck = pck_curve(errors, alpha_grid(max_alpha), average)
-    return {"alphas": [round(float(a), 6) for a in alphas], "pck": [float(v) for v in pck],
-            "average": average, "n_pairs": sum(1 for e in errors if len(e))}
-
-
-def write_eval_figures(module, dataset, out_dir: Union[str, Path], plots, threshold_by: str,
-                       curve: Optional[Mapping[str, Any]] = None, method: str = "") -> Dict[str, Path]:
-    """The figures of an evaluation run, written into ``out_dir`` (keys are W&B image keys):
-    ``keypoints`` (first ``plots.n_pairs`` pairs, correct/wrong at ``plots.alpha``),
-    ``pck_curve`` (``curve`` from :func:`curve_of_run`, all pairs) and ``dense_warp`` (first
-    ``plots.n_pairs`` pairs, the run's matcher and those in ``plots.warp_compare``)."""
-    out_dir = Path(out_dir)
-    written: Dict[str, Path] = {}
-    path = plot_predictions(module.predictions, dataset.read_image, out_dir / "keypoints.png",
-                            alpha=plots.alpha, threshold_by=threshold_by)
-    if path is not None:
-        written["keypoints"] = path
-    if curve is not None and curve.get("n_pairs"):
-        written["pck_curve"] = plot_pck_curves(
-            {method or "this run": curve}, out_dir / "pck_curve.png",
-            title=f"PCK vs alpha ({curve['n_pairs']} pairs, {curve['average']}, L by {threshold_by})")
-    if plots.dense_warp and plots.n_pairs > 0:
-        rows = dense_warp_rows(module, dataset, plots.n_pairs, list(plots.warp_compare))
-        path = plot_dense_warp_rows(rows, out_dir / "dense_warp.png")
-        if path is not None:
-            written["dense_warp"] = path
-    return written

@@ -1,13 +1,14 @@
-"""Backbones: images -> patch-feature maps. Importing this package registers every kind."""
+"""Backbones: images -> patch-feature maps (contract: :class:`Backbone`). Kinds: ``dinov2``
+(timm, official DINOv2 behaviour) and ``dsift``; importing this package registers them."""
 
+from semcorr.backbones import dinov2, dsift  # noqa: F401  (register the kinds)
 from semcorr.backbones.base import Backbone, FeatureMap, valid_cells
-from semcorr.config import build
+from semcorr.registry import build
 
 
 def build_backbone(cfg) -> Backbone:
+    """The backbone of a ``backbone`` config section."""
     return build("backbone", cfg)
 
-
-from semcorr.backbones import dinov2, dsift  # noqa: E402,F401
 
 __all__ = ["Backbone", "FeatureMap", "build_backbone", "valid_cells"]

@@ -19,6 +19,13 @@ def cell_centers(grid: tuple[int, int], stride: int, device=None, dtype=torch.fl
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1)
 
 
+def grid_rows_cols(grid: tuple[int, int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h*w,) row and (h*w,) column index of every cell of an (h, w) grid, row-major."""
+    h, w = grid
+    return (torch.arange(h, device=device).repeat_interleave(w),
+            torch.arange(w, device=device).repeat(h))
+
+
 @dataclass
 class FeatureMap:
     """Patch features on a regular grid of the network-frame image.
@@ -40,10 +47,6 @@ class FeatureMap:
     @property
     def grid(self) -> tuple[int, int]:
         return int(self.features.shape[-2]), int(self.features.shape[-1])
-
-    def cell_centers(self) -> torch.Tensor:
-        """(h*w, 2) (x, y) pixel coordinates of the cell centres, row-major."""
-        return cell_centers(self.grid, self.stride, self.features.device)
 
     def flat(self) -> torch.Tensor:
         """(B, h*w, D) features, row-major over the grid."""

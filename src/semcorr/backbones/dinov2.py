@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from semcorr.backbones.base import Backbone, FeatureMap
-from semcorr.config import GroupConfig, register
+from semcorr.registry import GroupConfig, register
 from semcorr.errors import SemcorrError
 
 log = logging.getLogger(__name__)

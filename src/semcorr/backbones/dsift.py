@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from semcorr.backbones.base import Backbone, FeatureMap
-from semcorr.config import GroupConfig, register
+from semcorr.registry import GroupConfig, register
 
 
 @dataclass
@@ -17,7 +17,6 @@ class DSiftConfig(GroupConfig):
     stride: int = 8  # grid spacing in pixels (one cell per descriptor)
     keypoint_size: float = 16.0  # SIFT support size in pixels
     root_sift: bool = False  # Hellinger (RootSIFT) mapping before L2 normalisation
-    trainable_blocks: int = 0  # unused: dense SIFT has no weights
 
 
 @register("backbone", "dsift", DSiftConfig)
@@ -30,8 +29,7 @@ class DenseSift(Backbone):
 
     dim = 128
 
-    def __init__(self, stride: int = 8, keypoint_size: float = 16.0, root_sift: bool = False,
-                 trainable_blocks: int = 0) -> None:
+    def __init__(self, stride: int = 8, keypoint_size: float = 16.0, root_sift: bool = False) -> None:
         super().__init__()
         self.stride = int(stride)
         self.keypoint_size = float(keypoint_size)

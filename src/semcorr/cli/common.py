@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from semcorr.backbones import build_backbone
-from semcorr.config import ConfigError, available, load_config, to_yaml
-from semcorr.errors import SemcorrError
-from semcorr.heads import build_head
-from semcorr.matchers import build_matcher
+from semcorr.checkpoint import checkpoint_config, ckpt_token
+from semcorr.config import available, load_config, to_yaml
+from semcorr.errors import ConfigError, SemcorrError
+from semcorr.registry import GROUPS
 
 log = logging.getLogger("semcorr")
 
-USAGE = """usage: {prog} [group=name ...] [key.path=value ...] [--print-config] [--help]
+USAGE = """usage: {prog} [group=name ...] [key.path=value ...] [--config-dir DIR] [--print-config] [--help]{extra}
 
-groups: data, backbone, matcher, head, loss (e.g. data=pf_willow backbone=dsift matcher=nn)
+groups: {groups} (e.g. data=pf_willow backbone=dsift matcher=nn)
 overrides: any key of the resolved config (see --print-config), e.g. data.max_pairs=100
+--config-dir DIR: a folder of your own <group>/<name>.yaml files, searched before the packaged
+    ones (repeatable; also $SEMCORR_CONFIG_DIR)
 """
 
 
@@ -30,29 +31,48 @@ class Args:
     tokens: List[str]
     print_config: bool = False
     resume: Optional[str] = None
+    config_dirs: List[str] = field(default_factory=list)
+
+
+FLAG_HELP = {"--resume": "--resume RUN: continue a run (its out_dir or a .ckpt) exactly where it stopped"}
+
+
+def usage(prog: str, flags: Sequence[str] = (), extra_dirs: Sequence[str] = ()) -> str:
+    """The usage text, with the group files each config folder offers."""
+    extra = "".join(f" [{f} ...]" for f in flags)
+    text = USAGE.format(prog=prog, extra=extra, groups=", ".join(GROUPS))
+    text += "".join(f"{FLAG_HELP[f]}\n" for f in flags if f in FLAG_HELP)
+    groups = "\n".join(f"  {g}: {', '.join(available(g, extra_dirs))}" for g in GROUPS)
+    return text + "\navailable group files:\n" + groups + "\n"
 
 
 def parse_args(argv: Sequence[str], prog: str, flags: Sequence[str] = ()) -> Args:
     """Split ``argv`` into config tokens and flags; ``--help`` prints usage and the choices."""
     args = Args(tokens=[])
     it = iter(argv)
+    wants_help = False
     for token in it:
         if token in ("-h", "--help"):
-            groups = "\n".join(f"  {g}: {', '.join(available(g))}"
-                               for g in ("data", "backbone", "matcher", "head", "loss"))
-            sys.stdout.write(USAGE.format(prog=prog) + "\navailable group files:\n" + groups + "\n")
-            raise SystemExit(0)
-        if token == "--print-config":
+            wants_help = True
+        elif token == "--print-config":
             args.print_config = True
+        elif token == "--config-dir":
+            value = next(it, None)
+            if value is None:
+                raise ConfigError("--config-dir needs a folder")
+            args.config_dirs.append(value)
         elif token == "--resume" and "--resume" in flags:
             args.resume = next(it, None)
             if args.resume is None:
                 raise ConfigError("--resume needs a checkpoint path or an out_dir")
         elif token.startswith("--"):
-            raise ConfigError(f"unknown flag {token}; valid: --print-config, --help"
+            raise ConfigError(f"unknown flag {token}; valid: --print-config, --config-dir, --help"
                               + "".join(f", {f}" for f in flags))
         else:
             args.tokens.append(token)
+    if wants_help:
+        sys.stdout.write(usage(prog, flags, args.config_dirs))
+        raise SystemExit(0)
     return args
 
 
@@ -71,9 +91,16 @@ def run_main(fn, argv: Optional[Sequence[str]], prog: str) -> int:
         return 2
 
 
-def resolve_config(args: Args, base: Optional[DictConfig] = None) -> Optional[DictConfig]:
-    """The run config; None after printing it when ``--print-config`` was given."""
-    cfg = load_config(args.tokens, base=base)
+def resolve_config(args: Args) -> Optional[DictConfig]:
+    """The run config of ``args``; None after printing it when ``--print-config`` was given.
+
+    With a ``ckpt=PATH`` token the run is rebuilt from the checkpoint's saved config, and the
+    other tokens override it (so ``eval.py ckpt=RUN data=pf_willow`` scores a trained model on
+    another dataset with the same backbone, head and matcher).
+    """
+    ckpt = ckpt_token(args.tokens)
+    base = checkpoint_config(ckpt) if ckpt else None
+    cfg = load_config(args.tokens, base=base, extra_dirs=args.config_dirs)
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return None
@@ -86,30 +113,6 @@ def accelerator(cfg: DictConfig) -> str:
     if cfg.trainer.accelerator != "auto":
         return cfg.trainer.accelerator
     return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-def config_dict(cfg: DictConfig) -> Dict[str, Any]:
-    out = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(out, dict)
-    return out
-
-
-def build_parts(cfg: DictConfig):
-    """Backbone, head and matcher from the config."""
-    backbone = build_backbone(cfg.backbone)
-    head = build_head(cfg.head, dim=backbone.dim)
-    matcher = build_matcher(cfg.matcher)
-    return backbone, head, matcher
-
-
-def protocol(cfg: DictConfig, dataset) -> Dict[str, str]:
-    """The dataset's published protocol, with the config's explicit choices on top."""
-    proto = dict(dataset.protocol)
-    if cfg.metric.threshold_by:
-        proto["threshold_by"] = cfg.metric.threshold_by
-    if cfg.metric.average:
-        proto["average"] = cfg.metric.average
-    return proto
 
 
 def pck_table(result: Dict[str, Any], title: str) -> str:

@@ -59,3 +59,16 @@ def log_image(loggers: List[Logger], key: str, path: str | Path) -> None:
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.log_image(key=key, images=[str(path)])
+
+
+def finish_loggers(loggers: List[Logger], success: bool) -> None:
+    """End a run's loggers: ``finalize`` with its status, and close its W&B run with exit code 0
+    (finished) or 1 (failed), so a later run in the same process starts its own W&B run and a
+    failed run is never synced as finished."""
+    for logger in loggers:
+        try:
+            logger.finalize("success" if success else "failed")
+            if type(logger).__name__ == "WandbLogger" and logger._experiment is not None:
+                logger.experiment.finish(exit_code=0 if success else 1)
+        except Exception as err:  # noqa: BLE001  (never let logging clean-up hide the run's outcome)
+            log.warning("could not close logger %s: %s", type(logger).__name__, err)

@@ -1,4 +1,6 @@
-"""Ablation grids: ``python sweep.py configs/sweep/<name>.yaml [key=value ...] [out_dir=DIR]``.
+"""Ablation grids: ``python sweep.py <name | file.yaml> [key=value ...] [out_dir=DIR]``.
+
+``<name>`` is a packaged sweep (``semcorr/configs/sweep/<name>.yaml``, e.g. ``matcher_x_head``).
 
 A sweep file::
 
@@ -35,7 +37,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import OmegaConf
 
 from semcorr.cli.common import run_main
-from semcorr.config import ConfigError
+from semcorr.config import group_file
+from semcorr.errors import ConfigError
 
 log = logging.getLogger("semcorr.sweep")
 RESULT = "sweep_result.json"
@@ -53,10 +56,13 @@ class SweepSpec:
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and check a sweep file (see the module docstring)."""
+    """Read and check a sweep file (see the module docstring): a path, or the name of a packaged
+    sweep (``semcorr/configs/sweep/<name>.yaml``) or of one in a ``$SEMCORR_CONFIG_DIR`` folder."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"sweep file not found: {path}")
+        if path.suffix or len(path.parts) > 1:
+            raise FileNotFoundError(f"sweep file not found: {path}")
+        path = group_file("sweep", path.name)
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     known = set(SweepSpec.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
@@ -89,17 +95,6 @@ def run_name(overrides: Dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
 
 
-def _finish_wandb() -> None:
-    """Close the W&B run of the last cell, so the next cell starts its own run."""
-    try:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-    except Exception as err:  # noqa: BLE001  (never let logging clean-up stop a sweep)
-        log.warning("could not finish the W&B run: %s", err)
-
-
 def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,
             extra: Sequence[str]) -> Dict[str, Any]:
     """Run one cell; returns its result (PCK and seconds)."""
@@ -118,13 +113,11 @@ def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,
         summary = fit(train_config(tokens))
         result["val_best"] = summary["best_score"]
         result["steps"] = summary["global_step"]
-        _finish_wandb()
         if spec.eval_after and summary["best_checkpoint"]:
             eval_dir = run_dir / "eval"
             _check(evaluate([f"ckpt={summary['best_checkpoint']}", f"out_dir={eval_dir}",
                              f"logger.group={spec.name}", *extra]))
             result["pck"] = json.loads((eval_dir / "metrics.json").read_text())["pck"]
-    _finish_wandb()
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -192,7 +185,6 @@ def sweep(argv: Sequence[str]) -> int:
             except (Exception, SystemExit) as err:  # one failed run does not stop the sweep
                 log.error("%s failed: %s", name, err)
                 log.debug("%s", traceback.format_exc())
-                _finish_wandb()
                 row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
         rows.append(row)
         write_summary(out_dir, spec, rows)

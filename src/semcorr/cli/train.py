@@ -30,16 +30,15 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from semcorr.builder import build_run, config_dict, run_protocol
 from semcorr.checkpoint import resolve_checkpoint, typed_config
-from semcorr.cli.common import (accelerator, build_parts, config_dict, parse_args, protocol,
-                                run_main)
-from semcorr.cli.loggers import log_image, make_loggers
-from semcorr.config import ConfigError, config_dir, load_config, save_config, to_yaml
-from semcorr.data.datamodule import datamodule_from_config
-from semcorr.features import MemoryCache
-from semcorr.losses import build_loss
-from semcorr.models import CorrespondenceModule
-from semcorr.training import History, PredictionPanel, ResumeDataOrder
+from semcorr.cli.common import accelerator, parse_args, run_main
+from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
+from semcorr.config import group_file, load_config, save_config, to_yaml
+from semcorr.errors import ConfigError
+from semcorr.registry import GROUPS
+from semcorr.report import PredictionPanel
+from semcorr.training import History, ResumeDataOrder
 
 log = logging.getLogger("semcorr.train")
 
@@ -52,23 +51,25 @@ TRAIN_DEFAULTS = {
 }
 
 
-def _set_in_file(cfg: DictConfig, key: str) -> bool:
+def _set_in_file(cfg: DictConfig, key: str, extra_dirs: Sequence[str] = ()) -> bool:
     """Whether the group file chosen for ``key``'s group sets ``key`` itself."""
     group, _, rest = key.partition(".")
-    if group not in ("data", "backbone", "matcher", "head", "loss"):
+    if group not in GROUPS:
         return False
-    path = config_dir() / group / f"{cfg[group].name}.yaml"
-    if not path.is_file():
+    try:
+        path = group_file(group, cfg[group].name, extra_dirs)
+    except ConfigError:
         return False
     return OmegaConf.select(OmegaConf.load(path), rest, default="__absent__") != "__absent__"
 
 
-def apply_train_defaults(cfg: DictConfig, tokens: Sequence[str]) -> DictConfig:
+def apply_train_defaults(cfg: DictConfig, tokens: Sequence[str],
+                         extra_dirs: Sequence[str] = ()) -> DictConfig:
     """Apply :data:`TRAIN_DEFAULTS` where neither ``tokens`` nor the group files set the key."""
     given = {t.split("=", 1)[0] for t in tokens}
     on_gpu = accelerator(cfg) == "gpu"
     for key, (kinds, value, gpu_only) in TRAIN_DEFAULTS.items():
-        if key in given or (gpu_only and not on_gpu) or _set_in_file(cfg, key):
+        if key in given or (gpu_only and not on_gpu) or _set_in_file(cfg, key, extra_dirs):
             continue
         if kinds is not None and cfg[key.split(".")[0]].kind not in kinds:
             continue
@@ -76,17 +77,20 @@ def apply_train_defaults(cfg: DictConfig, tokens: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def train_config(tokens: Sequence[str], resume: Optional[str] = None) -> DictConfig:
-    """The run config: a new run from ``tokens``, or the resumed run's saved config + ``tokens``."""
+def train_config(tokens: Sequence[str], resume: Optional[str] = None,
+                 extra_dirs: Sequence[str] = ()) -> DictConfig:
+    """The run config: a new run from ``tokens``, or the resumed run's saved config + ``tokens``.
+
+    ``extra_dirs``: user config folders (``--config-dir``)."""
     if resume is None:
-        cfg = load_config(tokens, default_groups=TRAIN_DEFAULT_GROUPS)
-        return apply_train_defaults(cfg, tokens)
+        cfg = load_config(tokens, default_groups=TRAIN_DEFAULT_GROUPS, extra_dirs=extra_dirs)
+        return apply_train_defaults(cfg, tokens, extra_dirs)
     ckpt = resolve_checkpoint(resume, prefer="last")
     saved = Path(resume) / "config.yaml" if Path(resume).is_dir() else ckpt.parent.parent / "config.yaml"
     if not saved.is_file():
         raise FileNotFoundError(f"--resume: no config.yaml beside {ckpt} (expected {saved})")
     plain = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-    return load_config(tokens, base=typed_config(plain))
+    return load_config(tokens, base=typed_config(plain), extra_dirs=extra_dirs)
 
 
 def trainer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
@@ -96,43 +100,17 @@ def trainer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     return kwargs
 
 
-def build_training(cfg: DictConfig):
-    """(module, datamodule, val dataset) for a training run; fails clearly without a loss."""
-    loss = build_loss(cfg.loss)
-    if loss is None:
-        raise ConfigError("training needs a loss: loss=none only evaluates; pick loss=gaussian_ce, "
-                          "loss=ot_nll or loss=combined")
-    backbone, head, matcher = build_parts(cfg)
-    from semcorr.data.transforms import build_train_transform
-
-    datamodule = datamodule_from_config(cfg.data, divisor=backbone.stride, seed=cfg.seed,
-                                        train_transform=build_train_transform(cfg.data))
-    try:
-        datamodule.dataset("train")
-        val = datamodule.dataset(datamodule.val_split)
-    except ValueError as err:
-        raise ConfigError(f"data={cfg.data.name} cannot be trained on: {err}") from None
-    frozen = not any(p.requires_grad for p in backbone.parameters())
-    stores = [MemoryCache(cfg.cache.memory_mb)] if frozen and cfg.cache.enabled else []
-    module = CorrespondenceModule(
-        backbone, matcher, head=head, loss=loss, transfer=dict(cfg.matcher.transfer),
-        alphas=list(cfg.metric.alphas), categories=val.categories, stores=stores,
-        optim=config_dict(cfg)["optim"], run_config=config_dict(cfg),
-        keep_predictions=cfg.plots.n_pairs, **protocol(cfg, val),
-    )
-    # Lightning keeps the modes modules are in when fit starts; train() lets the backbone put its
-    # frozen blocks in eval mode (DinoV2.train) before the first step.
-    module.train()
-    return module, datamodule, val
-
-
 def fit(cfg: DictConfig, resume: Optional[str] = None,
         callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
     """Train one run; returns (and writes to ``train_summary.json``) its summary."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.out_dir)
     save_config(cfg, out_dir)
-    module, datamodule, val = build_training(cfg)
+    run = build_run(cfg, stage="fit")
+    module, datamodule, val = run.module, run.datamodule, run.dataset
+    # Lightning keeps the modes modules are in when fit starts; train() lets the backbone put its
+    # frozen blocks in eval mode (DinoV2.train) before the first step.
+    module.train()
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name, log_model=True)
     ck = cfg.checkpointing
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=ck.monitor, mode="max",
@@ -141,10 +119,11 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
     last = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_top_k=0, save_last=True,
                            every_n_train_steps=ck.every_n_steps or None)
     history = History()
-    proto = protocol(cfg, val)
+    proto = run_protocol(cfg, val)
     all_callbacks: List[L.Callback] = [
         best, last, history, ResumeDataOrder(cfg.data.batch_size),
-        PredictionPanel(val.read_image, out_dir, cfg.plots.alpha, proto["threshold_by"], log_image),
+        PredictionPanel(val.read_image, out_dir, cfg.plots.alpha, proto["threshold_by"], log_image,
+                        keep=cfg.plots.n_pairs),
         *callbacks,
     ]
     if loggers:
@@ -156,7 +135,12 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
              cfg.backbone.name, cfg.head.name, cfg.matcher.name, cfg.data.name,
              len(datamodule.dataset("train")), len(val), cfg.loss.name, out_dir)
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    success = False
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        success = True
+    finally:
+        finish_loggers(loggers, success)
     summary = {
         "out_dir": str(out_dir),
         "global_step": trainer.global_step,
@@ -173,7 +157,7 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
 
 def train(argv: Sequence[str]) -> int:
     args = parse_args(argv, "train.py", flags=("--resume",))
-    cfg = train_config(args.tokens, args.resume)
+    cfg = train_config(args.tokens, args.resume, args.config_dirs)
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return 0

@@ -12,13 +12,15 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from semcorr.config import GroupConfig
+from semcorr.registry import GroupConfig
 from semcorr.errors import DataError
-from semcorr.features import MemoryCache
+from semcorr.stores import MemoryCache
 from semcorr.data.resize import resize_image, to_network
 from semcorr.data.transforms import AugmentConfig
 
 log = logging.getLogger(__name__)
+
+FLIP_SUFFIX = "#hflip"  # an image id with this suffix is served mirrored (TSS, PF-PASCAL flips)
 
 
 @dataclass
@@ -68,23 +70,41 @@ def load_image(path: str | Path) -> torch.Tensor:
     return load_image_uint8(path).float().div_(255.0)
 
 
-def load_image_uint8(path: str | Path) -> torch.Tensor:
-    """:func:`load_image` as (3, h, w) uint8."""
+def _decode(path: str | Path, what: str, read) -> Any:
+    """``read(im)`` of an image file opened with PIL and turned upright (EXIF orientation); a
+    missing file raises ``FileNotFoundError`` and an unreadable one :class:`DataError`, both
+    naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grey-scale
-                grey = np.asarray(im, dtype=np.float64)
-                if im.mode.startswith("I;16") or grey.max() > 255:
-                    grey = grey / 257.0
-                im = Image.fromarray(grey.clip(0, 255).astype(np.uint8))
-            array = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from None
-    return torch.from_numpy(array).permute(2, 0, 1)
+            return read(ImageOps.exif_transpose(im))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot read {what} {path}: {err}") from None
+
+
+def _rgb_uint8(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grey-scale
+        grey = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16") or grey.max() > 255:
+            grey = grey / 257.0
+        im = Image.fromarray(grey.clip(0, 255).astype(np.uint8))
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def load_image_uint8(path: str | Path) -> torch.Tensor:
+    """:func:`load_image` as (3, h, w) uint8."""
+    return torch.from_numpy(_decode(path, "image", _rgb_uint8)).permute(2, 0, 1)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A foreground mask file as (h, w) bool: grey values above half the file's maximum (so 0/1,
+    0/255 and 16-bit masks all work; an all-zero mask is all background)."""
+    grey = _decode(path, "mask", lambda im: np.asarray(
+        im.convert("F") if im.mode.startswith("I") else im.convert("L"), dtype=np.float64))
+    top = grey.max()
+    return grey > top / 2 if top > 0 else np.zeros(grey.shape, dtype=bool)
 
 
 class PairDataset(Dataset):
@@ -138,14 +158,19 @@ class PairDataset(Dataset):
         return len(self.records)
 
     def read_image(self, image_id: str) -> torch.Tensor:
-        """(3, h, w) float image; decoded files are kept (as uint8) in a bounded LRU cache, since
-        pair benchmarks use each image many times."""
+        """(3, h, w) float image of an id relative to ``image_root``; ids ending in
+        :data:`FLIP_SUFFIX` are served mirrored horizontally. Decoded files are kept (as uint8)
+        in a bounded LRU cache, since pair benchmarks use each image many times."""
         key = str(image_id)
+        mirrored = key.endswith(FLIP_SUFFIX)
+        if mirrored:
+            key = key[: -len(FLIP_SUFFIX)]
         cached = self.image_cache.get(key)
         if cached is None:
-            cached = load_image_uint8(self.image_root / image_id)
+            cached = load_image_uint8(self.image_root / key)
             self.image_cache.put(key, cached)
-        return cached.float().div_(255.0)
+        image = cached.float().div_(255.0)
+        return image.flip(-1) if mirrored else image
 
     def image_ids(self) -> List[str]:
         """Distinct image ids, in first-use order."""
@@ -174,7 +199,9 @@ class PairDataset(Dataset):
         pair = self.load_pair(index)
         if self.transform is not None:
             pair = self.transform(pair)
-        return self.make_sample(self.records[index], pair)
+        sample = self.make_sample(self.records[index], pair)
+        sample["index"] = index
+        return sample
 
     def make_sample(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, Any]:
         """Resize an original-frame pair (see :meth:`load_pair`) into a schema sample."""

@@ -7,8 +7,9 @@ from typing import Callable, Dict, Optional
 import lightning as L
 from torch.utils.data import DataLoader
 
-from semcorr.config import build
+from semcorr.registry import build
 from semcorr.data.base import PairDataset
+from semcorr.data.samplers import EpochShuffleSampler
 from semcorr.data.schema import collate
 
 SPLITS = ("train", "val", "test")
@@ -18,7 +19,7 @@ class CorrespondenceDataModule(L.LightningDataModule):
     """Serves the splits of a pair dataset.
 
     Args:
-        make_dataset: ``make_dataset(split) -> PairDataset`` (see :func:`datamodule_from_config`).
+        make_dataset: ``make_dataset(split) -> PairDataset`` (see :func:`semcorr.builder.build_datamodule`).
         batch_size, num_workers: DataLoader settings.
         train_transform: optional paired augmentation applied to the training split only.
         seed: seeds the training shuffle, so a resumed run sees the same order.
@@ -44,7 +45,7 @@ class CorrespondenceDataModule(L.LightningDataModule):
         self.seed = seed
         self.datasets: Dict[str, PairDataset] = {}
         self.train_sampler = None  # set by train_dataloader()
-        # optional () -> (epoch, samples consumed): where a resumed run stands (semcorr.training)
+        # optional () -> (epoch, samples consumed): where a resumed run stands (semcorr.data.samplers)
         self.train_position: Optional[Callable[[], tuple]] = None
 
     def dataset(self, split: str) -> PairDataset:
@@ -67,9 +68,7 @@ class CorrespondenceDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
         sampler = None
-        if shuffle:  # seeded per epoch and resumable mid-epoch (semcorr.training)
-            from semcorr.training import EpochShuffleSampler
-
+        if shuffle:  # seeded per epoch and resumable mid-epoch (semcorr.data.samplers)
             sampler = self.train_sampler = EpochShuffleSampler(len(dataset), self.seed)
             sampler.position = self.train_position
         return DataLoader(
@@ -95,16 +94,3 @@ def dataset_from_config(data_cfg, split: str, divisor: int) -> PairDataset:
     """Build the dataset that the ``data`` config section describes, for one split."""
     return build("data", data_cfg, exclude=("batch_size", "num_workers", "split", "augment"),
                  split=split, divisor=divisor)
-
-
-def datamodule_from_config(data_cfg, divisor: int, seed: int = 0,
-                           train_transform: Optional[Callable] = None) -> CorrespondenceDataModule:
-    """A datamodule whose test split is ``data.split``."""
-    return CorrespondenceDataModule(
-        make_dataset=lambda split: dataset_from_config(data_cfg, split, divisor),
-        batch_size=data_cfg.batch_size,
-        num_workers=data_cfg.num_workers,
-        train_transform=train_transform,
-        test_split=data_cfg.split,
-        seed=seed,
-    )

@@ -23,6 +23,7 @@ category           str                 category name
 category_idx       int                 index into the dataset's ``categories``
 src_id, trg_id     str                 image ids (relative paths), unique within the dataset
 pair_id            str                 pair id
+index              int                 the pair's index in its dataset (orders gathered results)
 sym_pairs          (S, 2) long         pairs of keypoint indices (into the K keypoints) that are
                                        left/right symmetric; may be empty
 =================  ==================  ===============================================================

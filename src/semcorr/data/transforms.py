@@ -180,14 +180,19 @@ def inside(kps: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
 
 
+def mirror_points(kps: torch.Tensor, width: int) -> torch.Tensor:
+    """(K, 2) (x, y) points of a ``width``-px-wide image, mirrored horizontally: x -> w - 1 - x."""
+    out = kps.clone()
+    out[:, 0] = (width - 1) - out[:, 0]
+    return out
+
+
 def flip_image(pair: Dict[str, Any], side: str) -> None:
     """Mirror one image of the pair dict in place, with its keypoints and box (no re-labelling)."""
     image = pair[f"{side}_img"]
     w = image.shape[-1]
     pair[f"{side}_img"] = image.flip(-1)
-    kps = pair[f"{side}_kps"].clone()
-    kps[:, 0] = (w - 1) - kps[:, 0]
-    pair[f"{side}_kps"] = kps
+    pair[f"{side}_kps"] = mirror_points(pair[f"{side}_kps"], w)
     box = pair.get(f"{side}_bbox")
     if box is not None and not torch.isnan(box).any():
         pair[f"{side}_bbox"] = torch.stack([(w - 1) - box[2], box[1], (w - 1) - box[0], box[3]])

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
-from semcorr.config import GroupConfig, register
-from semcorr.heads import Head
+from semcorr.registry import GroupConfig, register
+from semcorr.heads.base import Head
 
 
 @dataclass

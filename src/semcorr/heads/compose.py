@@ -1,6 +1,6 @@
 """A list of heads applied in order: ``kind: compose``, ``heads: [resnet_bottleneck, ...]``.
 
-Feature heads run in list order on the feature maps; score refiners (heads with ``refine``) run in
+Feature heads run in list order on the feature maps; score refiners (``refines_similarity``) run in
 list order on the similarity volume. ``options`` maps a head kind to keyword arguments that differ
 from its defaults, e.g. ``options: {neighbourhood_consensus: {channels: [8, 4]}}``.
 """
@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 from torch import nn
 
-from semcorr.config import ConfigError, GroupConfig, build, register, schemas
-from semcorr.heads import Head
+from semcorr.errors import ConfigError
+from semcorr.registry import GroupConfig, build, register, schemas
+from semcorr.heads.base import Head
 
 
 @dataclass
@@ -39,16 +40,14 @@ class ComposeHead(Head):
                                    {"kind": kind, **dict(options.get(kind) or {})})
             built.append(build("head", node, dim=dim))
         self.heads = nn.ModuleList(built)
-        self.refiners = [h for h in self.heads if h.refine is not None]
-        if self.refiners:
-            self.refine = self._refine
+        self.refines_similarity = any(h.refines_similarity for h in self.heads)
 
     def forward(self, src, trg):
         for head in self.heads:
             src, trg = head(src, trg)
         return src, trg
 
-    def _refine(self, similarity, src, trg):
-        for head in self.refiners:
+    def refine(self, similarity, src, trg):
+        for head in self.heads:
             similarity = head.refine(similarity, src, trg)
         return similarity

@@ -16,7 +16,6 @@ pairs fits an 80 GB GPU. :func:`nc_activation_bytes` gives the estimate for any 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -25,9 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
-from semcorr.config import GroupConfig, register
-from semcorr.heads import Head
-from semcorr.matchers.base import Matcher, MatchResult, cosine_similarity
+from semcorr.registry import GroupConfig, register
+from semcorr.heads.base import Head
 
 
 @dataclass
@@ -105,7 +103,9 @@ def nc_activation_bytes(src_grid: Sequence[int], trg_grid: Sequence[int],
 
 @register("head", "neighbourhood_consensus", NeighbourhoodConsensusConfig)
 class NeighbourhoodConsensus(Head):
-    """A score refiner (see :mod:`semcorr.heads`): features pass through unchanged."""
+    """A score refiner (see :class:`semcorr.heads.base.Head`): features pass through unchanged."""
+
+    refines_similarity = True
 
     def __init__(self, dim: int = 0, channels: Sequence[int] = (16, 8),
                  kernel_sizes: Sequence[int] = (3, 3, 3), mutual: bool = True,
@@ -120,9 +120,6 @@ class NeighbourhoodConsensus(Head):
             layers += [Conv4d(chans[i], chans[i + 1], k), nn.ReLU(inplace=False)]
         self.net = nn.Sequential(*layers)
         self.mutual, self.symmetric = mutual, symmetric
-
-    def forward(self, src: FeatureMap, trg: FeatureMap):
-        return src, trg
 
     def refine(self, similarity: torch.Tensor, src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
         """(B, Ns, Nt) similarity (-inf at padded target cells) -> refined (B, Ns, Nt)."""
@@ -144,23 +141,3 @@ class NeighbourhoodConsensus(Head):
         if trg.valid is not None:
             out = out.masked_fill(~trg.valid.flatten(1)[:, None, :], float("-inf"))
         return out
-
-
-def accepts_similarity(matcher: Matcher) -> bool:
-    return "similarity" in inspect.signature(matcher.forward).parameters
-
-
-def match_with_refiner(matcher: Matcher, refine, src: FeatureMap, trg: FeatureMap,
-                       sym_pairs: Optional[torch.Tensor] = None) -> MatchResult:
-    """Run ``matcher`` on the refined cosine similarity ``refine(cos(src, trg), src, trg)``.
-
-    ``nn`` returns the refined similarity as its scores; matchers with a ``similarity`` argument
-    (the OT family) get it for their cost; any other matcher raises a ``ValueError``.
-    """
-    similarity = refine(cosine_similarity(src, trg), src, trg)
-    if accepts_similarity(matcher):
-        return matcher(src, trg, sym_pairs=sym_pairs, similarity=similarity)
-    if type(matcher).__name__ == "NearestNeighbourMatcher":
-        return MatchResult(scores=similarity)
-    raise ValueError(f"{type(matcher).__name__} cannot take a refined similarity (its forward has "
-                     "no `similarity` argument), so it cannot follow neighbourhood_consensus")

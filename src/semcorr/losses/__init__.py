@@ -8,13 +8,15 @@ A loss is a callable ``loss(batch, src, trg, result) -> (loss, logs)``:
 - ``result``: the :class:`~semcorr.matchers.base.MatchResult` (scores (B, Ns, Nt));
 - returns a scalar tensor and a dict of scalar tensors to log.
 
-Kinds: ``none`` (evaluation only), ``gaussian_ce`` (survey baseline / SimSC), ``ot_nll`` (through
-the OT / GW-OT plan) and ``combined`` (a weighted sum of the others).
+Kinds: ``none`` (evaluation only: builds no loss), ``gaussian_ce`` (survey baseline / SimSC),
+``ot_nll`` (through the OT / GW-OT plan) and ``combined`` (a weighted sum of the others).
+Importing this package registers them.
 """
 
 from dataclasses import dataclass
 
-from semcorr.config import GroupConfig, build, register
+from semcorr.losses import combined, gaussian_ce, ot_nll  # noqa: F401  (register the kinds)
+from semcorr.registry import GroupConfig, build, register
 
 
 @dataclass
@@ -23,17 +25,14 @@ class NoLossConfig(GroupConfig):
 
 
 @register("loss", "none", NoLossConfig)
-class NoLoss:
-    """No loss: evaluation only. ``train.py`` refuses to train with it."""
+def no_loss() -> None:
+    """``loss=none``: evaluation only (``train.py`` refuses to train without a loss)."""
+    return None
 
 
 def build_loss(cfg):
     """The loss of a ``loss`` config section; None for ``kind: none``."""
-    if cfg.kind == "none":
-        return None
     return build("loss", cfg)
 
 
-from semcorr.losses import combined, gaussian_ce, ot_nll  # noqa: E402,F401
-
-__all__ = ["build_loss", "NoLoss"]
+__all__ = ["build_loss"]

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
-from semcorr.config import ConfigError, GroupConfig, build, register, schemas
+from semcorr.errors import ConfigError
+from semcorr.registry import GroupConfig, build, register, schemas
 from semcorr.matchers.base import MatchResult
 
 

@@ -68,8 +68,3 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, like: torch.Tensor) ->
     if mask.any():
         return values[mask].mean()
     return like.sum() * 0.0
-
-
-def safe_fill(x: torch.Tensor) -> torch.Tensor:
-    """Replace -inf (masked cells) by a large negative number so products with 0 stay finite."""
-    return x.masked_fill(torch.isneginf(x), torch.finfo(x.dtype).min / 4)

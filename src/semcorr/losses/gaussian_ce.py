@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semcorr.backbones.base import FeatureMap
-from semcorr.config import GroupConfig, register
+from semcorr.backbones.base import FeatureMap, grid_rows_cols
+from semcorr.registry import GroupConfig, register
 from semcorr.losses.common import gather_rows, keypoint_cells, masked_mean, sample_features
 from semcorr.matchers.base import MatchResult
 
@@ -44,11 +44,9 @@ def gaussian_targets(trg_kps: torch.Tensor, trg: FeatureMap, sigma: float,
     """
     h, w = trg.grid
     s = trg.stride
-    dev = trg_kps.device
     gx = (trg_kps[..., 0] + 0.5) / s - 0.5  # continuous column of the point
     gy = (trg_kps[..., 1] + 0.5) / s - 0.5
-    cols = torch.arange(w, device=dev, dtype=torch.float32).repeat(h)  # (Nt,)
-    rows = torch.arange(h, device=dev, dtype=torch.float32).repeat_interleave(w)
+    rows, cols = (v.float() for v in grid_rows_cols(trg.grid, trg_kps.device))  # (Nt,) each
     dx = cols - gx[..., None]
     dy = rows - gy[..., None]
     weight = torch.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2))

@@ -27,8 +27,8 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from semcorr.backbones.base import FeatureMap
-from semcorr.config import GroupConfig, register
+from semcorr.backbones.base import FeatureMap, grid_rows_cols
+from semcorr.registry import GroupConfig, register
 from semcorr.losses.common import gather_rows, keypoint_cells, masked_mean
 from semcorr.matchers.base import MatchResult
 
@@ -49,10 +49,8 @@ class OTNLLConfig(GroupConfig):
 
 def _chebyshev(idx: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """(B, K, Nt) Chebyshev distance in cells from the cells ``idx`` (B, K) to every cell."""
-    h, w = grid
-    dev = idx.device
-    rows = torch.arange(h, device=dev).repeat_interleave(w)
-    cols = torch.arange(w, device=dev).repeat(h)
+    w = grid[1]
+    rows, cols = grid_rows_cols(grid, idx.device)
     r, c = idx // w, idx % w
     return torch.maximum((rows - r[..., None]).abs(), (cols - c[..., None]).abs())
 

@@ -1,24 +1,17 @@
-"""Matchers: feature maps -> (B, Ns, Nt) scores, and keypoint transfer from the scores."""
+"""Matchers: feature maps -> (B, Ns, Nt) scores, and keypoint transfer from the scores.
 
-from dataclasses import dataclass, field
+Kinds: ``nn`` (:mod:`.nearest`), ``ot`` (:mod:`.ot`, entropic OT on :mod:`.sinkhorn`) and
+``gwot`` (:mod:`.gwot`); importing this package registers them.
+"""
 
-from semcorr.config import GroupConfig, TransferConfig, build
-from semcorr.matchers.base import Matcher, MatchResult, cosine_similarity
-
-
-@dataclass
-class MatcherConfig(GroupConfig):
-    """Fields every matcher config has; ``transfer`` is read by the pipeline, not the matcher."""
-
-    transfer: TransferConfig = field(default_factory=TransferConfig)
+from semcorr.matchers import gwot, nearest, ot  # noqa: F401  (register the kinds)
+from semcorr.matchers.base import Matcher, MatcherConfig, MatchResult, cosine_similarity
+from semcorr.registry import build
 
 
 def build_matcher(cfg) -> Matcher:
+    """The matcher of a ``matcher`` config section."""
     return build("matcher", cfg, exclude=("transfer",))
 
 
-from semcorr.matchers import nearest  # noqa: E402,F401  (registers "nn")
-
 __all__ = ["Matcher", "MatchResult", "MatcherConfig", "build_matcher", "cosine_similarity"]
-from semcorr.matchers import ot  # noqa: E402,F401  (registers "ot")
-from semcorr.matchers import gwot  # noqa: E402,F401  (registers "gwot")

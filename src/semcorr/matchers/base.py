@@ -1,14 +1,25 @@
-"""The matcher contract: two feature maps in, a (B, Ns, Nt) score matrix out."""
+"""The matcher contract: two feature maps in, a (B, Ns, Nt) score matrix out; and the costs the
+matchers share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
+from semcorr.matchers.sinkhorn import MARGINALS
+from semcorr.matchers.transfer import TransferConfig
+from semcorr.registry import GroupConfig
+
+
+@dataclass
+class MatcherConfig(GroupConfig):
+    """Fields every matcher config has; ``transfer`` is read by the pipeline, not the matcher."""
+
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
 @dataclass
@@ -29,16 +40,20 @@ class MatchResult:
 class Matcher(nn.Module):
     """Base class of matchers.
 
-    ``forward(src, trg, sym_pairs=None)``:
+    ``forward(src, trg, sym_pairs=None, similarity=None)``:
         src, trg: :class:`FeatureMap` of the source and target images (same batch size B).
         sym_pairs: optional (B, S, 2) long, pairs of *source cell indices* (row-major in the
             source grid) that are left/right symmetric; -1 marks padding. Matchers without a
             symmetry term ignore it.
+        similarity: optional (B, Ns, Nt) similarity to match on instead of the cosine
+            similarity of the features (-inf at invalid target cells), e.g. one refined by a
+            neighbourhood-consensus head (:meth:`semcorr.heads.Head.refine`).
     returns :class:`MatchResult`.
     """
 
     def forward(
-        self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None
+        self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None,
+        similarity: Optional[torch.Tensor] = None,
     ) -> MatchResult:
         raise NotImplementedError
 
@@ -51,3 +66,56 @@ def cosine_similarity(src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
     if trg.valid is not None:
         sim = sim.masked_fill(~trg.valid.flatten(1)[:, None, :], float("-inf"))
     return sim
+
+
+def cosine_cost(src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
+    """(B, Ns, Nt) C = 1 - cos(y_i, ŷ_j), computed in float32 (or float64 for float64 input)."""
+    dt = torch.float64 if src.features.dtype == torch.float64 else torch.float32
+    a = nn.functional.normalize(src.flat().to(dt), dim=-1)
+    b = nn.functional.normalize(trg.flat().to(dt), dim=-1)
+    return 1.0 - a @ b.transpose(1, 2)
+
+
+def similarity_cost(similarity: torch.Tensor) -> torch.Tensor:
+    """(B, Ns, Nt) C = 1 - s for a given (e.g. consensus-refined) similarity; -inf entries (invalid
+    target cells, which the solvers mask anyway) become a finite cost of 2."""
+    dt = torch.float64 if similarity.dtype == torch.float64 else torch.float32
+    s = similarity.to(dt)
+    return 1.0 - torch.where(torch.isfinite(s), s, torch.full_like(s, -1.0))
+
+
+def match_cost(src: FeatureMap, trg: FeatureMap, similarity: Optional[torch.Tensor]) -> torch.Tensor:
+    """The OT family's cost: from ``similarity`` when given, else the cosine cost."""
+    return cosine_cost(src, trg) if similarity is None else similarity_cost(similarity)
+
+
+def masks(src: FeatureMap, trg: FeatureMap) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(B, Ns), (B, Nt) bool validity of the cells (all True where a map has no mask)."""
+    out = []
+    for fm in (src, trg):
+        b = fm.features.shape[0]
+        n = fm.grid[0] * fm.grid[1]
+        if fm.valid is None:
+            out.append(torch.ones(b, n, dtype=torch.bool, device=fm.features.device))
+        else:
+            out.append(fm.valid.reshape(b, n).bool())
+    return out[0], out[1]
+
+
+def check_options(opts: Any) -> None:
+    """Raise ``ValueError`` naming the setting when an OT-family option is out of range (tensor
+    values, given to the solvers directly, are not checked)."""
+    if opts.marginal not in MARGINALS:
+        raise ValueError(f"marginal must be one of {MARGINALS}, got {opts.marginal!r}")
+    for f in fields(opts):
+        value = getattr(opts, f.name)
+        if isinstance(value, torch.Tensor) or isinstance(value, (bool, str)) or value is None:
+            continue
+        if f.name in ("eps", "step") and not float(value) > 0:
+            raise ValueError(f"{f.name} must be > 0, got {value}")
+        if f.name in ("n_steps", "sinkhorn_iters", "checkpoint_every", "ref_cells"):
+            low = 0 if f.name == "n_steps" else 1
+            if int(value) != value or value < low:
+                raise ValueError(f"{f.name} must be an integer >= {low}, got {value}")
+        elif isinstance(value, (int, float)) and value < 0:
+            raise ValueError(f"{f.name} must be >= 0, got {value}")

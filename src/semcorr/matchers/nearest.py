@@ -8,9 +8,8 @@ from typing import Optional
 import torch
 
 from semcorr.backbones.base import FeatureMap
-from semcorr.config import register
-from semcorr.matchers import MatcherConfig
-from semcorr.matchers.base import Matcher, MatchResult, cosine_similarity
+from semcorr.matchers.base import Matcher, MatcherConfig, MatchResult, cosine_similarity
+from semcorr.registry import register
 
 
 @dataclass
@@ -20,9 +19,11 @@ class NNConfig(MatcherConfig):
 
 @register("matcher", "nn", NNConfig)
 class NearestNeighbourMatcher(Matcher):
-    """scores[b, i, j] = <y_i, ŷ_j> / (|y_i| |ŷ_j|); the transfer step takes the row argmax."""
+    """scores[b, i, j] = <y_i, ŷ_j> / (|y_i| |ŷ_j|) (or the given ``similarity``, e.g. one refined
+    by neighbourhood consensus); the transfer step takes the row argmax."""
 
     def forward(
-        self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None
+        self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None,
+        similarity: Optional[torch.Tensor] = None,
     ) -> MatchResult:
-        return MatchResult(scores=cosine_similarity(src, trg))
+        return MatchResult(scores=cosine_similarity(src, trg) if similarity is None else similarity)

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Tuple
 
 import torch
 
-from semcorr.backbones.base import cell_centers  # noqa: F401  (re-exported)
+from semcorr.backbones.base import cell_centers, grid_rows_cols
 
 TRANSFER_METHODS = ("argmax", "soft_argmax", "window_soft_argmax")
+
+
+@dataclass
+class TransferConfig:
+    """How a keypoint is read off a row of the match scores (``matcher.transfer.*``).
+
+    ``argmax``: centre of the best target cell. ``soft_argmax``: softmax-weighted mean of all cell
+    centres. ``window_soft_argmax``: the same restricted to a ``window`` x ``window`` block of cells
+    around the argmax. ``temperature`` divides the scores before the softmax.
+    """
+
+    method: str = "argmax"
+    window: int = 5
+    temperature: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.method not in TRANSFER_METHODS:
+            raise ValueError(f"unknown transfer method {self.method!r}; valid: {', '.join(TRANSFER_METHODS)}")
+        if self.window < 1 or not self.temperature > 0:
+            raise ValueError(f"transfer: window must be >= 1 and temperature > 0, got {self.window}, "
+                             f"{self.temperature}")
 
 
 def cell_index(points: torch.Tensor, grid: Tuple[int, int], stride: int) -> torch.Tensor:
@@ -50,8 +72,7 @@ def transfer_rows(
     logits = rows.float() / temperature
     if method == "window_soft_argmax":
         r, c = idx // w, idx % w
-        rr = torch.arange(h, device=rows.device).repeat_interleave(w)
-        cc = torch.arange(w, device=rows.device).repeat(h)
+        rr, cc = grid_rows_cols(trg_grid, rows.device)
         half = window // 2
         inside = ((rr - r[..., None]).abs() <= half) & ((cc - c[..., None]).abs() <= half)
         logits = logits.masked_fill(~inside, float("-inf"))

@@ -1,27 +1,28 @@
 """The LightningModule: backbone -> head -> matcher -> keypoint transfer -> PCK (and a loss).
 
-Pure-torch parts are built elsewhere and passed in; this module only wires one shared step for
-train / val / test, the per-stage metrics, timing and optimisers.
+Pure-torch parts are built elsewhere (:func:`semcorr.builder.build_model`) and passed in; this
+module only wires one shared step for train / val / test, the per-stage metrics and the
+optimisers. What a run reports beyond the metrics (per-pair errors, kept predictions, timing) is
+collected by callbacks from the step outputs (:mod:`semcorr.report`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import lightning as L
 import torch
-from torch import nn
 
 from semcorr.backbones.base import Backbone, FeatureMap, valid_cells
 from semcorr.data.resize import to_original
-from semcorr.features import FeatureExtractor, FeatureStore
-from semcorr.heads import NoHead
-from semcorr.heads.consensus import match_with_refiner
-from semcorr.matchers.base import Matcher, MatchResult
+from semcorr.features import FeatureExtractor
+from semcorr.heads.base import Head, NoHead
+from semcorr.matchers.base import Matcher, MatchResult, cosine_similarity
 from semcorr.matchers.transfer import cell_index, transfer_keypoints
 from semcorr.metrics import PCK
-from semcorr.metrics.pck import pck_thresholds
+from semcorr.stores import FeatureStore
 
 
 def symmetric_cells(batch: Dict[str, Any], grid: tuple[int, int], stride: int) -> Optional[torch.Tensor]:
@@ -38,70 +39,38 @@ def symmetric_cells(batch: Dict[str, Any], grid: tuple[int, int], stride: int) -
     return torch.where((ok & both)[..., None], out, torch.full_like(out, -1))
 
 
-class StageTimer:
-    """Accumulates wall-clock milliseconds of named sections (synchronising CUDA)."""
-
-    def __init__(self) -> None:
-        self.total_ms: Dict[str, float] = {}
-        self.count: Dict[str, int] = {}
-
-    def reset(self) -> None:
-        self.total_ms.clear()
-        self.count.clear()
-
-    def measure(self, name: str, device: torch.device, n: int = 1):
-        timer = self
-
-        class _Section:
-            def __enter__(self_inner):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                self_inner.t0 = time.perf_counter()
-
-            def __exit__(self_inner, *exc):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                ms = (time.perf_counter() - self_inner.t0) * 1e3
-                timer.total_ms[name] = timer.total_ms.get(name, 0.0) + ms
-                timer.count[name] = timer.count.get(name, 0) + n
-
-        return _Section()
-
-    def mean_ms(self, name: str) -> float:
-        return self.total_ms.get(name, 0.0) / max(self.count.get(name, 0), 1)
-
-
 class CorrespondenceModule(L.LightningModule):
     """Semantic correspondence model with one shared step.
 
     Args:
         backbone: a :class:`~semcorr.backbones.Backbone`.
         matcher: a :class:`~semcorr.matchers.Matcher`.
-        head: optional pairwise feature head (``forward(src, trg) -> (src, trg)``).
+        head: optional :class:`~semcorr.heads.Head` (feature head and / or score refiner).
         loss: optional callable ``loss(batch, src, trg, result) -> (loss, logs)``; needed to train.
         transfer: keypoint-transfer options (``method``, ``window``, ``temperature``).
         alphas, threshold_by, average, categories: the PCK protocol.
-        stores: feature caches used in val/test (see :mod:`semcorr.features`).
+        stores: feature caches used in val/test (see :mod:`semcorr.stores`).
         optim: ``lr``, ``backbone_lr``, ``weight_decay``, ``scheduler``, ``warmup_steps``.
         run_config: the resolved run config, saved in checkpoints so ``eval.py ckpt=`` rebuilds.
+
+    ``validation_step`` / ``test_step`` return the step's output (:meth:`match` plus ``ms``, the
+    milliseconds spent in the backbone and in matching) for reporting callbacks.
     """
 
     def __init__(
         self,
         backbone: Backbone,
         matcher: Matcher,
-        head: Optional[nn.Module] = None,
+        head: Optional[Head] = None,
         loss: Optional[Any] = None,
         transfer: Optional[Dict[str, Any]] = None,
         alphas: Sequence[float] = (0.05, 0.1, 0.15),
         threshold_by: str = "bbox",
         average: str = "per_image",
         categories: Sequence[str] = ("all",),
-        val_categories: Optional[Sequence[str]] = None,
         stores: Sequence[FeatureStore] = (),
         optim: Optional[Dict[str, Any]] = None,
         run_config: Optional[Dict[str, Any]] = None,
-        keep_predictions: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "matcher", "head", "loss", "stores"])
@@ -113,41 +82,43 @@ class CorrespondenceModule(L.LightningModule):
         self.optim_cfg = dict(optim or {})
         protocol = dict(alphas=alphas, threshold_by=threshold_by, average=average)
         self.test_pck = PCK(categories=categories, **protocol)
-        self.val_pck = PCK(categories=val_categories or categories, **protocol)
-        self.timer = StageTimer()
-        self.keep_predictions = keep_predictions
-        self.predictions: List[Dict[str, Any]] = []
-        self.errors: List[torch.Tensor] = []  # per evaluated pair: dist / L of valid keypoints
+        self.val_pck = PCK(categories=categories, **protocol)
 
     @property
     def backbone(self) -> Backbone:
         return self.extractor.backbone
 
+    @contextmanager
+    def _timed(self, ms: Dict[str, float], name: str) -> Iterator[None]:
+        """Adds the wall-clock milliseconds of the block to ``ms[name]`` (synchronising CUDA)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        ms[name] = ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+
     # ------------------------------------------------------------------ the pipeline
     def features(self, batch: Dict[str, Any], use_cache: bool) -> tuple[FeatureMap, FeatureMap]:
-        n = batch["src_img"].shape[0]
-        with self.timer.measure("backbone", self.device, n=2 * n):
-            src = self.extractor(batch["src_img"], batch.get("src_id"), use_cache)
-            trg = self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache)
+        src = self.extractor(batch["src_img"], batch.get("src_id"), use_cache)
+        trg = self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache)
         src.valid = valid_cells(batch["src_content_hw"], src.grid, src.stride)
         trg.valid = valid_cells(batch["trg_content_hw"], trg.grid, trg.stride)
         return src, trg
 
     def match(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap) -> Dict[str, Any]:
         """Head, matcher and keypoint transfer. Returns scores, predictions (both frames)."""
-        n = batch["src_img"].shape[0]
-        with self.timer.measure("match", self.device, n=n):
-            src, trg = self.head(src, trg)
-            sym = symmetric_cells(batch, src.grid, src.stride)
-            refine = getattr(self.head, "refine", None)
-            if refine is not None:  # a score refiner (neighbourhood consensus), see semcorr.heads
-                result: MatchResult = match_with_refiner(self.matcher, refine, src, trg, sym)
-            else:
-                result = self.matcher(src, trg, sym_pairs=sym)
-            pred, score = transfer_keypoints(
-                result.scores, batch["src_kps"], src.grid, src.stride, trg.grid, trg.stride,
-                **self.transfer,
-            )
+        src, trg = self.head(src, trg)
+        sym = symmetric_cells(batch, src.grid, src.stride)
+        similarity = None
+        if self.head.refines_similarity:  # e.g. neighbourhood consensus, see semcorr.heads.base
+            similarity = self.head.refine(cosine_similarity(src, trg), src, trg)
+        result: MatchResult = self.matcher(src, trg, sym_pairs=sym, similarity=similarity)
+        pred, score = transfer_keypoints(
+            result.scores, batch["src_kps"], src.grid, src.stride, trg.grid, trg.stride,
+            **self.transfer,
+        )
         pred_orig = to_original(pred, batch["trg_frame"])
         return {"src": src, "trg": trg, "result": result, "pred": pred, "pred_orig": pred_orig,
                 "score": score}
@@ -156,62 +127,38 @@ class CorrespondenceModule(L.LightningModule):
         src, trg = self.features(batch, use_cache=not self.training)
         return self.match(batch, src, trg)
 
-    def _step(self, batch: Dict[str, Any], stage: str) -> Optional[torch.Tensor]:
-        src, trg = self.features(batch, use_cache=stage != "train")
-        out = self.match(batch, src, trg)
+    def _step(self, batch: Dict[str, Any], stage: str) -> Dict[str, Any]:
+        ms: Dict[str, float] = {}
+        with self._timed(ms, "backbone"):
+            src, trg = self.features(batch, use_cache=stage != "train")
+        with self._timed(ms, "match"):
+            out = self.match(batch, src, trg)
+        out["ms"] = ms
         bs = batch["src_img"].shape[0]
         if stage != "train":
             metric = self.test_pck if stage == "test" else self.val_pck
             metric.update(out["pred_orig"], batch["trg_kps_orig"], batch["kps_valid"],
                           batch["category_idx"], batch["trg_bbox"], batch["trg_imsize"])
-            self._keep(batch, out)
         if self.loss_fn is None:
             if stage == "train":
                 raise RuntimeError("training needs a loss: set loss=gaussian_ce or loss=ot_nll")
-            return None
+            return out
         loss, logs = self.loss_fn(batch, out["src"], out["trg"], out["result"])
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs)
         for key, value in logs.items():
             self.log(f"{stage}/{key}", value, batch_size=bs)
-        return loss
-
-    def _keep(self, batch: Dict[str, Any], out: Dict[str, Any]) -> None:
-        # every pair: dist / L of its valid keypoints (for PCK-vs-alpha curves, semcorr.viz)
-        lengths = pck_thresholds(self.test_pck.threshold_by, batch["trg_kps_orig"],
-                                 batch["kps_valid"], batch.get("trg_bbox"), batch.get("trg_imsize"))
-        dist = torch.linalg.vector_norm(out["pred_orig"].float() - batch["trg_kps_orig"].float(), dim=-1)
-        norm = (dist / lengths.to(dist.dtype)[:, None]).detach().cpu()
-        valid = batch["kps_valid"].cpu()
-        self.errors.extend(norm[b][valid[b]] for b in range(norm.shape[0]))
-        for b in range(batch["src_img"].shape[0]):
-            if len(self.predictions) >= self.keep_predictions:
-                return
-            self.predictions.append({
-                "src_id": batch["src_id"][b], "trg_id": batch["trg_id"][b],
-                "category": batch["category"][b],
-                "src_kps": batch["src_kps_orig"][b].cpu(), "trg_kps": batch["trg_kps_orig"][b].cpu(),
-                "pred": out["pred_orig"][b].detach().cpu(), "valid": batch["kps_valid"][b].cpu(),
-                "trg_bbox": batch["trg_bbox"][b].cpu(), "trg_imsize": batch["trg_imsize"][b].cpu(),
-            })
+        out["loss"] = loss
+        return out
 
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        return self._step(batch, "train")["loss"]
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
+        return self._step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
-    def on_test_epoch_start(self) -> None:
-        self.timer.reset()
-        self.predictions.clear()
-        self.errors.clear()
-
-    def on_validation_epoch_start(self) -> None:
-        self.predictions.clear()
-        self.errors.clear()
+        return self._step(batch, "test")
 
     def _log_pck(self, metric: PCK, stage: str) -> Dict[str, Any]:
         result = metric.compute()

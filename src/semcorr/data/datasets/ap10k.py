@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from semcorr.config import register
+from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_json
 from semcorr.data.symmetry import load_symmetry, sym_indices

@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from semcorr.config import register
+from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, points, read_csv, read_json, split_floats
 from semcorr.metrics.pck import THRESHOLD_BY

@@ -20,15 +20,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from semcorr.config import register
-from semcorr.data.base import DataConfig, PairDataset, PairRecord
+from semcorr.registry import register
+from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_csv, split_floats
+from semcorr.data.transforms import mirror_points
 from semcorr.paths import resolve_root
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep",
                "sofa", "train", "tvmonitor"]
-FLIP_SUFFIX = "#hflip"
 COLUMNS = ("source_image", "target_image", "class", "XA", "YA", "XB", "YB")
 
 
@@ -86,18 +86,9 @@ class PFPascalDataset(PairDataset):
                           kps_ids=np.arange(len(src_kps)), pair_id=f"{index}:{src}->{trg}{suffix}",
                           meta={"flip": flip})
 
-    def read_image(self, image_id: str) -> torch.Tensor:
-        """An image; ids ending in ``#hflip`` are served mirrored."""
-        if image_id.endswith(FLIP_SUFFIX):
-            return super().read_image(image_id[: -len(FLIP_SUFFIX)]).flip(-1)
-        return super().read_image(image_id)
-
     def load_pair(self, index: int):
         pair = super().load_pair(index)
         if self.records[index].meta.get("flip"):
             for side in ("src", "trg"):
-                w = pair[f"{side}_img"].shape[-1]
-                kps = pair[f"{side}_kps"].clone()
-                kps[:, 0] = (w - 1) - kps[:, 0]
-                pair[f"{side}_kps"] = kps
+                pair[f"{side}_kps"] = mirror_points(pair[f"{side}_kps"], pair[f"{side}_img"].shape[-1])
         return pair

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import scipy.io
 
-from semcorr.config import register
+from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.paths import resolve_root
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semcorr.config import register
+from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}

@@ -29,17 +29,15 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from semcorr.config import register
-from semcorr.data.base import DataConfig, PairDataset, PairRecord
+from semcorr.registry import register
+from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord, read_mask
 from semcorr.data.datasets._files import DataError
 from semcorr.paths import resolve_root
 
 GROUPS = ["FG3DCar", "JODS", "PASCAL"]
 FLO_MAGIC = 202021.25
 UNKNOWN_FLOW = 1e9
-FLIP_SUFFIX = "#hflip"
 
 
 @dataclass
@@ -59,20 +57,6 @@ def read_flo(path: Path) -> np.ndarray:
     if w <= 0 or h <= 0 or len(data) != 12 + 8 * w * h:
         raise DataError(f"tss: {path}: header says {w}x{h} but the file holds {len(data) - 12} bytes")
     return np.frombuffer(data[12:], "<f4").reshape(h, w, 2).copy()
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A foreground mask as (h, w) bool (any non-zero grey value above half the maximum)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"tss: mask not found: {path}")
-    try:
-        with Image.open(path) as im:
-            grey = np.asarray(im.convert("F") if im.mode.startswith("I") else im.convert("L"),
-                              dtype=np.float64)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"tss: cannot read mask {path}: {err}") from None
-    top = grey.max()
-    return grey > top / 2 if top > 0 else np.zeros(grey.shape, dtype=bool)
 
 
 def read_flip(path: Path) -> bool:
@@ -158,12 +142,6 @@ class TSSDataset(PairDataset):
                 meta={"dir": pair_dir, "a": a, "b": b, "flip": flip},
             ))
         return out
-
-    def read_image(self, image_id: str) -> torch.Tensor:
-        """An image; ids ending in ``#hflip`` are served mirrored."""
-        if image_id.endswith(FLIP_SUFFIX):
-            return super().read_image(image_id[: -len(FLIP_SUFFIX)]).flip(-1)
-        return super().read_image(image_id)
 
     def load_pair(self, index: int) -> Dict[str, Any]:
         rec = self.records[index]

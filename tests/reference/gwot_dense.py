@@ -1,7 +1,8 @@
 """Naive dense reference of GW-OT, for tests and the benchmark. O(N^3) per step, O(N^2) memory.
 
 It builds C^p, C^q (and the symmetry sign matrices) as dense N x N matrices and runs the same
-mirror-descent iteration as :func:`semcorr.matchers.gwot.solve_gwot`, written the plain way:
+mirror-descent iteration as :func:`semcorr.matchers.gwot.solve_gwot` (a test and benchmark reference,
+kept with the tests: it needs POT), written the plain way:
 
 .. math::
     \\nabla \\mathcal F = \\lambda C + 2 \\lambda_{gw} \\nu\\, C^p T C^q

@@ -1,0 +1,128 @@
+"""One place builds a run from its config: the model (and a checkpoint's weights, when given)
+and the datamodule. ``eval.py``, ``train.py``, ``semcorr-match``, the sweeps and the notebooks all
+go through :func:`build_run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from semcorr.backbones import build_backbone
+from semcorr.checkpoint import load_weights
+from semcorr.data.base import PairDataset
+from semcorr.data.datamodule import CorrespondenceDataModule, dataset_from_config
+from semcorr.data.transforms import build_train_transform
+from semcorr.errors import ConfigError
+from semcorr.heads import build_head
+from semcorr.losses import build_loss
+from semcorr.matchers import build_matcher
+from semcorr.models import CorrespondenceModule
+from semcorr.stores import DiskCache, FeatureStore, MemoryCache
+
+
+def config_dict(cfg: DictConfig) -> Dict[str, Any]:
+    """The resolved config as plain containers (saved in checkpoints and logged)."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+def run_protocol(cfg: DictConfig, dataset: Optional[PairDataset] = None) -> Dict[str, str]:
+    """The PCK protocol of a run: the dataset's published one, with the config's explicit
+    ``metric.threshold_by`` / ``metric.average`` on top."""
+    proto = dict(dataset.protocol if dataset is not None else PairDataset.protocol)
+    if cfg.metric.threshold_by:
+        proto["threshold_by"] = cfg.metric.threshold_by
+    if cfg.metric.average:
+        proto["average"] = cfg.metric.average
+    return proto
+
+
+def feature_stores(cfg: DictConfig, trainable_backbone: bool, training: bool) -> List[FeatureStore]:
+    """Backbone-feature caches, checked in order: memory, then ``cache.disk_dir`` when set.
+
+    None for a backbone with trainable weights (its features go stale at every step). Training
+    and checkpoint evaluation use the memory cache only: the disk cache's keys name pretrained
+    weights, which a checkpoint's fine-tuned weights are not.
+    """
+    if not cfg.cache.enabled or trainable_backbone:
+        return []
+    stores: List[FeatureStore] = [MemoryCache(cfg.cache.memory_mb)]
+    if cfg.cache.disk_dir and not training and not cfg.ckpt:
+        stores.append(DiskCache(cfg.cache.disk_dir))
+    return stores
+
+
+STAGES = ("test", "fit", "predict")
+
+
+@dataclass
+class Run:
+    """What :func:`build_run` returns: the model, and for ``test`` / ``fit`` the datamodule and the
+    split the model is scored on (``data.split`` for ``test``, the validation split for ``fit``)."""
+
+    module: CorrespondenceModule
+    datamodule: Optional[CorrespondenceDataModule] = None
+    dataset: Optional[PairDataset] = None
+
+
+def build_run(cfg: DictConfig, stage: str = "test") -> Run:
+    """Build a run from its config.
+
+    Args:
+        cfg: a run config (:func:`semcorr.config.load_config`).
+        stage: ``test`` (evaluate ``data.split``), ``fit`` (train: also the loss, optimiser
+            settings and training augmentation; scored on the validation split) or ``predict``
+            (match images without ground truth: no data).
+    When ``cfg.ckpt`` is set and the stage is not ``fit`` (``--resume`` restores its own state),
+    the checkpoint's weights are loaded into the model; they must fit it exactly.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    training = stage == "fit"
+    backbone = build_backbone(cfg.backbone)
+    head = build_head(cfg.head, dim=backbone.dim)
+    matcher = build_matcher(cfg.matcher)
+    loss = build_loss(cfg.loss) if training else None
+    if training and loss is None:
+        raise ConfigError("training needs a loss: loss=none only evaluates; pick loss=gaussian_ce, "
+                          "loss=ot_nll or loss=combined")
+    datamodule = dataset = None
+    if stage != "predict":
+        datamodule = build_datamodule(cfg, backbone.stride, training)
+        try:
+            if training:
+                datamodule.dataset("train")
+            dataset = datamodule.dataset(datamodule.val_split if training else cfg.data.split)
+        except ValueError as err:
+            if not training or isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"data={cfg.data.name} cannot be trained on: {err}") from None
+    trainable = any(p.requires_grad for p in backbone.parameters())
+    module = CorrespondenceModule(
+        backbone, matcher, head=head, loss=loss, transfer=dict(cfg.matcher.transfer),
+        alphas=list(cfg.metric.alphas),
+        categories=dataset.categories if dataset is not None else ("all",),
+        stores=feature_stores(cfg, trainable, training),
+        optim=config_dict(cfg)["optim"] if training else None, run_config=config_dict(cfg),
+        **run_protocol(cfg, dataset),
+    )
+    if cfg.ckpt and not training:
+        load_weights(module, cfg.ckpt)
+    return Run(module, datamodule, dataset)
+
+
+def build_datamodule(cfg: DictConfig, divisor: int, training: bool = False) -> CorrespondenceDataModule:
+    """The run's datamodule (its test split is ``data.split``); ``training`` adds the training
+    augmentation (``data.augment``) to the train split. ``divisor``: the backbone's stride."""
+    return CorrespondenceDataModule(
+        make_dataset=lambda split: dataset_from_config(cfg.data, split, divisor),
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        train_transform=build_train_transform(cfg.data) if training else None,
+        test_split=cfg.data.split,
+        seed=cfg.seed,
+    )

@@ -1,0 +1,95 @@
+"""Match points between two images with a run's model: the pipeline behind ``semcorr-match`` and
+the notebooks.
+
+Both images are resized with :func:`semcorr.data.resize.resize_image` (``data.image_size``,
+``data.resize``, the backbone's stride as divisor) and run through
+:meth:`semcorr.models.CorrespondenceModule.forward` (backbone, head, matcher,
+``matcher.transfer``); predictions go back to the original target frame.
+
+**Scores.** The row maximum of the matcher's scores for the source point's cell: the cosine
+similarity for ``matcher=nn``, the log of the transport-plan entry for the OT family (at most
+log(1/n_s); higher is more confident in both cases).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from semcorr.builder import build_run
+from semcorr.data.resize import resize_image, to_network
+from semcorr.errors import InputError
+from semcorr.models import CorrespondenceModule
+
+
+def inference_model(cfg: DictConfig, device: str = "cpu") -> CorrespondenceModule:
+    """The run's model (:func:`semcorr.builder.build_run`, stage ``predict``: with ``cfg.ckpt``'s
+    weights when set) on ``device``, in eval mode."""
+    return build_run(cfg, stage="predict").module.to(device).eval()
+
+
+@dataclass
+class PairMatch:
+    """The outcome of :func:`match_images`.
+
+    Attributes:
+        src_points, trg_points: (K, 2) source points and their matches, original frames.
+        scores: (K,) the matcher's score of each match (see the module docstring).
+        batch: the one-pair batch in the network frame (schema keys, batch size 1).
+        out: :meth:`CorrespondenceModule.forward`'s output (``result`` holds the full scores).
+    """
+
+    src_points: torch.Tensor
+    trg_points: torch.Tensor
+    scores: torch.Tensor
+    batch: Dict[str, Any]
+    out: Dict[str, Any]
+
+
+def check_points(points: torch.Tensor, hw: Sequence[int], what: str = "source image") -> None:
+    """Every point must lie on the image: 0 <= x <= w - 1, 0 <= y <= h - 1."""
+    h, w = int(hw[0]), int(hw[1])
+    outside = ((points[:, 0] < 0) | (points[:, 0] > w - 1) | (points[:, 1] < 0) | (points[:, 1] > h - 1))
+    if outside.any():
+        bad = "; ".join(f"{x:g},{y:g}" for x, y in points[outside][:5].tolist())
+        more = f" and {int(outside.sum()) - 5} more" if int(outside.sum()) > 5 else ""
+        raise InputError(f"{int(outside.sum())} point(s) outside the {what} ({w}x{h} px, x in "
+                         f"[0, {w - 1}], y in [0, {h - 1}]): {bad}{more}")
+
+
+def pair_batch(src_img: torch.Tensor, trg_img: torch.Tensor, src_points: torch.Tensor,
+               image_size: int, resize: str, stride: int) -> Dict[str, Any]:
+    """A one-pair batch with the schema keys the module's pipeline reads (network frame)."""
+    src_net, src_frame, src_hw = resize_image(src_img, image_size, resize, stride)
+    trg_net, trg_frame, trg_hw = resize_image(trg_img, image_size, resize, stride)
+    return {
+        "src_img": src_net[None], "trg_img": trg_net[None],
+        "src_kps": to_network(src_points, src_frame)[None], "src_kps_orig": src_points[None],
+        "kps_valid": torch.ones(1, len(src_points), dtype=torch.bool),
+        "src_frame": src_frame[None], "trg_frame": trg_frame[None],
+        "src_content_hw": src_hw[None], "trg_content_hw": trg_hw[None],
+        "src_imsize": torch.tensor([src_img.shape[-2:]]), "trg_imsize": torch.tensor([trg_img.shape[-2:]]),
+        "src_id": ["src"], "trg_id": ["trg"],
+    }
+
+
+@torch.no_grad()
+def match_images(module, src_img: torch.Tensor, trg_img: torch.Tensor, points: torch.Tensor,
+                 image_size: int = 224, resize: str = "longer_side_pad") -> PairMatch:
+    """Transfer ``points`` (K, 2), original source frame, into the target.
+
+    Args:
+        module: a :class:`~semcorr.models.CorrespondenceModule` (see :func:`build_module`).
+        src_img, trg_img: (3, h, w) float RGB in [0, 1] (:func:`semcorr.data.base.load_image`).
+        image_size, resize: the network frame (``data.image_size``, ``data.resize``).
+    """
+    check_points(points, src_img.shape[-2:])
+    stride = module.backbone.stride
+    batch = pair_batch(src_img, trg_img, points.float(), image_size, resize, stride)
+    batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    out = module(batch)
+    return PairMatch(src_points=points.float().cpu(), trg_points=out["pred_orig"][0].cpu(),
+                     scores=out["score"][0].float().cpu(), batch=batch, out=out)

@@ -1,0 +1,85 @@
+"""The GW-OT matcher: a thin ``nn.Module`` over :func:`~semcorr.matchers.gwot.solver.solve_gwot`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from semcorr.backbones.base import FeatureMap
+from semcorr.matchers.base import Matcher, MatcherConfig, MatchResult, masks, match_cost
+from semcorr.matchers.gwot.crop import crop_pairwise, crop_to_valid, remap_cells, uncrop
+from semcorr.matchers.gwot.options import GWOTOptions
+from semcorr.matchers.gwot.solver import solve_gwot
+from semcorr.registry import register
+
+LEARNABLE = ("lam", "lam_gw", "lam_sym", "lam_ub", "eps")
+
+
+@dataclass
+class GWOTConfig(MatcherConfig, GWOTOptions):
+    """``matcher`` group schema of kind ``gwot``: the solver's :class:`GWOTOptions` plus
+    ``learnable`` (non-zero λ's and ε become trainable parameters)."""
+
+    learnable: bool = False
+
+
+@register("matcher", "gwot", GWOTConfig)
+class GWOTMatcher(Matcher):
+    """GW-OT between patch grids: ``scores`` = log of the plan, ``extras["objective"]`` (B, n)
+    when ``return_objective``.
+
+    Args:
+        learnable: every non-zero λ and ε becomes an ``nn.Parameter`` stored as its log
+            (``log_lam``, ...); zero-valued terms stay switched off (buffers).
+        **options: fields of :class:`GWOTOptions` (unset ones keep its defaults).
+    """
+
+    def __init__(self, learnable: bool = False, **options) -> None:
+        super().__init__()
+        self.options = GWOTOptions(**options)
+        for key in LEARNABLE:
+            v = torch.as_tensor(float(getattr(self.options, key)), dtype=torch.float32)
+            if learnable and float(v) > 0:
+                self.register_parameter("log_" + key, nn.Parameter(v.log()))
+            else:
+                self.register_buffer("log_" + key, v.log(), persistent=False)
+
+    def weights(self) -> Dict[str, torch.Tensor]:
+        """Current λ's and ε as tensors."""
+        return {k: getattr(self, "log_" + k).exp() for k in LEARNABLE}
+
+    def forward(
+        self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None,
+        similarity: Optional[torch.Tensor] = None,
+    ) -> MatchResult:
+        """Args:
+            src, trg: feature maps, features (B, D, h, w) / (B, D, h', w'), optional valid masks.
+            sym_pairs: optional (B, S, 2) source cell indices of left/right symmetric pairs.
+            similarity: optional (B, h*w, h'*w'); the cost is ``1 - similarity`` instead of the
+                cosine cost of the features (e.g. a neighbourhood-consensus-refined similarity).
+        Returns:
+            MatchResult: scores (B, h*w, h'*w') = log T (-inf at invalid target cells); extras
+            ``objective`` (B, n_steps) if ``return_objective``, ``step_size`` (B,).
+        """
+        with torch.autocast(src.features.device.type, enabled=False):
+            # Solve on the bounding box of the valid cells (exact: padded cells carry no mass).
+            src_c, s_box = crop_to_valid(src)
+            trg_c, t_box = crop_to_valid(trg)
+            if similarity is None:
+                cost = match_cost(src_c, trg_c, None)
+            else:
+                cost = crop_pairwise(match_cost(src, trg, similarity), src.grid, s_box, trg.grid, t_box)
+            sv, tv = masks(src_c, trg_c)
+            if sym_pairs is not None:
+                sym_pairs = remap_cells(sym_pairs, src.grid, s_box)
+            weights = {k: v.to(cost.dtype) for k, v in self.weights().items()}
+            res = solve_gwot(cost, src_c.grid, trg_c.grid, sv, tv, sym_pairs,
+                             options=replace(self.options, **weights))
+            scores = uncrop(res.log_plan, src.grid, s_box, trg.grid, t_box)
+        extras = {"step_size": res.step_size}
+        if res.objective is not None:
+            extras["objective"] = res.objective
+        return MatchResult(scores=scores, extras=extras)

@@ -1,0 +1,317 @@
+"""Gromov-Wasserstein optimal transport (GW-OT) matcher.
+
+Snelgar et al., "Gromov Wasserstein Optimal Transport for Semantic Correspondences",
+arXiv 2602.03105, Eq. 4-6. Source cells i at grid coordinates x_i, target cells j at x̂_j,
+L2-normalised features y, ŷ; p, q uniform over the valid cells (n_s, n_t of them):
+
+.. math::
+    T^* = \\arg\\min_{T \\ge 0,\\ T 1 = p}\\ \\mathcal F(T) - \\varepsilon H(T),
+
+    \\mathcal F(T) = \\lambda \\langle C, T\\rangle
+        + \\lambda_{gw} \\nu \\langle C^p T C^{q\\top}, T\\rangle
+        + \\lambda_{sym} \\nu F_{sym}(T)
+        + \\lambda_{ub} \\mathrm{KL}(T^\\top 1 \\,\\|\\, q),
+
+with :math:`C = 1 - y ŷ^\\top`, :math:`C^p_{ik} = 1[\\|x_i - x_k\\| < \\delta_{min}]`,
+:math:`C^q_{jl} = 1[\\|x̂_j - x̂_l\\| > \\delta_{max}]` (grid units),
+:math:`F_{sym}(T) = -\\sum_{(i,k) \\in G} \\sum_{j,l} s_{ik} ŝ_{jl} T_{ij} T_{kl}`,
+:math:`s_{ik} = \\mathrm{sign}(x_{i,x} - x_{k,x})` (ŝ likewise in the target), G the unordered
+left/right symmetric pairs of source cells, and :math:`H(T) = -\\sum T \\log T`.
+
+**Normalisation** ν. Row i of T carries mass 1/n_s, so the GW gradient
+:math:`2 (C^p T C^q)_{ij} \\le 2 |\\mathcal N_{\\delta_{min}}| / n_s` and the symmetry gradient
+(:math:`\\le 1/n_s`) shrink as the grid grows, while the linear, KL and entropy gradients do not.
+With ``normalize=True`` (default) ν = n_s / ``ref_cells``: λ_gw and λ_sym are stated at the
+reference grid (``ref_cells`` = 3600, the paper's 60x60 DINOv2-B/14 grid at 840 px, where ν = 1
+and the paper's Tab. 5 values apply unchanged) and keep the same strength relative to the other
+terms at every resolution. ``normalize=False`` is the paper's raw form (ν = 1). δ are in cells.
+
+**Solver**: projected mirror descent on log T (entropic mirror map). With the objective gradient
+:math:`g_t = \\nabla \\mathcal F(T_t)` and step η,
+
+.. math::
+    \\log T_{t+1} = \\Pi_p\\big((1 - \\eta\\varepsilon) \\log T_t - \\eta g_t\\big),
+
+where :math:`\\Pi_p` is the exact KL projection onto {T 1 = p}: a row-wise log-softmax plus
+log p (``balanced`` instead projects onto {T1 = p, Tᵀ1 = q} with warm-started Sinkhorn). η is
+per pair: η = ``step`` / r_0 with r_0 the largest within-row range of g_0 over valid cells
+(row-constant parts of g cancel in the projection, so the range is the step that matters: the
+first step moves any row's log-odds by at most ``step`` nats), capped at 1/ε so the entropy
+factor 1 - ηε stays in [0, 1). ηε = 1 is the classic fixed-point iteration of entropic GW
+(Peyré et al. 2016; POT's ``PGD``).
+
+The gradient pieces (GW filter, symmetry rows) are in :mod:`semcorr.matchers.gwot.terms`;
+padded cells have zero mass, so they drop out of marginals and filters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from semcorr.matchers.gwot.options import GWOTOptions
+from semcorr.matchers.gwot.terms import SymPairs, gw_filter, gw_row_term, sym_gradient, sym_setup, sym_value
+from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn_log, uniform_log_marginals
+
+
+class GWOTResult(NamedTuple):
+    """log_plan (B, Ns, Nt): log T, -inf at invalid target cells. objective (B, n) or None: the
+    objective (with the entropy term) after each step. step_size (B,): η used."""
+
+    log_plan: torch.Tensor
+    objective: Optional[torch.Tensor]
+    step_size: torch.Tensor
+
+
+class _Problem(NamedTuple):
+    cost: torch.Tensor  # (B, Ns, Nt)
+    src_grid: Tuple[int, int]
+    trg_grid: Tuple[int, int]
+    src_valid: torch.Tensor  # (B, Ns)
+    trg_valid: torch.Tensor  # (B, Nt)
+    p: torch.Tensor  # (B, Ns) 1/n_s at valid cells, 0 elsewhere
+    log_p: torch.Tensor  # (B, Ns) NEG outside
+    log_q: torch.Tensor  # (B, Nt) NEG outside
+    n_s: torch.Tensor  # (B,)
+    lam: torch.Tensor  # (B,) each
+    lam_gw: torch.Tensor  # effective: times ν
+    lam_sym: torch.Tensor  # effective: times ν
+    lam_ub: torch.Tensor
+    eps: torch.Tensor
+    delta_min: float
+    delta_max: float
+    pairs: Optional[SymPairs]
+    balanced: bool
+    sinkhorn_iters: int
+
+
+def _plan(pb: _Problem, z: torch.Tensor, g: torch.Tensor, need_log: bool = True):
+    """Project exp(z) (logits, NEG at invalid targets) onto the constraint set.
+
+    Returns T (padded source rows at zero mass), log T (None unless ``need_log``; unbalanced) and
+    the column potential (balanced).
+    """
+    if pb.balanced:
+        f, g = sinkhorn_log(z, pb.log_p, pb.log_q, pb.trg_valid, pb.sinkhorn_iters, 1.0, g)
+        log_t = z + f[:, :, None] + g[:, None, :]
+        return log_t.exp(), log_t, g
+    if not need_log:
+        return torch.softmax(z, dim=2) * pb.p[:, :, None], None, g
+    log_t = torch.log_softmax(z, dim=2) + pb.log_p[:, :, None]
+    return log_t.exp(), log_t, g
+
+
+def _parts(pb: _Problem, t: torch.Tensor):
+    """Pieces shared by the gradient and the objective at plan T."""
+    filt = gw_filter(t, pb.src_grid, pb.trg_grid, pb.delta_min, pb.delta_max)
+    col = t.sum(1)  # (B, Nt)
+    log_ratio = torch.where(
+        pb.trg_valid, col.clamp_min(torch.finfo(t.dtype).tiny).log() - pb.log_q, torch.zeros_like(col)
+    )
+    sym = None
+    if pb.pairs is not None:
+        sym = sym_gradient(t, pb.pairs, pb.trg_grid)
+    return filt, col, log_ratio, sym
+
+
+def _objective(pb: _Problem, t, log_t, filt, col, log_ratio) -> torch.Tensor:
+    """(B,) F(T) - ε H(T)."""
+    lin = (pb.cost * t).sum((1, 2))
+    row_term = gw_row_term(pb.p, pb.src_grid, pb.delta_min)
+    gw = (row_term * pb.p).sum(1) - (filt * t).sum((1, 2))
+    kl = (col * log_ratio).sum(1)  # sum q̃ log(q̃ / q) (both sum to 1)
+    ent = (t * log_t).sum((1, 2))  # -H(T); T = 0 where log T = NEG
+    obj = pb.lam * lin + pb.lam_gw * gw + pb.lam_ub * kl + pb.eps * ent
+    if pb.pairs is not None:
+        obj = obj + pb.lam_sym * sym_value(t, pb.pairs, pb.trg_grid)
+    return obj
+
+
+def _full_gradient(pb: _Problem, t: torch.Tensor) -> torch.Tensor:
+    """(B, Ns, Nt) ∇F(T) (without the entropy term), used for the automatic step size."""
+    filt, _, log_ratio, sym = _parts(pb, t)
+    row_term = gw_row_term(pb.p, pb.src_grid, pb.delta_min)
+    g = pb.lam[:, None, None] * pb.cost + 2 * pb.lam_gw[:, None, None] * (row_term[:, :, None] - filt)
+    g = g + pb.lam_ub[:, None, None] * log_ratio[:, None, :]
+    if sym is not None:
+        idx, vals = sym
+        bsz, ns, nt = g.shape
+        g = g.reshape(-1, nt).index_add(0, idx, vals * pb.lam_sym.repeat_interleave(vals.shape[0] // bsz)[:, None])
+        g = g.reshape(bsz, ns, nt)
+    return g
+
+
+def auto_step_size(pb: _Problem, t: torch.Tensor, step: float) -> torch.Tensor:
+    """(B,) η = step / (largest within-row range of ∇F over valid cells), capped at 1/ε."""
+    with torch.no_grad():
+        g = _full_gradient(pb, t)
+        big = torch.finfo(g.dtype).max
+        vt = pb.trg_valid[:, None, :]
+        rng = g.masked_fill(~vt, -big).amax(2) - g.masked_fill(~vt, big).amin(2)  # (B, Ns)
+        rng = torch.where(pb.src_valid, rng, torch.zeros_like(rng)).amax(1)
+        eta = torch.where(rng > 0, step / rng.clamp_min(torch.finfo(g.dtype).tiny), 1.0 / pb.eps)
+        return torch.minimum(eta, 1.0 / pb.eps)
+
+
+def _step(pb: _Problem, z, g_pot, eta, a, c_eta, want_obj: bool):
+    """One mirror-descent step from logits z. Returns the new logits, the column potential and
+    (optionally) the objective of the plan at z."""
+    t, log_t, g_pot = _plan(pb, z, g_pot, need_log=want_obj)
+    filt, col, log_ratio, sym = _parts(pb, t)
+    obj = _objective(pb, t, log_t, filt, col, log_ratio).detach() if want_obj else None
+    beta = (2 * eta * pb.lam_gw)[:, None, None]
+    # z' = (1 - ηε) z - η (λC + 2 λgw (row - F) + λub log(q̃/q) + λsym U); row constants dropped.
+    z_new = torch.addcmul(torch.addcmul(c_eta, a, z), beta, filt)
+    z_new = z_new - (eta * pb.lam_ub)[:, None, None] * log_ratio[:, None, :]
+    if sym is not None:
+        idx, vals = sym
+        bsz, ns, nt = z.shape
+        w = (eta * pb.lam_sym).repeat_interleave(vals.shape[0] // bsz)[:, None]
+        z_new = z_new.reshape(-1, nt).index_add(0, idx, -w * vals).reshape(bsz, ns, nt)
+    return z_new, g_pot, obj
+
+
+def solve_gwot(
+    cost: torch.Tensor,
+    src_grid: Tuple[int, int],
+    trg_grid: Tuple[int, int],
+    src_valid: Optional[torch.Tensor] = None,
+    trg_valid: Optional[torch.Tensor] = None,
+    sym_pairs: Optional[torch.Tensor] = None,
+    options: Optional[GWOTOptions] = None,
+    step_size=None,
+    **overrides,
+) -> GWOTResult:
+    """Solve GW-OT (module docstring) for a batch of pairs.
+
+    Args:
+        cost: (B, Ns, Nt) C, Ns = h*w and Nt = h'*w' row-major cells.
+        src_grid, trg_grid: (h, w), (h', w').
+        src_valid, trg_valid: (B, Ns), (B, Nt) bool; False cells get no mass (None: all valid).
+        sym_pairs: (B, S, 2) long source cell indices of unordered symmetric pairs, -1 padding.
+        options: :class:`GWOTOptions` (default: its defaults); ``overrides`` replace any of its
+            fields, e.g. ``solve_gwot(cost, g, g, lam_gw=t, grad="unroll")``. λ's and ε may be
+            floats or (B,) / 0-d tensors (differentiable); δ floats or 0-d tensors.
+        step_size: a fixed η instead of the automatic one (float or (B,) tensor); no cap.
+    Returns:
+        :class:`GWOTResult`. Rows of padded source cells are filled with the row they would
+        have at mass 1/n_s (they take no part in the marginals or the filters).
+    """
+    opts = replace(options or GWOTOptions(), **overrides)
+    bsz, ns, nt = cost.shape
+    if ns != src_grid[0] * src_grid[1] or nt != trg_grid[0] * trg_grid[1]:
+        raise ValueError(f"cost {tuple(cost.shape)} does not match grids {src_grid}, {trg_grid}")
+    dev, dt = cost.device, cost.dtype
+    if src_valid is None:
+        src_valid = torch.ones(bsz, ns, dtype=torch.bool, device=dev)
+    if trg_valid is None:
+        trg_valid = torch.ones(bsz, nt, dtype=torch.bool, device=dev)
+    src_valid, trg_valid = src_valid.reshape(bsz, ns).bool(), trg_valid.reshape(bsz, nt).bool()
+    log_p, log_q, n_s, _ = uniform_log_marginals(src_valid, trg_valid, dt)
+    nu = n_s / opts.ref_cells if opts.normalize else torch.ones_like(n_s)
+    lam_sym_t = per_pair(opts.lam_sym, bsz, cost)
+    pairs = None
+    if sym_pairs is not None and sym_pairs.numel() > 0 and bool((lam_sym_t != 0).any()):
+        pairs = sym_setup(sym_pairs.to(dev), src_grid, dt)
+    balanced = opts.marginal == "balanced"
+    pb = _Problem(
+        cost=cost,
+        src_grid=tuple(src_grid),
+        trg_grid=tuple(trg_grid),
+        src_valid=src_valid,
+        trg_valid=trg_valid,
+        p=log_p.exp(),
+        log_p=log_p,
+        log_q=log_q,
+        n_s=n_s,
+        lam=per_pair(opts.lam, bsz, cost),
+        lam_gw=per_pair(opts.lam_gw, bsz, cost) * nu,
+        lam_sym=lam_sym_t * nu,
+        lam_ub=cost.new_zeros(bsz) if balanced else per_pair(opts.lam_ub, bsz, cost),
+        eps=per_pair(opts.eps, bsz, cost),
+        delta_min=float(opts.delta_min),
+        delta_max=float(opts.delta_max),
+        pairs=pairs,
+        balanced=balanced,
+        sinkhorn_iters=opts.sinkhorn_iters,
+    )
+    ctx = torch.no_grad() if opts.grad == "detach" else contextlib.nullcontext()
+    with ctx:
+        return _run(pb, opts, step_size)
+
+
+def _run(pb: _Problem, opts: GWOTOptions, step_size) -> GWOTResult:
+    n_steps, grad, tol, want_obj = opts.n_steps, opts.grad, opts.tol, opts.return_objective
+    bsz, ns, nt = pb.cost.shape
+    z = pb.cost.new_zeros(bsz, ns, nt).masked_fill(~pb.trg_valid[:, None, :], NEG)
+    g_pot = pb.cost.new_zeros(bsz, nt)
+    if step_size is None:
+        eta = auto_step_size(pb, _plan(pb, z.detach(), g_pot, need_log=False)[0], opts.step)
+    else:
+        eta = per_pair(step_size, bsz, pb.cost).detach()
+    a = (1 - eta * pb.eps)[:, None, None]
+    # Constant part of the step: -η λ C, with NEG at invalid targets (keeps them at zero mass).
+    c_eta = (-(eta * pb.lam)[:, None, None] * pb.cost).masked_fill(~pb.trg_valid[:, None, :], NEG)
+
+    def block(z_in, g_in, k):
+        objs = []
+        for _ in range(k):
+            z_in, g_in, o = _step(pb, z_in, g_in, eta, a, c_eta, want_obj)
+            objs.append(o)
+        return z_in, g_in, objs
+
+    objectives = []
+    done = 0
+    prev_t = None
+    every = opts.checkpoint_every
+    while done < n_steps:
+        k = min(every, n_steps - done)
+        if grad == "checkpoint" and torch.is_grad_enabled():
+            out = checkpoint(
+                lambda zz, gg, k=k: _pack(block(zz, gg, k)), z, g_pot, use_reentrant=False
+            )
+            z, g_pot = out[0], out[1]
+            objs = list(out[2:]) if want_obj else [None] * k
+        else:
+            z, g_pot, objs = block(z, g_pot, k)
+        # objs[i] is the objective of the plan at the start of step done + i; shift by one below.
+        objectives.extend(objs)
+        done += k
+        if tol > 0:
+            with torch.no_grad():
+                t_now = _plan(pb, z.detach(), g_pot.detach(), need_log=False)[0]
+                if prev_t is not None:
+                    moved = (t_now - prev_t).abs().sum((1, 2)).max() / k
+                    if float(moved) < tol:
+                        break
+                prev_t = t_now
+    if want_obj or pb.balanced:  # balanced: the last projection also updates the potential
+        t, log_t, g_pot = _plan(pb, z, g_pot)
+    objective = None
+    if want_obj:
+        with torch.no_grad():
+            filt, col, log_ratio, _ = _parts(pb, t)
+            last = _objective(pb, t, log_t, filt, col, log_ratio)
+        objective = torch.stack(objectives[1:] + [last], dim=1)
+    # Output rows: every row at mass 1/n_s ("virtual" rows for padded source cells).
+    log_plan = _output_log_plan(pb, z, g_pot)
+    return GWOTResult(log_plan, objective, eta)
+
+
+def _pack(res):
+    z, g, objs = res
+    return (z, g, *[o for o in objs if o is not None])
+
+
+def _output_log_plan(pb: _Problem, z: torch.Tensor, g_pot: torch.Tensor) -> torch.Tensor:
+    log_p_all = (-pb.n_s.log())[:, None, None]
+    if pb.balanced:
+        f = -torch.logsumexp(z + g_pot[:, None, :], dim=2, keepdim=True)
+        log_plan = z + g_pot[:, None, :] + f + log_p_all
+    else:
+        log_plan = torch.log_softmax(z, dim=2) + log_p_all
+    return log_plan.masked_fill(~pb.trg_valid[:, None, :], float("-inf"))
