@@ -1,4 +1,5 @@
-"""Where shared data lives: ``$SEMCORR_SHARED_DATA``, else ``<repo>/../shared/data``."""
+"""Where shared files live: data in ``$SEMCORR_SHARED_DATA``, else ``<repo>/../shared/data``;
+reference code (test oracles) in ``$SEMCORR_SHARED_REFERENCE``, else ``<repo>/../shared/reference``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 SHARED_DATA_ENV = "SEMCORR_SHARED_DATA"
+SHARED_REFERENCE_ENV = "SEMCORR_SHARED_REFERENCE"
 
 
 def repo_root() -> Optional[Path]:
@@ -25,6 +27,20 @@ def shared_data_dir() -> Optional[Path]:
     root = repo_root()
     if root is not None and (root.parent / "shared" / "data").is_dir():
         return root.parent / "shared" / "data"
+    return None
+
+
+def shared_reference_dir() -> Optional[Path]:
+    """The shared reference-code folder (e.g. ``dinov2/``, the official DINOv2 model code used as a
+    test oracle), or None if it cannot be found. ``$SEMCORR_SHARED_REFERENCE`` wins when set (and
+    is returned only if it is a directory)."""
+    env = os.environ.get(SHARED_REFERENCE_ENV)
+    if env:
+        path = Path(env).expanduser()
+        return path if path.is_dir() else None
+    root = repo_root()
+    if root is not None and (root.parent / "shared" / "reference").is_dir():
+        return root.parent / "shared" / "reference"
     return None
 
 

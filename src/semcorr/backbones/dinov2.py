@@ -8,6 +8,15 @@ Weights (``backbone.weights``):
 
 Input sides must be multiples of 14; the data pipeline rounds its sizes to multiples of the
 patch size, and anything else raises a ``ValueError`` saying so (no silent cropping).
+
+Position embeddings (``backbone.pos_embed``): the 37x37 table (trained at 518 px) is resized to
+the input's patch grid. ``official`` (default) does it as the facebookresearch code
+(``DinoVisionTransformer.interpolate_pos_encoding``) that the correspondence literature extracts
+its features with: bicubic, for the plain models with ``scale_factor=(n + 0.1) / 37`` and no
+antialiasing, for the register models to the exact size with antialiasing. ``timm`` keeps timm's
+own resampling (exact size, antialiased), the previous default: equal to ``official`` for the
+register models only; for the plain ones the patch tokens differ from the official ones by several
+percent, more at small inputs (docs/backbones.md, ``benchmarks/dinov2_equivalence.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any, Dict
 import timm
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from semcorr.backbones.base import Backbone, FeatureMap
 from semcorr.registry import GroupConfig, register
@@ -44,6 +54,10 @@ MODELS = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HUB_HOST = "huggingface.co"
+POS_EMBED_MODES = ("official", "timm")
+# facebookresearch/dinov2 hub builders: plain models interpolate with a scale factor of
+# (n + 0.1) / M and no antialiasing, register models to the exact size with antialiasing
+OFFICIAL_INTERPOLATION = {False: (0.1, False), True: (0.0, True)}  # registers -> (offset, antialias)
 
 
 @dataclass
@@ -58,6 +72,10 @@ class DinoV2Config(GroupConfig):
     # randomly initialised model learned from scratch (configs/backbone/vit_tiny_random.yaml)
     trainable_blocks: int = 0
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2} for tests
+    # how the position embedding is resized to the input's patch grid: official (as the
+    # facebookresearch code: plain models bicubic with scale factor (n + 0.1) / 37, no antialias;
+    # register models exact size, antialiased) | timm (timm's resampling: exact size, antialiased)
+    pos_embed: str = "official"
 
 
 class WeightsUnavailable(SemcorrError, RuntimeError):
@@ -135,13 +153,50 @@ def create_vit(model: str, weights: str, model_kwargs: Dict[str, Any]) -> nn.Mod
     return vit
 
 
+def official_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                       num_prefix: int, offset: float, antialias: bool,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``pos_embed`` (1, num_prefix + Mh*Mw, D) resized to ``new_grid`` (h, w) patches with the
+    arithmetic of the official ``DinoVisionTransformer.interpolate_pos_encoding``.
+
+    Same size and a square input: returned as it is. Else, in float32: bicubic
+    ``F.interpolate`` with ``scale_factor=((h + offset) / Mh, (w + offset) / Mw)`` when ``offset``
+    is non-zero (so the sampling positions follow the offset scale, not the exact ratio), else with
+    ``size=(h, w)``; ``antialias`` as given; the result cast to ``dtype`` (the tokens' dtype).
+    The ``num_prefix`` leading entries (the class token's position, if the table has one) are
+    kept as they are.
+    """
+    (mh, mw), (h, w) = old_grid, new_grid
+    dtype = pos_embed.dtype if dtype is None else dtype
+    if h * w == mh * mw and h == w:
+        return pos_embed.to(dtype)
+    pos = pos_embed.float()
+    dim = pos.shape[-1]
+    prefix, patch = pos[:, :num_prefix], pos[:, num_prefix:]
+    if patch.shape[1] != mh * mw:
+        raise ValueError(f"position embedding of {patch.shape[1]} patches does not fit a {mh}x{mw} grid")
+    if offset:
+        resize: Dict[str, Any] = {"scale_factor": (float(h + offset) / mh, float(w + offset) / mw)}
+    else:
+        resize = {"size": (h, w)}
+    patch = F.interpolate(patch.reshape(1, mh, mw, dim).permute(0, 3, 1, 2), mode="bicubic",
+                          antialias=antialias, **resize)
+    if tuple(patch.shape[-2:]) != (h, w):  # the official code asserts this too
+        raise ValueError(f"position embedding resized to {tuple(patch.shape[-2:])}, not {(h, w)}")
+    patch = patch.permute(0, 2, 3, 1).reshape(1, h * w, dim)
+    return torch.cat((prefix, patch), dim=1).to(dtype)
+
+
 @register("backbone", "dinov2", DinoV2Config)
 class DinoV2(Backbone):
     """Patch tokens of one block of a DINOv2 ViT as a (B, D, H/14, W/14) map.
 
     ``forward`` normalises [0, 1] RGB with the ImageNet mean/std, runs the ViT at the input's own
-    size (``dynamic_img_size``: position embeddings are interpolated) and returns the tokens of
-    block ``layer`` (optionally through the final norm), without class and register tokens.
+    size and returns the tokens of block ``layer`` (optionally through the final norm), without
+    class and register tokens; blocks after ``layer`` are not run. The position embedding is
+    resized to the input's patch grid as the official DINOv2 code does (``pos_embed="official"``,
+    :func:`official_pos_embed`; cached per grid size while it is not being trained) or as timm
+    does (``pos_embed="timm"``, timm's ``_pos_embed``).
 
     ``trainable_blocks=k`` (``0 <= k <= depth``) trains the last ``k`` blocks and the final norm;
     the patch embedding, position embedding and class / register tokens stay frozen.
@@ -153,8 +208,12 @@ class DinoV2(Backbone):
 
     def __init__(self, model: str = "vit_base_patch14_dinov2", weights: str = "timm",
                  layer: int = -1, norm: bool = True, trainable_blocks: int = 0,
-                 model_kwargs: Dict[str, Any] | None = None) -> None:
+                 model_kwargs: Dict[str, Any] | None = None, pos_embed: str = "official") -> None:
         super().__init__()
+        if pos_embed not in POS_EMBED_MODES:
+            raise ValueError(f"backbone.pos_embed={pos_embed!r}; valid: {', '.join(POS_EMBED_MODES)}")
+        self.pos_embed_mode = pos_embed
+        self._pos_cache: Dict[tuple, torch.Tensor] = {}
         self.model_name = MODELS.get(model, model)
         self.weights = weights
         self.model_kwargs = dict(model_kwargs or {})
@@ -180,12 +239,14 @@ class DinoV2(Backbone):
         return self.trainable_blocks == -1
 
     def cache_key(self) -> str:
-        """Model, weights, block, norm and architecture overrides. Randomly initialised models get
-        a per-instance id, so no cache ever mixes two random draws."""
+        """Model, weights, block, norm, position-embedding resizing and architecture overrides.
+        Randomly initialised models get a per-instance id, so no cache ever mixes two random
+        draws."""
         weights = Path(str(self.weights)).name if self.weights not in ("none", "", None) else \
             f"random-{self._instance}"
         extra = ",".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items()))
-        return f"dinov2-{self.model_name}-{weights}-l{self.layer}-n{int(self.norm)}-{extra}"
+        return (f"dinov2-{self.model_name}-{weights}-l{self.layer}-n{int(self.norm)}"
+                f"-pe{self.pos_embed_mode}-{extra}")
 
     def _first_trainable_block(self) -> int:
         depth = len(self.vit.blocks)
@@ -223,12 +284,62 @@ class DinoV2(Backbone):
                 module.eval()
         return self
 
+    def _resized_pos_embed(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """The official resize of the position embedding to ``grid``; cached per grid while the
+        table takes no gradient (the key follows the parameter's storage and in-place version, so
+        loading weights or an optimiser step invalidates it)."""
+        vit = self.vit
+        pos = vit.pos_embed
+        offset, antialias = OFFICIAL_INTERPOLATION[vit.reg_token is not None]
+        num_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+        old_grid = tuple(vit.patch_embed.grid_size)
+
+        def compute() -> torch.Tensor:
+            return official_pos_embed(pos, old_grid, grid, num_prefix, offset, antialias, dtype)
+
+        if pos.requires_grad and torch.is_grad_enabled():
+            return compute()
+        key = (grid, dtype, pos.device, id(pos), pos.data_ptr(), pos._version,
+               torch.is_inference_mode_enabled())
+        cached = self._pos_cache.get(key)
+        if cached is None:
+            if len(self._pos_cache) >= 8:
+                self._pos_cache.clear()
+            cached = self._pos_cache[key] = compute().detach()
+        return cached
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens plus position embedding, with the class (and register) tokens in front:
+        timm's ``_pos_embed`` with the official resize of the table."""
+        vit = self.vit
+        x = vit.patch_embed(x)  # (B, h, w, D): dynamic_img_size gives NHWC
+        if self.pos_embed_mode == "timm":
+            return vit._pos_embed(x)
+        b, h, w, d = x.shape
+        pos = self._resized_pos_embed((h, w), x.dtype)
+        x = x.reshape(b, h * w, d)
+        prefix = [vit.cls_token.expand(b, -1, -1)] if vit.cls_token is not None else []
+        if vit.reg_token is not None:
+            prefix.append(vit.reg_token.expand(b, -1, -1))
+        if vit.no_embed_class:  # register models: the table covers the patches only
+            x = torch.cat(prefix + [x + pos], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos
+        return vit.pos_drop(x)
+
     def forward(self, images: torch.Tensor) -> FeatureMap:
         self.check_input(images)
         x = (images - self.mean) / self.std
         grad = torch.is_grad_enabled() and self.trainable_blocks != 0
+        vit = self.vit
+        b, _, height, width = images.shape
         with torch.set_grad_enabled(grad):
-            feats = self.vit.forward_intermediates(
-                x, indices=[self.layer], norm=self.norm, output_fmt="NCHW", intermediates_only=True
-            )[0]
+            # timm's forward_intermediates, stopped at block ``layer``
+            x = vit.norm_pre(vit.patch_drop(self._embed(x)))
+            for blk in vit.blocks[: self.layer + 1]:
+                x = blk(x)
+            if self.norm:
+                x = vit.norm(x)
+            h, w = height // self.stride, width // self.stride
+            feats = x[:, vit.num_prefix_tokens:].reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
         return FeatureMap(features=feats, stride=self.stride)
