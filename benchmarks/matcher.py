@@ -83,12 +83,12 @@ def _run_method(method, grid, steps, cost, backward):
                                delta_min=DMIN, delta_max=DMAX, n_steps=steps)[0]
     elif method == "gwot_bal":
         out = solve_gwot(cost, g, g, lam=LAM, lam_gw=LAM_GW * nu, eps=EPS, delta_min=DMIN, delta_max=DMAX,
-                         n_steps=steps, marginal="balanced", step_size=1 / EPS, normalize=False,
+                         n_steps=steps, marginal="balanced", step_size=1 / EPS, scale="raw",
                          grad="checkpoint" if backward else "detach").log_plan
     elif method == "gwot_bal_dense":
         out = solve_gwot_dense(cost, g, g, lam=LAM, lam_gw=LAM_GW * nu, eps=EPS, delta_min=DMIN,
                                delta_max=DMAX, n_steps=steps, marginal="balanced", step_size=1 / EPS,
-                               normalize=False)[0]
+                               scale="raw")[0]
     elif method == "pot":
         out = _pot(cost, g, steps, nu).log()[None]
     else:

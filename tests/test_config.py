@@ -2,8 +2,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from semcorr.config import ConfigError, available, load_config, save_config
-
-GROUPS = ["data", "backbone", "matcher", "head", "loss"]
+from semcorr.registry import GROUPS
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -57,3 +56,28 @@ def test_saved_config_reloads_identically(tmp_path):
     path = save_config(cfg, tmp_path)
     again = OmegaConf.load(path)
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_every_experiment_file_builds_and_the_command_line_wins():
+    names = available("experiment")
+    assert {"paper_spair", "paper_pf_pascal", "paper_tss"} <= set(names)
+    for name in names:
+        cfg = load_config([f"experiment={name}"])
+        assert cfg.experiment == name and cfg.matcher.kind == "gwot"
+        assert (cfg.backbone.name, cfg.backbone.norm) == ("dinov2_vitb14", False)
+        assert (cfg.data.image_size, cfg.data.resize) == (840, "longer_side_pad")
+    cfg = load_config(["data.image_size=448", "experiment=paper_spair", "matcher.lam_sym=0.3"])
+    assert cfg.data.image_size == 448 and cfg.matcher.lam_sym == 0.3 and cfg.matcher.lam_gw == 0.1
+    assert load_config(["experiment=paper_tss"]).metric.alphas == [0.05]
+
+
+def test_bad_experiment_files_fail_in_one_line(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "typo.yaml").write_text("tokens: [data.imag_size=840]\n")
+    (tmp_path / "experiment" / "shape.yaml").write_text("groups: {data: spair}\n")
+    with pytest.raises(ConfigError, match="imag_size"):
+        load_config(["experiment=typo"], extra_dirs=[tmp_path])
+    with pytest.raises(ConfigError, match="holds description and tokens"):
+        load_config(["experiment=shape"], extra_dirs=[tmp_path])
+    with pytest.raises(ConfigError, match="paper_spair"):
+        load_config(["experiment=nope"])

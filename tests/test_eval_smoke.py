@@ -64,3 +64,18 @@ def test_eval_pf_willow_subset_with_wandb_offline(tmp_path, pf_willow_root):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_pairs"] == 16 and metrics["protocol"]["threshold_by"] == "bbox_kp"
     assert (out / "wandb").is_dir()
+
+
+@pytest.mark.slow
+def test_eval_runs_an_experiment_preset(tmp_path):
+    """The paper's SPair preset end to end (DINOv2-B/14 layout, random weights, GW-OT with the
+    symmetry term) on a few small synthetic pairs."""
+    out = tmp_path / "run"
+    rc = main(["experiment=paper_spair", "data=synthetic", "data.image_size=112", "data.n_pairs.test=2",
+               "backbone.weights=none", "matcher.n_steps=5", f"out_dir={out}", "logger.wandb=false",
+               "trainer.enable_progress_bar=false", "plots.n_pairs=1"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_pairs"] == 2 and metrics["config"]["experiment"] == "paper_spair"
+    assert metrics["config"]["matcher"]["name"] == "gwot_spair"
+    assert metrics["config"]["backbone"]["norm"] is False

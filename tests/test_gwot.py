@@ -45,12 +45,13 @@ def test_disc_filters_equal_dense_matrices(delta, strict):
     assert disc_size(3, True) == 25 and disc_size(5, False) == 81
 
 
-@pytest.mark.parametrize("marginal", ["unbalanced", "balanced"])
-def test_equals_dense_reference(marginal):
+@pytest.mark.parametrize("marginal,scale", [("unbalanced", "fraction"), ("balanced", "fraction"),
+                                            ("unbalanced", "grid"), ("unbalanced", "raw")])
+def test_equals_dense_reference(marginal, scale):
     cost = _cost()
     sv, tv = _masks()
     lam_gw = torch.tensor([2.0, 5.0], dtype=torch.float64)  # per-pair weights
-    kw = dict(KW, lam_gw=lam_gw, sym_pairs=PAIRS, n_steps=15, marginal=marginal)
+    kw = dict(KW, lam_gw=lam_gw, sym_pairs=PAIRS, n_steps=15, marginal=marginal, scale=scale)
     fast = solve_gwot(cost, SG, TG, sv, tv, return_objective=True, **kw)
     ref_plan, ref_obj, ref_eta = solve_gwot_dense(cost, SG, TG, sv, tv, **kw)
     fin = torch.isfinite(ref_plan)
@@ -68,7 +69,7 @@ def test_equals_pot_entropic_fused_gw():
     res = solve_gwot(
         cost, sg, tg, lam=lam, lam_gw=lam_gw, eps=eps, delta_min=dmin, delta_max=dmax,
         marginal="balanced", step_size=1 / eps, n_steps=40, sinkhorn_iters=25,
-        normalize=False, return_objective=True,
+        scale="raw", return_objective=True,
     )
     t_pot, log = pot_entropic_fgw(cost[0], sg, tg, lam, lam_gw, eps, dmin, dmax, max_iter=40, tol=0.0,
                                   log=True)
@@ -162,7 +163,7 @@ def test_gradcheck(grad, marginal):
         # A fixed step size: the automatic one is a (detached) solver setting.
         return solve_gwot(cost, sg, tg, lam=lam, lam_gw=lam_gw, lam_ub=lam_ub, eps=eps, lam_sym=1.0,
                           sym_pairs=pairs, delta_min=1.5, delta_max=1.0, n_steps=4, step_size=3.0,
-                          marginal=marginal, sinkhorn_iters=3, normalize=False, grad=grad,
+                          marginal=marginal, sinkhorn_iters=3, scale="raw", grad=grad,
                           checkpoint_every=2).log_plan
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
@@ -254,3 +255,78 @@ def test_matcher_crops_padding_exactly():
         assert torch.allclose(block_out, block_ref, rtol=1e-4, atol=1e-5)
         assert torch.isneginf(out[i][:, ~tv[i]]).all()
     assert torch.isfinite(out[:, ~sv[0]][:, :, tv[0]]).all()  # padded rows still hold a row
+
+
+def _torn_plan(grid, seed=0):
+    """A plan whose rows each sit on one target cell, the cells a random permutation: every
+    source cell's neighbours land far from it (a torn warp)."""
+    n = grid[0] * grid[1]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return torch.zeros(1, n, n, dtype=torch.float64).scatter_(2, perm.view(1, n, 1), 1.0 / n), perm
+
+
+@pytest.mark.parametrize("grid", [(12, 12), (30, 30)])
+def test_fraction_scale_means_the_torn_neighbourhood_fraction(grid):
+    """Under scale=fraction the GW gradient at (i, j(i)) is lam_gw times the fraction of i's
+    delta_min-neighbourhood that lands beyond delta_max of j(i): for a torn plan about lam_gw,
+    whatever the grid size."""
+    from semcorr.matchers.gridfilter import disc_size
+    from semcorr.matchers.gwot.options import GWOTOptions
+    from semcorr.matchers.gwot.solver import scale_coefficients
+    from semcorr.matchers.gwot.terms import gw_filter, gw_row_term
+
+    t, perm = _torn_plan(grid)
+    n = t.shape[1]
+    opts = GWOTOptions(lam_gw=0.2, scale="fraction")
+    c_gw, _ = scale_coefficients(opts, torch.tensor([float(n)], dtype=torch.float64),
+                                 torch.tensor([0.2], dtype=torch.float64), torch.zeros(1))
+    p = torch.full((1, n), 1.0 / n, dtype=torch.float64)
+    grad = c_gw[:, None, None] * (gw_row_term(p, grid, 3.0)[:, :, None] - gw_filter(t, grid, grid, 3.0, 5.0))
+    h, w = grid
+    interior = [r * w + c for r in range(3, h - 3) for c in range(3, w - 3)]
+    values = grad[0, interior, perm[interior]]
+    # by hand: the fraction of i's neighbours (|x_i - x_k| < 3) whose cell lands > 5 from i's
+    ys, xs = torch.arange(n) // w, torch.arange(n) % w
+    d2 = lambda u, v: (ys[u] - ys[v]) ** 2 + (xs[u] - xs[v]) ** 2  # noqa: E731
+    size = disc_size(3.0, strict=True)
+    expected = [sum(int(d2(perm[k], perm[i]) > 25) for k in range(n) if d2(k, i) < 9) / size
+                for i in interior]
+    assert torch.allclose(values, 0.2 * torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+def _left_right_ambiguous(tilt: float):
+    """Source and target (1, 32, 8, 10) maps of unrelated random cells, except: target cells
+    L = (4, 2) and R = (4, 7) hold features e_L, e_R; source keypoints a = (4, 2) (left) and
+    b = (4, 7) (right), a symmetric pair, look alike: both a blend of e_L and e_R, a tilted
+    towards e_R and b towards e_L, so appearance alone swaps them."""
+    g = torch.Generator().manual_seed(0)
+    d, h, w = 32, 8, 10
+    src = torch.randn(1, d, h, w, generator=g)
+    trg = torch.randn(1, d, h, w, generator=g)
+    e_l, e_r = torch.nn.functional.normalize(torch.randn(2, d, generator=g), dim=-1)
+    trg[0, :, 4, 2], trg[0, :, 4, 7] = e_l * 5, e_r * 5
+    src[0, :, 4, 2] = (e_l + e_r) / 2 + tilt * (e_r - e_l)
+    src[0, :, 4, 7] = (e_l + e_r) / 2 - tilt * (e_r - e_l)
+    a, b = 4 * w + 2, 4 * w + 7
+    return FeatureMap(src, 14), FeatureMap(trg, 14), torch.tensor([[[a, b]]]), (a, b), (4 * w + 2, 4 * w + 7)
+
+
+@pytest.mark.parametrize("scale", ["fraction", "grid"])
+def test_spair_symmetry_weight_decides_the_side(scale):
+    """gwot_spair's lam_sym = 0.1 sends the left keypoint to the left candidate under the fraction
+    scale; under the earlier grid scale the same weight cannot move it off appearance's choice."""
+    from semcorr.config import load_config
+    from semcorr.matchers import build_matcher
+
+    src, trg, pairs, (a, b), (left, right) = _left_right_ambiguous(tilt=0.02)
+    sides = {}
+    for lam_sym in (0.0, 0.1):
+        cfg = load_config(["matcher=gwot_spair", f"matcher.lam_sym={lam_sym}", f"matcher.scale={scale}",
+                           "matcher.grad=detach"]).matcher
+        scores = build_matcher(cfg)(src, trg, sym_pairs=pairs).scores[0]
+        sides[lam_sym] = (int(scores[a].argmax()), int(scores[b].argmax()))
+    assert sides[0.0] == (right, left)  # appearance alone swaps the pair
+    if scale == "fraction":
+        assert sides[0.1] == (left, right)  # the symmetry term restores the left/right order
+    else:
+        assert sides[0.1] == (right, left)  # too weak to matter: the reason for the new scale

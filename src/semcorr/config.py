@@ -8,7 +8,9 @@ A run's configuration is built in three layers, later layers winning:
    group of kind ``dinov2`` or ``dsift``). The group files ship inside the package
    (``semcorr/configs``); a user's own folders (``--config-dir``, ``$SEMCORR_CONFIG_DIR``) are
    searched first (:func:`config_dirs`);
-3. command-line tokens: ``group=name`` selects a group file, ``a.b=value`` overrides one key.
+3. command-line tokens: ``group=name`` selects a group file, ``a.b=value`` overrides one key;
+   ``experiment=NAME`` inserts the tokens of ``experiment/NAME.yaml`` (e.g. the paper's setting)
+   before the command line's own.
 
 Unknown keys and unknown group names raise :class:`ConfigError` with the valid choices.
 
@@ -149,6 +151,7 @@ class RunConfig:
     seed: int = 0
     ckpt: Optional[str] = None
     device: str = "auto"  # auto | cpu | cuda
+    experiment: Optional[str] = None  # the experiment file the run started from (set by experiment=)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +206,35 @@ def group_config(group: str, name: str, extra: Sequence[str | Path] = ()) -> Dic
     return node
 
 
+EXPERIMENT = "experiment"  # configs/experiment/<name>.yaml: a bundle of tokens (see expand_experiment)
+EXPERIMENT_KEYS = ("description", "tokens")
+
+
+def expand_experiment(tokens: Sequence[str], extra: Sequence[str | Path] = ()) -> tuple[Optional[str], List[str]]:
+    """Replace an ``experiment=NAME`` token by the tokens of ``experiment/NAME.yaml``, placed before
+    the command line's own tokens (which therefore win). Returns (NAME or None, tokens).
+
+    An experiment file holds ``description`` (one line) and ``tokens`` (a list of ``group=name`` /
+    ``key.path=value`` strings); they go through the same parsing and validation as the command
+    line's.
+    """
+    names = [t.split("=", 1)[1] for t in tokens if t.split("=", 1)[0] == EXPERIMENT]
+    rest = [t for t in tokens if t.split("=", 1)[0] != EXPERIMENT]
+    if not names:
+        return None, rest
+    if len(names) > 1:
+        raise ConfigError(f"give one experiment=NAME, got {len(names)}: {', '.join(names)}")
+    path = group_file(EXPERIMENT, names[0], extra)
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(raw, dict) or set(raw) - set(EXPERIMENT_KEYS) or not isinstance(raw.get("tokens"), list):
+        raise ConfigError(f"{path}: an experiment file holds {' and '.join(EXPERIMENT_KEYS)} (a list of "
+                          f"group=name / key.path=value strings); got keys {sorted(raw) if isinstance(raw, dict) else raw}")
+    bad = [t for t in raw["tokens"] if not isinstance(t, str) or "=" not in t or t.startswith(EXPERIMENT + "=")]
+    if bad:
+        raise ConfigError(f"{path}: tokens must be group=name or key.path=value strings; bad: {bad}")
+    return names[0], [*raw["tokens"], *rest]
+
+
 def _split_tokens(tokens: Sequence[str]) -> tuple[Dict[str, str], List[str]]:
     groups: Dict[str, str] = {}
     overrides: List[str] = []
@@ -244,6 +276,7 @@ def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
     Returns:
         A struct-mode ``DictConfig``: assigning an unknown key raises.
     """
+    experiment, tokens = expand_experiment(tokens, extra_dirs)
     groups, overrides = _split_tokens(tokens)
     if base is None:
         cfg = OmegaConf.structured(RunConfig)
@@ -264,6 +297,8 @@ def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
             raise ConfigError(f"unknown key {key!r}; {_valid_keys(cfg, key)}") from None
         except OmegaConfBaseException as err:
             raise ConfigError(f"bad value for {key!r}: {value!r} ({type(err).__name__})") from None
+    if experiment is not None:
+        cfg.experiment = experiment
     OmegaConf.set_struct(cfg, True)
     if cfg.out_dir is None:
         import datetime

@@ -79,7 +79,7 @@ def solve_gwot_dense(
     step_size=None,
     marginal: str = "unbalanced",
     sinkhorn_iters: int = 10,
-    normalize: bool = True,
+    scale: str = "fraction",
     ref_cells: int = 3600,
 ):
     """Dense reference; same arguments and results as ``solve_gwot`` (no grad modes, no tol).
@@ -99,10 +99,21 @@ def solve_gwot_dense(
         v = torch.as_tensor(v, dtype=dt, device=dev)
         return (v.expand(b) if v.ndim == 0 else v)[:, None, None]
 
-    nu = (n_s / ref_cells if normalize else torch.ones_like(n_s))[:, None, None]
-    lam, lam_gw, lam_sym, eps = per(lam), per(lam_gw) * nu, per(lam_sym) * nu, per(eps)
-    lam_ub = per(lam_ub) if marginal == "unbalanced" else torch.zeros_like(lam)
     cp, cq = structure_matrices(src_grid, trg_grid, delta_min, delta_max, dt, dev)
+    # The gradient is 2 lam_gw_eff C^p T C^q - lam_sym_eff G_s T S^T + ...: the scale conventions
+    # of the solver (scale_coefficients), written out plainly.
+    if scale == "fraction":  # 2 lam_gw_eff = lam_gw n_s / |disc of radius delta_min, open|
+        r = int(abs(float(delta_min))) + 1
+        offsets = torch.arange(-r, r + 1, dtype=dt)
+        disc = int(((offsets[:, None] ** 2 + offsets[None, :] ** 2) < float(delta_min) ** 2).sum())
+        gw_nu, sym_nu = n_s / (2 * max(disc, 1)), n_s
+    else:
+        nu = n_s / ref_cells if scale == "grid" else torch.ones_like(n_s)
+        gw_nu, sym_nu = nu, nu
+    lam, eps = per(lam), per(eps)
+    lam_gw = per(lam_gw) * gw_nu[:, None, None]
+    lam_sym = per(lam_sym) * sym_nu[:, None, None]
+    lam_ub = per(lam_ub) if marginal == "unbalanced" else torch.zeros_like(lam)
     if sym_pairs is not None and sym_pairs.numel():
         gs, s_hat = sym_matrices(sym_pairs.cpu(), src_grid, trg_grid, dt)
         gs, s_hat = gs.to(dev), s_hat.to(dev)

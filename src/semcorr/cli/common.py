@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from semcorr.checkpoint import checkpoint_config, ckpt_token
-from semcorr.config import available, load_config, to_yaml
+from semcorr.config import EXPERIMENT, available, load_config, to_yaml
 from semcorr.errors import ConfigError, SemcorrError
 from semcorr.registry import GROUPS
 
@@ -20,6 +20,8 @@ log = logging.getLogger("semcorr")
 USAGE = """usage: {prog} [group=name ...] [key.path=value ...] [--config-dir DIR] [--print-config] [--help]{extra}
 
 groups: {groups} (e.g. data=pf_willow backbone=dsift matcher=nn)
+experiment=NAME: a bundle of the above (e.g. experiment=paper_spair: the GW-OT paper's setting),
+    applied before the other tokens
 overrides: any key of the resolved config (see --print-config), e.g. data.max_pairs=100
 --config-dir DIR: a folder of your own <group>/<name>.yaml files, searched before the packaged
     ones (repeatable; also $SEMCORR_CONFIG_DIR)
@@ -42,7 +44,7 @@ def usage(prog: str, flags: Sequence[str] = (), extra_dirs: Sequence[str] = ()) 
     extra = "".join(f" [{f} ...]" for f in flags)
     text = USAGE.format(prog=prog, extra=extra, groups=", ".join(GROUPS))
     text += "".join(f"{FLAG_HELP[f]}\n" for f in flags if f in FLAG_HELP)
-    groups = "\n".join(f"  {g}: {', '.join(available(g, extra_dirs))}" for g in GROUPS)
+    groups = "\n".join(f"  {g}: {', '.join(available(g, extra_dirs))}" for g in (*GROUPS, EXPERIMENT))
     return text + "\navailable group files:\n" + groups + "\n"
 
 

@@ -34,7 +34,7 @@ from semcorr.builder import build_run, config_dict, run_protocol
 from semcorr.checkpoint import resolve_checkpoint, typed_config
 from semcorr.cli.common import accelerator, parse_args, run_main
 from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
-from semcorr.config import group_file, load_config, save_config, to_yaml
+from semcorr.config import expand_experiment, group_file, load_config, save_config, to_yaml
 from semcorr.errors import ConfigError
 from semcorr.registry import GROUPS
 from semcorr.report import PredictionPanel
@@ -84,7 +84,8 @@ def train_config(tokens: Sequence[str], resume: Optional[str] = None,
     ``extra_dirs``: user config folders (``--config-dir``)."""
     if resume is None:
         cfg = load_config(tokens, default_groups=TRAIN_DEFAULT_GROUPS, extra_dirs=extra_dirs)
-        return apply_train_defaults(cfg, tokens, extra_dirs)
+        # what an experiment file sets counts as given, like the command line's own tokens
+        return apply_train_defaults(cfg, expand_experiment(tokens, extra_dirs)[1], extra_dirs)
     ckpt = resolve_checkpoint(resume, prefer="last")
     saved = Path(resume) / "config.yaml" if Path(resume).is_dir() else ckpt.parent.parent / "config.yaml"
     if not saved.is_file():

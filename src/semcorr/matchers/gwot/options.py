@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from semcorr.matchers.base import check_options
 
 GRAD_MODES = ("unroll", "checkpoint", "detach")
-REF_CELLS = 3600  # the paper's 60 x 60 grid (DINOv2-B/14 at 840 px)
+SCALES = ("fraction", "grid", "raw")
+REF_CELLS = 3600  # the paper's 60 x 60 grid (DINOv2-B/14 at 840 px), for ``scale: grid``
 
 
 @dataclass
@@ -29,7 +30,14 @@ class GWOTOptions:
         step: first-step size in nats (η = step / row range of ∇F at T_0, capped at 1/ε).
         marginal: ``unbalanced`` (KL column penalty) or ``balanced`` (Tᵀ1 = q).
         sinkhorn_iters: Sinkhorn iterations per step for ``balanced`` (warm-started).
-        normalize, ref_cells: ν = n_s / ref_cells on λ_gw and λ_sym (else ν = 1).
+        scale: how λ_gw and λ_sym are scaled (the convention under which the paper's Tab. 5
+            values mean what they meant; see ``docs/gwot.md``): ``fraction`` (default): the GW
+            gradient is λ_gw times the fraction of a source cell's neighbourhood mass that lands
+            beyond δ_max, the symmetry gradient λ_sym times the partner row's (left - right)
+            mass fraction, both in [0, 1] whatever the grid and δ; ``grid``: the earlier
+            convention, ν = n_s / ``ref_cells`` on λ_gw and λ_sym with the GW gradient
+            2 λ_gw ν C^p T C^q; ``raw``: the paper's equation as written (ν = 1).
+        ref_cells: the reference grid of ``scale: grid``.
         grad: ``unroll`` | ``checkpoint`` (blocks of ``checkpoint_every`` steps recomputed in
             backward) | ``detach`` (no gradient).
         tol: > 0 stops after a block in which the plan moved less than ``tol`` per step (L1).
@@ -47,7 +55,7 @@ class GWOTOptions:
     step: float = 4.0
     marginal: str = "unbalanced"
     sinkhorn_iters: int = 10
-    normalize: bool = True
+    scale: str = "fraction"
     ref_cells: int = REF_CELLS
     grad: str = "checkpoint"
     checkpoint_every: int = 5
@@ -57,4 +65,6 @@ class GWOTOptions:
     def __post_init__(self) -> None:
         if self.grad not in GRAD_MODES:
             raise ValueError(f"grad must be one of {GRAD_MODES}, got {self.grad!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
         check_options(self)

@@ -1,4 +1,4 @@
-"""Gromov-Wasserstein optimal transport (GW-OT) matcher.
+"""The GW-OT solver: projected mirror descent, batched and differentiable.
 
 Snelgar et al., "Gromov Wasserstein Optimal Transport for Semantic Correspondences",
 arXiv 2602.03105, Eq. 4-6. Source cells i at grid coordinates x_i, target cells j at x̂_j,
@@ -8,8 +8,8 @@ L2-normalised features y, ŷ; p, q uniform over the valid cells (n_s, n_t of the
     T^* = \\arg\\min_{T \\ge 0,\\ T 1 = p}\\ \\mathcal F(T) - \\varepsilon H(T),
 
     \\mathcal F(T) = \\lambda \\langle C, T\\rangle
-        + \\lambda_{gw} \\nu \\langle C^p T C^{q\\top}, T\\rangle
-        + \\lambda_{sym} \\nu F_{sym}(T)
+        + \\tfrac12 c_{gw} \\langle C^p T C^{q\\top}, T\\rangle
+        + c_{sym} F_{sym}(T)
         + \\lambda_{ub} \\mathrm{KL}(T^\\top 1 \\,\\|\\, q),
 
 with :math:`C = 1 - y ŷ^\\top`, :math:`C^p_{ik} = 1[\\|x_i - x_k\\| < \\delta_{min}]`,
@@ -18,13 +18,12 @@ with :math:`C = 1 - y ŷ^\\top`, :math:`C^p_{ik} = 1[\\|x_i - x_k\\| < \\delta_{
 :math:`s_{ik} = \\mathrm{sign}(x_{i,x} - x_{k,x})` (ŝ likewise in the target), G the unordered
 left/right symmetric pairs of source cells, and :math:`H(T) = -\\sum T \\log T`.
 
-**Normalisation** ν. Row i of T carries mass 1/n_s, so the GW gradient
-:math:`2 (C^p T C^q)_{ij} \\le 2 |\\mathcal N_{\\delta_{min}}| / n_s` and the symmetry gradient
-(:math:`\\le 1/n_s`) shrink as the grid grows, while the linear, KL and entropy gradients do not.
-With ``normalize=True`` (default) ν = n_s / ``ref_cells``: λ_gw and λ_sym are stated at the
-reference grid (``ref_cells`` = 3600, the paper's 60x60 DINOv2-B/14 grid at 840 px, where ν = 1
-and the paper's Tab. 5 values apply unchanged) and keep the same strength relative to the other
-terms at every resolution. ``normalize=False`` is the paper's raw form (ν = 1). δ are in cells.
+**Scale** (:func:`scale_coefficients`). c_gw and c_sym turn λ_gw and λ_sym into gradient
+coefficients. Row i of T carries mass 1/n_s, so :math:`(C^p T C^q)_{ij} \\le |N_{\\delta_{min}}|
+/ n_s` and the symmetry gradient is at most 1/n_s: without a scale the two terms fade as the grid
+grows. ``scale: fraction`` (default) puts both gradients on the scale of a mass fraction in
+[0, 1], like the feature cost, at any grid and δ (the convention of the authors' closest released
+code, ASOT); ``grid`` and ``raw`` are the earlier forms (``docs/gwot.md`` converts between them).
 
 **Solver**: projected mirror descent on log T (entropic mirror map). With the objective gradient
 :math:`g_t = \\nabla \\mathcal F(T_t)` and step η,
@@ -53,6 +52,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from semcorr.matchers.gridfilter import disc_size
 from semcorr.matchers.gwot.options import GWOTOptions
 from semcorr.matchers.gwot.terms import SymPairs, gw_filter, gw_row_term, sym_gradient, sym_setup, sym_value
 from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn_log, uniform_log_marginals
@@ -78,8 +78,8 @@ class _Problem(NamedTuple):
     log_q: torch.Tensor  # (B, Nt) NEG outside
     n_s: torch.Tensor  # (B,)
     lam: torch.Tensor  # (B,) each
-    lam_gw: torch.Tensor  # effective: times ν
-    lam_sym: torch.Tensor  # effective: times ν
+    gw_coef: torch.Tensor  # (B,) ∇ of the GW term = gw_coef * C^p T C^q (objective: half of it)
+    sym_coef: torch.Tensor  # (B,) ∇ of the symmetry term = sym_coef * ∇F_sym
     lam_ub: torch.Tensor
     eps: torch.Tensor
     delta_min: float
@@ -125,9 +125,9 @@ def _objective(pb: _Problem, t, log_t, filt, col, log_ratio) -> torch.Tensor:
     gw = (row_term * pb.p).sum(1) - (filt * t).sum((1, 2))
     kl = (col * log_ratio).sum(1)  # sum q̃ log(q̃ / q) (both sum to 1)
     ent = (t * log_t).sum((1, 2))  # -H(T); T = 0 where log T = NEG
-    obj = pb.lam * lin + pb.lam_gw * gw + pb.lam_ub * kl + pb.eps * ent
+    obj = pb.lam * lin + 0.5 * pb.gw_coef * gw + pb.lam_ub * kl + pb.eps * ent
     if pb.pairs is not None:
-        obj = obj + pb.lam_sym * sym_value(t, pb.pairs, pb.trg_grid)
+        obj = obj + pb.sym_coef * sym_value(t, pb.pairs, pb.trg_grid)
     return obj
 
 
@@ -135,12 +135,12 @@ def _full_gradient(pb: _Problem, t: torch.Tensor) -> torch.Tensor:
     """(B, Ns, Nt) ∇F(T) (without the entropy term), used for the automatic step size."""
     filt, _, log_ratio, sym = _parts(pb, t)
     row_term = gw_row_term(pb.p, pb.src_grid, pb.delta_min)
-    g = pb.lam[:, None, None] * pb.cost + 2 * pb.lam_gw[:, None, None] * (row_term[:, :, None] - filt)
+    g = pb.lam[:, None, None] * pb.cost + pb.gw_coef[:, None, None] * (row_term[:, :, None] - filt)
     g = g + pb.lam_ub[:, None, None] * log_ratio[:, None, :]
     if sym is not None:
         idx, vals = sym
         bsz, ns, nt = g.shape
-        g = g.reshape(-1, nt).index_add(0, idx, vals * pb.lam_sym.repeat_interleave(vals.shape[0] // bsz)[:, None])
+        g = g.reshape(-1, nt).index_add(0, idx, vals * pb.sym_coef.repeat_interleave(vals.shape[0] // bsz)[:, None])
         g = g.reshape(bsz, ns, nt)
     return g
 
@@ -163,16 +163,35 @@ def _step(pb: _Problem, z, g_pot, eta, a, c_eta, want_obj: bool):
     t, log_t, g_pot = _plan(pb, z, g_pot, need_log=want_obj)
     filt, col, log_ratio, sym = _parts(pb, t)
     obj = _objective(pb, t, log_t, filt, col, log_ratio).detach() if want_obj else None
-    beta = (2 * eta * pb.lam_gw)[:, None, None]
-    # z' = (1 - ηε) z - η (λC + 2 λgw (row - F) + λub log(q̃/q) + λsym U); row constants dropped.
+    beta = (eta * pb.gw_coef)[:, None, None]
+    # z' = (1 - ηε) z - η (λC + c_gw (row - F) + λub log(q̃/q) + c_sym U); row constants dropped.
     z_new = torch.addcmul(torch.addcmul(c_eta, a, z), beta, filt)
     z_new = z_new - (eta * pb.lam_ub)[:, None, None] * log_ratio[:, None, :]
     if sym is not None:
         idx, vals = sym
         bsz, ns, nt = z.shape
-        w = (eta * pb.lam_sym).repeat_interleave(vals.shape[0] // bsz)[:, None]
+        w = (eta * pb.sym_coef).repeat_interleave(vals.shape[0] // bsz)[:, None]
         z_new = z_new.reshape(-1, nt).index_add(0, idx, -w * vals).reshape(bsz, ns, nt)
     return z_new, g_pot, obj
+
+
+def scale_coefficients(opts: GWOTOptions, n_s: torch.Tensor, lam_gw: torch.Tensor,
+                       lam_sym: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(B,) coefficients c_gw, c_sym of the GW and symmetry gradients under ``opts.scale``:
+    ∇ = c_gw C^p T C^q + c_sym ∇F_sym (the objective holds ½ c_gw <C^p T C^q, T> + c_sym F_sym).
+
+    - ``fraction``: c_gw = λ_gw n_s / |N_δmin|, c_sym = λ_sym n_s. A row carries mass 1/n_s, so
+      c_gw (C^p T C^q)_ij = λ_gw x (the fraction of the mass of i's δ_min-neighbourhood sent
+      beyond δ_max of j) and c_sym u_b(j) = λ_sym x (fraction of the partner row's mass left of
+      j minus right of j): both on [0, 1] scales, like the feature cost.
+    - ``grid``: c_gw = 2 λ_gw ν, c_sym = λ_sym ν with ν = n_s / ref_cells.
+    - ``raw``: c_gw = 2 λ_gw, c_sym = λ_sym (the paper's equation as written).
+    """
+    if opts.scale == "fraction":
+        neighbourhood = disc_size(float(opts.delta_min), strict=True)
+        return lam_gw * n_s / max(neighbourhood, 1), lam_sym * n_s
+    nu = n_s / opts.ref_cells if opts.scale == "grid" else torch.ones_like(n_s)
+    return 2 * lam_gw * nu, lam_sym * nu
 
 
 def solve_gwot(
@@ -212,7 +231,8 @@ def solve_gwot(
         trg_valid = torch.ones(bsz, nt, dtype=torch.bool, device=dev)
     src_valid, trg_valid = src_valid.reshape(bsz, ns).bool(), trg_valid.reshape(bsz, nt).bool()
     log_p, log_q, n_s, _ = uniform_log_marginals(src_valid, trg_valid, dt)
-    nu = n_s / opts.ref_cells if opts.normalize else torch.ones_like(n_s)
+    gw_coef, sym_coef = scale_coefficients(opts, n_s, per_pair(opts.lam_gw, bsz, cost),
+                                           per_pair(opts.lam_sym, bsz, cost))
     lam_sym_t = per_pair(opts.lam_sym, bsz, cost)
     pairs = None
     if sym_pairs is not None and sym_pairs.numel() > 0 and bool((lam_sym_t != 0).any()):
@@ -229,8 +249,8 @@ def solve_gwot(
         log_q=log_q,
         n_s=n_s,
         lam=per_pair(opts.lam, bsz, cost),
-        lam_gw=per_pair(opts.lam_gw, bsz, cost) * nu,
-        lam_sym=lam_sym_t * nu,
+        gw_coef=gw_coef,
+        sym_coef=sym_coef,
         lam_ub=cost.new_zeros(bsz) if balanced else per_pair(opts.lam_ub, bsz, cost),
         eps=per_pair(opts.eps, bsz, cost),
         delta_min=float(opts.delta_min),
