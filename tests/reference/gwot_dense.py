@@ -164,7 +164,7 @@ def solve_gwot_dense(
         big = torch.finfo(dt).max
         rng = g0.masked_fill(~tv[:, None, :], -big).amax(2) - g0.masked_fill(~tv[:, None, :], big).amin(2)
         rng = torch.where(sv, rng, 0.0).amax(1)
-        eta = torch.minimum(step / rng, 1 / eps[:, 0, 0])
+        eta = torch.minimum(step / rng, 2 / (2 * eps[:, 0, 0] + lam_ub[:, 0, 0]))  # solver.step_size_cap
     else:
         eta = torch.as_tensor(step_size, dtype=dt, device=dev).expand(b)
     eta = eta[:, None, None]

@@ -27,7 +27,8 @@ class GWOTOptions:
             pair, differentiable).
         delta_min, delta_max: neighbourhood radii of the structure matrices, in grid cells.
         n_steps: mirror-descent steps (the maximum, with ``tol``).
-        step: first-step size in nats (η = step / row range of ∇F at T_0, capped at 1/ε).
+        step: first-step size in nats (η = step / row range of ∇F at T_0, capped at
+            2 / (2ε + λ_ub), see :func:`~semcorr.matchers.gwot.solver.step_size_cap`).
         marginal: ``unbalanced`` (KL column penalty) or ``balanced`` (Tᵀ1 = q).
         sinkhorn_iters: Sinkhorn iterations per step for ``balanced`` (warm-started).
         scale: how λ_gw and λ_sym are scaled (the convention under which the paper's Tab. 5

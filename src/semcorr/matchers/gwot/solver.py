@@ -35,9 +35,11 @@ where :math:`\\Pi_p` is the exact KL projection onto {T 1 = p}: a row-wise log-s
 log p (``balanced`` instead projects onto {T1 = p, Tᵀ1 = q} with warm-started Sinkhorn). η is
 per pair: η = ``step`` / r_0 with r_0 the largest within-row range of g_0 over valid cells
 (row-constant parts of g cancel in the projection, so the range is the step that matters: the
-first step moves any row's log-odds by at most ``step`` nats), capped at 1/ε so the entropy
-factor 1 - ηε stays in [0, 1). ηε = 1 is the classic fixed-point iteration of entropic GW
-(Peyré et al. 2016; POT's ``PGD``).
+first step moves any row's log-odds by at most ``step`` nats), capped at 2 / (2ε + λ_ub)
+(1/ε for ``balanced``): the entropy factor 1 - ηε stays in (0, 1), and the KL column term, which
+with the entropy scales a shift of whole target columns by 1 - η(ε + λ_ub) per step, cannot make
+the iteration diverge (it does once η(ε + λ_ub) > 2). ηε = 1 is the classic fixed-point
+iteration of entropic GW (Peyré et al. 2016; POT's ``PGD``).
 
 The gradient pieces (GW filter, symmetry rows) are in :mod:`semcorr.matchers.gwot.terms`;
 padded cells have zero mass, so they drop out of marginals and filters.
@@ -145,16 +147,29 @@ def _full_gradient(pb: _Problem, t: torch.Tensor) -> torch.Tensor:
     return g
 
 
+def step_size_cap(eps: torch.Tensor, lam_ub: torch.Tensor) -> torch.Tensor:
+    """(B,) largest automatic η: 2 / (2ε + λ_ub) (= 1/ε without the KL term).
+
+    Linearised at its fixed point, a step multiplies log-odds perturbations by 1 - ηε (entropy)
+    down to 1 - η(ε + λ_ub) (a shift of whole target columns, which the KL column term
+    -η λ_ub log(Tᵀ1/q) pushes back): the map diverges once η(ε + λ_ub) > 2, and this cap, the
+    minimiser of max(|1 - ηε|, |1 - η(ε + λ_ub)|), keeps it a contraction (factor λ_ub/(2ε + λ_ub)).
+    """
+    return 2.0 / (2.0 * eps + lam_ub)
+
+
 def auto_step_size(pb: _Problem, t: torch.Tensor, step: float) -> torch.Tensor:
-    """(B,) η = step / (largest within-row range of ∇F over valid cells), capped at 1/ε."""
+    """(B,) η = step / (largest within-row range of ∇F over valid cells), capped at
+    :func:`step_size_cap` (1/ε for ``balanced``)."""
     with torch.no_grad():
         g = _full_gradient(pb, t)
         big = torch.finfo(g.dtype).max
         vt = pb.trg_valid[:, None, :]
         rng = g.masked_fill(~vt, -big).amax(2) - g.masked_fill(~vt, big).amin(2)  # (B, Ns)
         rng = torch.where(pb.src_valid, rng, torch.zeros_like(rng)).amax(1)
-        eta = torch.where(rng > 0, step / rng.clamp_min(torch.finfo(g.dtype).tiny), 1.0 / pb.eps)
-        return torch.minimum(eta, 1.0 / pb.eps)
+        cap = step_size_cap(pb.eps, pb.lam_ub)
+        eta = torch.where(rng > 0, step / rng.clamp_min(torch.finfo(g.dtype).tiny), cap)
+        return torch.minimum(eta, cap)
 
 
 def _step(pb: _Problem, z, g_pot, eta, a, c_eta, want_obj: bool):
