@@ -38,7 +38,8 @@ def _dataset(root, *overrides):
 
 def test_json_pairs(folder_root):
     ds = _dataset(folder_root)
-    assert len(ds) == 2 and ds.protocol == {"threshold_by": "bbox", "average": "per_image"}
+    assert len(ds) == 2 and ds.default_protocol == "folder"
+    assert (ds.protocol["threshold_by"], ds.protocol["average"]) == ("bbox", "per_image")
     s = ds[0]
     assert s["kps_valid"].tolist() == [True, False, True] and s["kps_ids"].tolist() == [-1, -1, -1]
     assert ds[1]["kps_ids"].tolist() == [4, 5, 6]

@@ -10,6 +10,7 @@ from dataset_fixtures import assert_on_colours, painted, sample_on_colours, save
 from semcorr.config import load_config
 from semcorr.data.datamodule import dataset_from_config
 from semcorr.data.schema import collate
+from semcorr.predictions import pck_from_predictions, read_predictions
 
 # cat kps ids 0..5; symmetric: (0,1), (2,3), (4,5) in the packaged table
 IMAGES = {
@@ -69,7 +70,8 @@ def _dataset(root, *overrides, split="test"):
 def test_records_schema_and_colours(spair_root):
     ds = _dataset(spair_root)
     assert len(ds) == 3 and ds.categories == ["cat", "dog"]
-    assert ds.protocol == {"threshold_by": "bbox", "average": "per_keypoint"}
+    assert ds.default_protocol == "hpf"
+    assert ds.protocol["threshold_by"] == "bbox" and ds.protocol["average"] == "per_image"
     s = ds[0]
     assert s["src_img"].shape == (3, 64, 64) and s["src_kps"].shape == (4, 2)
     assert s["kps_ids"].tolist() == [0, 1, 2, 3] and s["kps_valid"].all()
@@ -131,6 +133,32 @@ def test_eval_cli_reports_both_averages(spair_root, tmp_path):
                     f"out_dir={out}"])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["protocol"] == {"threshold_by": "bbox", "average": "per_keypoint"}
+    proto = metrics["protocol"]
+    assert proto["name"] == "hpf" and proto["threshold_by"] == "bbox" and proto["average"] == "per_image"
+    assert "juhongm999/hpf" in proto["reference"]
     assert metrics["n_pairs"] == 3 and metrics["n_keypoints"] == 4 + 3 + 3
-    assert metrics["pck"] == metrics["pck_per_keypoint"] and "0.1" in metrics["pck_per_image"]
+    # the official code's average: the mean over every pair; per keypoint reported next to it
+    assert metrics["pck"] == metrics["pck_per_image"] == metrics["pck_pooled"]
+    assert "0.1" in metrics["pck_per_keypoint"]
+    rows = read_predictions(out / "predictions.jsonl")
+    again = pck_from_predictions(rows)
+    assert again["pck_per_image"] == pytest.approx(metrics["pck_per_image"], abs=1e-9)
+    assert again["pck_per_keypoint"] == pytest.approx(metrics["pck_per_keypoint"], abs=1e-9)
+    assert [r["threshold"] for r in rows] == [59.0, 79.0, 59.0]  # max side of each target box
+    assert rows[1]["valid"] == [True, False, True, True] and rows[1]["trg_bbox"] == [0, 0, 79, 59]
+
+
+def test_cats_protocol_scores_the_source_box_in_a_256_frame(spair_root, tmp_path):
+    from semcorr.cli.eval import main as eval_main
+
+    out = tmp_path / "run"
+    rc = eval_main(["data=spair", f"data.root={spair_root}", "data.image_size=64", "backbone=dsift",
+                    "metric.protocol=cats", "plots.n_pairs=0", "logger.wandb=false",
+                    "trainer.enable_progress_bar=false", f"out_dir={out}"])
+    assert rc == 0
+    assert json.loads((out / "metrics.json").read_text())["protocol"]["frame"] == 256
+    rows = read_predictions(out / "predictions.jsonl")
+    first = rows[0]  # predicted into the annotation's source, 2008_000001 (60 x 80), box 2,2,75,55
+    assert first["src_id"] == "cat/2008_000002.jpg" and first["trg_id"] == "cat/2008_000001.jpg"
+    assert first["trg_bbox"] == [2, 2, 75, 55]
+    assert first["threshold"] == pytest.approx(max(73 * 256 / 80, 53 * 256 / 60))

@@ -2,12 +2,15 @@
 
 The fixture's second image is the first shifted by (DX, DY) (and, for the flipped pair, stored
 mirrored), so the flow convention can be checked by colour: a query pixel and its ground truth
-must show the same colour in the source and in the target as served.
+must show the same colour in the source and in the target as served. The flows are known on the
+foreground only (1e10 elsewhere, as released); image 1's foreground reaches the right border, so
+some of its flow lands outside image 2: those queries are kept, as the TSS kit keeps them.
 """
 
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -18,8 +21,12 @@ from semcorr.config import load_config
 from semcorr.data.datamodule import dataset_from_config
 from semcorr.data.datasets.tss import FLO_MAGIC, read_flo
 from semcorr.matchers.transfer import cell_index, transfer_keypoints, transfer_rows
+from semcorr.predictions import pck_from_predictions, read_predictions
+from semcorr.viz import plot_predictions
 
 H, W, DX, DY = 40, 56, 5, 3
+FG1, FG2 = (4, 30, 20, 56), (10, 36, 12, 50)  # foreground rows y0:y1, columns x0:x1 (served frames)
+UNKNOWN = (25, 5)  # (x, y) of a foreground pixel of image 1 with unknown flow
 
 
 def write_flo(path: Path, flow: np.ndarray) -> None:
@@ -49,17 +56,20 @@ def write_pair(folder: Path, flip: bool, seed: int, grey16: bool = False) -> Non
         Image.fromarray(stored2[..., 0].astype(np.uint16) * 257).save(folder / "image2.png")
     else:
         Image.fromarray(np.ascontiguousarray(stored2)).save(folder / "image2.png")
-    flow1 = np.zeros((H, W, 2), np.float32)
-    flow1[...] = (DX, DY)
-    flow1[5, 10] = 1e10  # unknown flow
+    # flow1 lives on image 1 and points into image 2 as served (the stored one mirrored when flipped)
+    m1 = _mask(FG1) > 0
+    flow1 = np.full((H, W, 2), 1e10, np.float32)
+    flow1[m1] = (DX, DY)
+    flow1[UNKNOWN[1], UNKNOWN[0]] = 1e10
     # flow2 lives on the stored image 2 and points into image 1 (mirrored when flipped)
-    flow2 = np.zeros((H, W, 2), np.float32)
-    flow2[...] = (DX, -DY) if flip else (-DX, -DY)
+    m2 = _mask(FG2) > 0
+    m2 = m2[:, ::-1] if flip else m2
+    flow2 = np.full((H, W, 2), 1e10, np.float32)
+    flow2[m2] = (DX, -DY) if flip else (-DX, -DY)
     write_flo(folder / "flow1.flo", flow1)
     write_flo(folder / "flow2.flo", flow2)
-    Image.fromarray(_mask((4, 30, 6, 40))).save(folder / "mask1.png")
-    m2 = _mask((10, 36, 12, 50))
-    Image.fromarray(np.ascontiguousarray(m2[:, ::-1] if flip else m2)).save(folder / "mask2.png")
+    Image.fromarray(_mask(FG1)).save(folder / "mask1.png")
+    Image.fromarray(np.ascontiguousarray(_mask(FG2)[:, ::-1] if flip else _mask(FG2))).save(folder / "mask2.png")
     (folder / "flip_gt.txt").write_text("1\n" if flip else "0\n")
     (folder / "pair.txt").write_text("image1.png image2.png\n")
 
@@ -80,13 +90,18 @@ def _dataset(root, *overrides):
 def test_both_directions_groups_and_query_count(tss_root):
     ds = _dataset(tss_root)
     assert len(ds) == 6 and ds.categories == ["FG3DCar", "JODS", "PASCAL"]
-    assert ds.protocol == {"threshold_by": "image", "average": "per_image"}
-    s = ds[0]  # FG3DCar 1 -> 2: foreground 26 x 34 minus the unknown pixel minus the out-of-image
-    ys, xs = np.nonzero(_mask((4, 30, 6, 40)))
-    expected = sum(1 for y, x in zip(ys, xs) if (y, x) != (5, 10) and x + DX < W and y + DY < H)
-    assert s["src_kps"].shape == (expected, 2) and s["kps_valid"].all()
+    assert ds.default_protocol == "tss_kit"
+    assert ds.protocol["threshold_by"] == "image" and ds.protocol["headline"] == "category_mean"
+    s = ds[0]  # FG3DCar 1 -> 2: every pixel with known flow (26 x 36 minus the unknown one)
+    y0, y1, x0, x1 = FG1
+    assert s["src_kps"].shape == ((y1 - y0) * (x1 - x0) - 1, 2) and s["kps_valid"].all()
     assert torch.allclose(s["trg_kps_orig"] - s["src_kps_orig"], torch.tensor([DX, DY], dtype=torch.float32))
+    # flow landing outside image 2 is kept (the kit neither drops nor clips it): 26 rows x 5 columns
+    outside = (s["trg_kps_orig"][:, 0] > W - 0.5).sum().item()
+    assert outside == (y1 - y0) * DX
     assert ds.records[1].src.endswith("image2.png") and ds.records[1].trg.endswith("image1.png")
+    y0, y1, x0, x1 = FG2
+    assert ds[1]["src_kps"].shape[0] == (y1 - y0) * (x1 - x0)
 
 
 def test_flow_convention_by_colour(tss_root):
@@ -96,11 +111,32 @@ def test_flow_convention_by_colour(tss_root):
             continue
         pair = ds.load_pair(i)
         src, trg = pair["src_kps"].long(), pair["trg_kps"].long()
+        h, w = pair["trg_img"].shape[-2:]
+        inside = (trg[:, 0] < w) & (trg[:, 1] < h) & (trg >= 0).all(1)
+        src, trg = src[inside], trg[inside]
         a = pair["src_img"][:, src[:, 1], src[:, 0]]
         b = pair["trg_img"][:, trg[:, 1], trg[:, 0]]
-        inside = (pair["trg_img"].sum(0)[trg[:, 1], trg[:, 0]] > 0) | (a.sum(0) == 0)
-        assert torch.allclose(a[:, inside], b[:, inside]), ds.records[i].pair_id
-    assert ds.records[2].trg.endswith("#hflip") or ds.records[4].trg.endswith("#hflip")
+        assert torch.allclose(a, b), ds.records[i].pair_id
+    flipped = [r for r in ds.records if r.category == "PASCAL"]
+    assert all(r.trg.endswith("#hflip") and not r.src.endswith("#hflip") for r in flipped)
+    assert not any(r.trg.endswith("#hflip") for r in ds.records if r.category != "PASCAL")
+
+
+def test_flip_gt_conventions(tss_root):
+    """flip_gt.txt = 1: the kit's reference drivers mirror the *other* image, never the query
+    image (data.flip_gt=other, the default); data.flip_gt=ignore serves both as stored, as
+    DenseMatching does, and then the stored flow of the fixture's flip pair no longer matches."""
+    ignore = _dataset(tss_root, "data.flip_gt=ignore")
+    assert not any("#hflip" in r.src + r.trg for r in ignore.records)
+    index = next(i for i, r in enumerate(ignore.records) if r.pair_id == "PASCAL/pair001:1->2")
+    pair = ignore.load_pair(index)
+    src, trg = pair["src_kps"].long(), pair["trg_kps"].long()
+    inside = trg[:, 0] < W
+    a = pair["src_img"][:, src[inside, 1], src[inside, 0]]
+    b = pair["trg_img"][:, trg[inside, 1], trg[inside, 0]]
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="flip_gt"):
+        _dataset(tss_root, "data.flip_gt=source")
 
 
 def test_sixteen_bit_grey_image(tss_root):
@@ -126,8 +162,8 @@ def test_errors_name_the_file(tss_root):
     index = next(i for i, r in enumerate(ds.records) if r.pair_id == "PASCAL/pair001:1->2")
     with pytest.raises(ValueError, match="PASCAL/pair001/flow1.flo"):
         ds[index]
-    (tss_root / "FG3DCar" / "pair001" / "mask1.png").unlink()
-    with pytest.raises(FileNotFoundError, match="FG3DCar/pair001/mask1.png"):
+    (tss_root / "FG3DCar" / "pair001" / "flow1.flo").unlink()
+    with pytest.raises(FileNotFoundError, match="FG3DCar/pair001/flow1.flo"):
         ds[0]
 
 
@@ -144,13 +180,38 @@ def test_dense_transfer_equals_row_gather():
         assert torch.allclose(pts, ref_pts, atol=1e-5) and torch.equal(best, ref_best)
 
 
-def test_eval_cli_reports_groups(tss_root, tmp_path):
+def test_eval_cli_headline_is_the_mean_of_the_groups(tss_root, tmp_path):
     out = tmp_path / "run"
     rc = eval_main(["data=tss", f"data.root={tss_root}", "data.image_size=64", "backbone=dsift",
-                    "matcher=nn", "metric.alphas=[0.05]", "plots.n_pairs=1", "logger.wandb=false",
-                    "trainer.enable_progress_bar=false", f"out_dir={out}"])
+                    "matcher=nn", "metric.alphas=[0.05]", "plots.n_pairs=2", "logger.wandb=false",
+                    "predictions.max_points=100", "trainer.enable_progress_bar=false",
+                    f"out_dir={out}"])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_pairs"] == 6 and set(metrics["pck_per_category"]) == {"FG3DCar", "JODS", "PASCAL"}
-    assert metrics["n_keypoints"] > 2000
-    assert 0.0 <= metrics["pck"]["0.05"] <= 100.0
+    groups = metrics["pck_per_category"]
+    assert metrics["n_pairs"] == 6 and set(groups) == {"FG3DCar", "JODS", "PASCAL"}
+    assert metrics["n_keypoints"] == 3 * (26 * 36 - 1 + 26 * 38)
+    assert metrics["protocol"]["name"] == "tss_kit" and metrics["protocol"]["headline"] == "category_mean"
+    mean = sum(v["0.05"] for v in groups.values()) / 3
+    assert metrics["pck"]["0.05"] == pytest.approx(mean) == metrics["pck_category_mean"]["0.05"]
+    assert metrics["pck_pooled"] == metrics["pck_per_image"]
+    # dense queries: a sample of 100 per pair in predictions.jsonl, with exact counts
+    rows = read_predictions(out / "predictions.jsonl")
+    assert all(len(r["pred"]) == 100 and r["n_queries"] == r["n_valid"] > 100 for r in rows)
+    assert all(r["kps_index"] == sorted(r["kps_index"]) for r in rows)
+    again = pck_from_predictions(rows, "per_image", "category_mean")
+    assert again["pck"] == pytest.approx(metrics["pck"], abs=1e-9)
+    assert (out / "keypoints.png").is_file()
+
+
+def test_dense_figures_draw_a_bounded_sample(tss_root):
+    ds = _dataset(tss_root)
+    s = ds[0]
+    k = s["src_kps"].shape[0]
+    record = {"src_id": s["src_id"], "trg_id": s["trg_id"], "category": s["category"],
+              "src_kps": s["src_kps_orig"], "trg_kps": s["trg_kps_orig"], "pred": s["trg_kps_orig"],
+              "valid": s["kps_valid"], "norm_error": torch.zeros(k)}
+    fig = plot_predictions([record], ds.read_image, max_points=50)
+    lines = len(fig.axes[0].lines)
+    assert 100 <= lines <= 4 * 50 < k  # a line and two markers (and a cross) per drawn match
+    plt.close(fig)

@@ -4,7 +4,13 @@ import json
 
 import pytest
 
+import numpy as np
+
+from semcorr.builder import build_run
 from semcorr.cli.eval import main
+from semcorr.config import load_config
+from semcorr.figures import prediction_table
+from semcorr.predictions import pck_from_predictions, read_predictions
 
 
 def test_eval_on_synthetic_writes_metrics(tmp_path, capsys):
@@ -15,7 +21,10 @@ def test_eval_on_synthetic_writes_metrics(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "synthetic" and metrics["split"] == "test"
     assert metrics["n_pairs"] == 6 and metrics["n_keypoints"] > 0
-    assert metrics["protocol"] == {"threshold_by": "image", "average": "per_image"}
+    proto = metrics["protocol"]
+    assert proto["name"] == "image" and proto["threshold_by"] == "image"
+    assert proto["average"] == "per_image" and proto["direction"] == "src_to_trg"
+    assert proto["strict"] is False and proto["frame"] is None and "overrides" not in proto
     assert set(metrics["pck"]) == {"0.05", "0.1", "0.15"}
     assert all(0.0 <= v <= 100.0 for v in metrics["pck"].values())
     assert metrics["pck"]["0.05"] <= metrics["pck"]["0.1"] <= metrics["pck"]["0.15"]
@@ -38,6 +47,73 @@ def test_eval_alphas_and_protocol_are_configurable(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["pck"]) == {"0.02", "0.2"}
     assert metrics["protocol"]["average"] == "per_keypoint"
+    assert metrics["protocol"]["overrides"] == ["average"]
+
+
+@pytest.mark.parametrize("average", ["per_image", "per_keypoint"])
+def test_predictions_jsonl_reproduces_metrics(tmp_path, average):
+    """PCK recomputed from predictions.jsonl equals metrics.json: overall, per category, both
+    averages and the category mean."""
+    out = tmp_path / "run"
+    rc = main(["data.n_pairs.test=7", "data.batch_size=3", "plots.n_pairs=0", f"out_dir={out}",
+               f"metric.average={average}", "trainer.enable_progress_bar=false", "logger.wandb=false"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = read_predictions(out / "predictions.jsonl")
+    assert [r["index"] for r in rows] == list(range(7))
+    required = {"pair_id", "category", "src_id", "trg_id", "src_kps", "trg_kps", "pred", "valid",
+                "threshold", "correct"}
+    assert all(required <= set(r) for r in rows)
+    for r in rows:
+        k = len(r["valid"])
+        assert len(r["src_kps"]) == len(r["trg_kps"]) == len(r["pred"]) == k
+        assert set(r["correct"]) == {"0.05", "0.1", "0.15"}
+        for alpha, flags in r["correct"].items():
+            assert len(flags) == k and sum(flags) == r["n_correct"][alpha]
+            assert not any(f and not v for f, v in zip(flags, r["valid"]))
+            # the flags follow from the written coordinates (up to their 0.01 px rounding)
+            for f, v, p, g in zip(flags, r["valid"], r["pred"], r["trg_kps"]):
+                d = ((p[0] - g[0]) ** 2 + (p[1] - g[1]) ** 2) ** 0.5 / r["threshold"]
+                if v and abs(d - float(alpha)) > 1e-3:
+                    assert f == (d <= float(alpha))
+        assert r["n_valid"] == sum(r["valid"])
+    again = pck_from_predictions(rows, metrics["protocol"]["average"], metrics["protocol"]["headline"])
+    assert again["n_pairs"] == metrics["n_pairs"] and again["n_keypoints"] == metrics["n_keypoints"]
+    for key in ("pck", "pck_pooled", "pck_category_mean", "pck_per_image", "pck_per_keypoint"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-9), key
+    assert set(again["pck_per_category"]) == set(metrics["pck_per_category"])
+    for cat, values in metrics["pck_per_category"].items():
+        assert again["pck_per_category"][cat] == pytest.approx(values, abs=1e-9), cat
+
+
+def test_strict_threshold_is_selectable(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["data.n_pairs.test=2", "metric.strict=true", "plots.n_pairs=0", f"out_dir={out}",
+               "trainer.enable_progress_bar=false", "logger.wandb=false"])
+    assert rc == 0
+    proto = json.loads((out / "metrics.json").read_text())["protocol"]
+    assert proto["strict"] is True and proto["overrides"] == ["strict"]
+    assert main(["metric.protocol=ncnet", f"out_dir={tmp_path / 'x'}", "logger.wandb=false"]) == 2
+
+
+def test_wandb_table_of_predictions(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["data.n_pairs.test=3", "plots.n_pairs=0", "logger.table_pairs=2", f"out_dir={out}",
+               "trainer.enable_progress_bar=false", "logger.mode=offline"])
+    assert rc == 0
+    tables = list((out / "wandb").glob("offline-run-*/files/media/table/predictions_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][-1] == "thumbnail" and "correct" in table["columns"]
+    assert len(table["data"]) == 2 and all(row[-1] == "Image" for row in table["data"])
+    # the cells: the rows' values (lists as JSON text) and an RGB thumbnail per pair
+    rows = read_predictions(out / "predictions.jsonl")
+    dataset = build_run(load_config(["data.n_pairs.test=3"])).dataset
+    columns, data = prediction_table(rows, dataset.read_image, 2, 0.1, "image")
+    assert columns == table["columns"] and len(data) == 2
+    assert json.loads(data[0][columns.index("correct")]) == rows[0]["correct"]
+    thumb = data[1][-1]
+    assert thumb.dtype == np.uint8 and thumb.ndim == 3 and thumb.shape[2] == 3 and thumb.std() > 0
 
 
 def test_eval_errors_are_one_line(tmp_path, capsys):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from semcorr.metrics import PCK, pck_thresholds
+from semcorr.metrics import PCK, pck_inputs, pck_thresholds, protocol, resolve_protocol
 
 ALPHAS = [0.05, 0.1, 0.15]
 
@@ -111,3 +111,67 @@ def test_bbox_protocol_needs_boxes():
     with pytest.raises(ValueError, match="bbox"):
         metric.update(gt, gt, torch.ones(1, 1, dtype=torch.bool),
                       trg_bbox=torch.full((1, 4), math.nan))
+
+
+def test_strict_comparison_only_changes_ties():
+    gt = torch.tensor([[[50.0, 50.0], [20.0, 20.0]]])
+    pred = gt + torch.tensor([[[6.0, 8.0], [1.0, 0.0]]])  # distances 10 (= 0.1 * 100) and 1
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    box = torch.tensor([[0.0, 0.0, 100.0, 40.0]])
+    out = {}
+    for strict in (False, True):
+        metric = PCK([0.1], "bbox", strict=strict)
+        metric.update(pred, gt, valid, trg_bbox=box)
+        out[strict] = metric.compute()["pck"]["0.1"]
+    assert out == {False: 100.0, True: 50.0}
+
+
+def test_square_frame_scales_anisotropically():
+    # a 200 x 400 (h x w) target; errors 30 px in x (keypoint 0) and 25 px in y (keypoint 1)
+    gt = torch.tensor([[[100.0, 100.0], [300.0, 50.0]]])
+    pred = gt + torch.tensor([[[30.0, 0.0], [0.0, 25.0]]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    imsize = torch.tensor([[200, 400]])
+    p, g, lengths = pck_inputs("image", pred, gt, valid, trg_imsize=imsize, frame=224)
+    assert lengths.tolist() == [224.0]
+    dist = torch.linalg.vector_norm(p - g, dim=-1)[0]
+    assert dist.tolist() == pytest.approx([30 * 224 / 400, 25 * 224 / 200])  # 16.8, 28
+    framed = PCK([0.1, 0.15], "image", frame=224)
+    framed.update(pred, gt, valid, trg_imsize=imsize)
+    # thresholds 22.4 / 33.6: 16.8 in at both; 28 only at 0.15
+    assert framed.compute()["pck"] == {"0.1": 50.0, "0.15": 100.0}
+    original = PCK([0.1, 0.15], "image")  # L = 400: thresholds 40 / 60, both in
+    original.update(pred, gt, valid, trg_imsize=imsize)
+    assert original.compute()["pck"] == {"0.1": 100.0, "0.15": 100.0}
+    # a box is scaled with the points: 100 x 50 in a 400 x 200 image -> 64 x 64 in 256 x 256
+    box = torch.tensor([[10.0, 20.0, 110.0, 70.0]])
+    assert pck_inputs("bbox", pred, gt, valid, box, imsize, frame=256)[2].tolist() == [64.0]
+
+
+def test_headline_mean_of_categories():
+    # category 0: one pair, all correct; category 1: two pairs, none correct
+    gt = torch.zeros(3, 1, 2)
+    pred = torch.tensor([[[1.0, 0.0]], [[50.0, 0.0]], [[50.0, 0.0]]])
+    valid = torch.ones(3, 1, dtype=torch.bool)
+    imsize = torch.full((3, 2), 100)
+    cats = torch.tensor([0, 1, 1])
+    for headline, expected in (("pooled", 100 / 3), ("category_mean", 50.0)):
+        metric = PCK([0.1], "image", categories=["a", "b"], headline=headline)
+        metric.update(pred, gt, valid, cats, trg_imsize=imsize)
+        out = metric.compute()
+        assert out["pck"]["0.1"] == pytest.approx(expected)
+        assert out["pck_pooled"]["0.1"] == pytest.approx(100 / 3)
+        assert out["pck_category_mean"]["0.1"] == pytest.approx(50.0)
+
+
+def test_named_protocols_resolve_with_overrides():
+    table = {"a": protocol(threshold_by="image"), "b": protocol(threshold_by="image", frame=224,
+                                                                 direction="trg_to_src")}
+    p = resolve_protocol(table, "a")
+    assert p["name"] == "a" and p["direction"] == "src_to_trg" and "overrides" not in p
+    p = resolve_protocol(table, "a", "b", {"strict": True, "average": None})
+    assert p["frame"] == 224 and p["strict"] is True and p["overrides"] == ["strict"]
+    with pytest.raises(ValueError, match="valid: a, b"):
+        resolve_protocol(table, "a", "c")
+    with pytest.raises(ValueError, match="direction"):
+        protocol(direction="sideways")

@@ -19,6 +19,7 @@ from semcorr.errors import ConfigError
 from semcorr.heads import build_head
 from semcorr.losses import build_loss
 from semcorr.matchers import build_matcher
+from semcorr.metrics.protocol import metric_kwargs, resolve_protocol
 from semcorr.models import CorrespondenceModule
 from semcorr.stores import DiskCache, FeatureStore, MemoryCache
 
@@ -30,15 +31,18 @@ def config_dict(cfg: DictConfig) -> Dict[str, Any]:
     return out
 
 
-def run_protocol(cfg: DictConfig, dataset: Optional[PairDataset] = None) -> Dict[str, str]:
-    """The PCK protocol of a run: the dataset's published one, with the config's explicit
-    ``metric.threshold_by`` / ``metric.average`` on top."""
-    proto = dict(dataset.protocol if dataset is not None else PairDataset.protocol)
-    if cfg.metric.threshold_by:
-        proto["threshold_by"] = cfg.metric.threshold_by
-    if cfg.metric.average:
-        proto["average"] = cfg.metric.average
-    return proto
+def run_protocol(cfg: DictConfig, dataset: Optional[PairDataset] = None) -> Dict[str, Any]:
+    """The evaluation protocol of a run (:mod:`semcorr.metrics.protocol`): the dataset's protocol
+    named by ``metric.protocol`` (None: its default), with ``metric.threshold_by``,
+    ``metric.average`` and ``metric.strict`` on top when set."""
+    source = dataset if dataset is not None else PairDataset
+    m = cfg.metric
+    try:
+        return resolve_protocol(source.protocols, source.default_protocol, m.protocol,
+                                {"threshold_by": m.threshold_by, "average": m.average,
+                                 "strict": m.strict})
+    except ValueError as err:
+        raise ConfigError(f"metric: {err}") from None
 
 
 def feature_stores(cfg: DictConfig, trainable_backbone: bool, training: bool) -> List[FeatureStore]:
@@ -67,6 +71,7 @@ class Run:
     module: CorrespondenceModule
     datamodule: Optional[CorrespondenceDataModule] = None
     dataset: Optional[PairDataset] = None
+    protocol: Optional[Dict[str, Any]] = None  # run_protocol(cfg, dataset)
 
 
 def build_run(cfg: DictConfig, stage: str = "test") -> Run:
@@ -101,6 +106,9 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
             if not training or isinstance(err, ConfigError):
                 raise
             raise ConfigError(f"data={cfg.data.name} cannot be trained on: {err}") from None
+    protocol = run_protocol(cfg, dataset)
+    if dataset is not None:  # target -> source protocols serve every pair swapped
+        dataset.set_direction(protocol["direction"])
     trainable = any(p.requires_grad for p in backbone.parameters())
     module = CorrespondenceModule(
         backbone, matcher, head=head, loss=loss, transfer=dict(cfg.matcher.transfer),
@@ -108,11 +116,11 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
         categories=dataset.categories if dataset is not None else ("all",),
         stores=feature_stores(cfg, trainable, training),
         optim=config_dict(cfg)["optim"] if training else None, run_config=config_dict(cfg),
-        **run_protocol(cfg, dataset),
+        **metric_kwargs(protocol),
     )
     if cfg.ckpt and not training:
         load_weights(module, cfg.ckpt)
-    return Run(module, datamodule, dataset)
+    return Run(module, datamodule, dataset, protocol)
 
 
 def build_datamodule(cfg: DictConfig, divisor: int, training: bool = False) -> CorrespondenceDataModule:

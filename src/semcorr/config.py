@@ -54,9 +54,12 @@ DEFAULT_GROUPS: Dict[str, str] = {
 @dataclass
 class MetricConfig:
     alphas: List[float] = field(default_factory=lambda: [0.05, 0.1, 0.15])
-    # None: the dataset's published protocol (see each dataset's ``protocol``).
+    # a named protocol of the dataset (docs/datasets.md), e.g. zero_shot | ncnet | cats for
+    # PF-PASCAL; None: the dataset's default. The keys below, when set, override its settings.
+    protocol: Optional[str] = None
     threshold_by: Optional[str] = None  # bbox | bbox_kp | image
     average: Optional[str] = None  # per_image | per_keypoint
+    strict: Optional[bool] = None  # true: error < alpha * L; every packaged protocol: <=
 
 
 @dataclass
@@ -68,6 +71,7 @@ class LoggerConfig:
     # auto: online when an API key is configured and WANDB_MODE is not offline, else offline.
     mode: str = "auto"  # auto | online | offline | disabled
     csv: bool = True
+    table_pairs: int = 32  # W&B table of the first pairs' predictions with thumbnails; 0: none
 
 
 @dataclass
@@ -75,10 +79,21 @@ class PlotsConfig:
     """Figures of an evaluation run (see ``semcorr.viz.write_eval_figures``)."""
 
     n_pairs: int = 4  # pairs drawn in keypoints.png and dense_warp.png
+    max_points: int = 50  # matches drawn per pair (evenly spaced), so dense queries stay cheap
     alpha: float = 0.1  # correct / wrong colouring of keypoints.png
     curve_max_alpha: float = 0.2  # pck_curve.png and metrics.json "pck_curve": alpha in [0, this]
     dense_warp: bool = True  # dense_warp.png: target warped into the source frame
     warp_compare: List[str] = field(default_factory=list)  # more matcher files in dense_warp.png
+
+
+@dataclass
+class PredictionsConfig:
+    """``predictions.jsonl`` of an evaluation run: one line per pair (docs/datasets.md)."""
+
+    enabled: bool = True
+    # a pair with more valid queries (dense TSS flow) writes this many, evenly spaced, and its
+    # exact counts; None: every query
+    max_points: Optional[int] = 256
 
 
 @dataclass
@@ -143,6 +158,7 @@ class RunConfig:
     metric: MetricConfig = field(default_factory=MetricConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     plots: PlotsConfig = field(default_factory=PlotsConfig)
+    predictions: PredictionsConfig = field(default_factory=PredictionsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)

@@ -14,7 +14,8 @@ from semcorr.config import group_config
 from semcorr.data.schema import collate
 from semcorr.matchers import build_matcher
 from semcorr.models.module import symmetric_cells
-from semcorr.viz import plot_dense_warp_rows, plot_pck_curves, plot_predictions
+from semcorr.predictions import row_record, table_cell, table_columns
+from semcorr.viz import pair_thumbnail, plot_dense_warp_rows, plot_pck_curves, plot_predictions
 from semcorr.warp import warp_match
 
 
@@ -54,14 +55,16 @@ def dense_warp_rows(module, dataset, n_pairs: int, compare: Sequence[str] = ()) 
 def write_eval_figures(module, report, dataset, out_dir: Union[str, Path], plots, threshold_by: str,
                        curve: Optional[Mapping[str, Any]] = None, method: str = "") -> Dict[str, Path]:
     """The figures of an evaluation run, written into ``out_dir`` (keys are W&B image keys):
-    ``keypoints`` (the ``report``'s kept pairs, correct/wrong at ``plots.alpha``),
+    ``keypoints`` (the ``report``'s kept pairs, correct/wrong at ``plots.alpha``, at most
+    ``plots.max_points`` matches per pair),
     ``pck_curve`` (``curve`` from :func:`semcorr.metrics.curve_entry`, all pairs) and
     ``dense_warp`` (first ``plots.n_pairs`` pairs, the run's matcher and those in
     ``plots.warp_compare``)."""
     out_dir = Path(out_dir)
     written: Dict[str, Path] = {}
     path = plot_predictions(report.predictions, dataset.read_image, out_dir / "keypoints.png",
-                            alpha=plots.alpha, threshold_by=threshold_by)
+                            alpha=plots.alpha, threshold_by=threshold_by,
+                            max_points=getattr(plots, "max_points", 50))
     if path is not None:
         written["keypoints"] = path
     if curve is not None and curve.get("n_pairs"):
@@ -74,3 +77,19 @@ def write_eval_figures(module, report, dataset, out_dir: Union[str, Path], plots
         if path is not None:
             written["dense_warp"] = path
     return written
+
+
+def prediction_table(rows: Sequence[Mapping[str, Any]], read_image, n_pairs: int, alpha: float,
+                     threshold_by: str, max_points: Optional[int] = 50):
+    """The W&B table of the first ``n_pairs`` prediction rows (:mod:`semcorr.predictions`):
+    ``(columns, data)``, the rows' columns (lists as JSON text) and a ``thumbnail`` (an (h, w, 3)
+    uint8 picture of the pair, correct / wrong at ``alpha``). ``([], [])`` when there is none."""
+    rows = sorted(rows, key=lambda r: r["index"])[: max(n_pairs, 0)]
+    if not rows:
+        return [], []
+    columns = table_columns(rows[0])
+    data = []
+    for row in rows:
+        thumb = pair_thumbnail(row_record(row), read_image, alpha, threshold_by, max_points)
+        data.append([table_cell(row.get(c)) for c in columns[:-1]] + [thumb])
+    return columns, data

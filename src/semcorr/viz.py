@@ -104,15 +104,38 @@ def draw_matches(ax, src_img, trg_img, src_kps, pred, gt=None, correct=None, tit
         ax.set_title(title, fontsize=8)
 
 
+def spread(mask: torch.Tensor, max_points: Optional[int]) -> np.ndarray:
+    """Indices of the True entries of a (K,) bool mask, at most ``max_points`` of them, evenly
+    spaced over the list (all when ``max_points`` is None)."""
+    idx = torch.nonzero(mask.bool()).flatten().numpy()
+    if max_points is not None and len(idx) > max_points:
+        idx = idx[np.linspace(0, len(idx) - 1, max_points).round().astype(np.int64)]
+    return idx
+
+
+def _draw_record(ax, p: Dict[str, Any], read_image: Callable[[str], torch.Tensor], alpha: float,
+                 threshold_by: str, max_points: Optional[int], legend: bool = False) -> None:
+    v = p["valid"].bool()
+    ok = v & (p["norm_error"] <= alpha)
+    idx = spread(v, max_points)
+    shown = "" if len(idx) == int(v.sum()) else f", {len(idx)} drawn"
+    draw_matches(ax, read_image(p["src_id"]), read_image(p["trg_id"]), p["src_kps"][idx],
+                 p["pred"][idx], p["trg_kps"][idx], ok[idx].numpy(), legend=legend,
+                 title=f"{p['category']}: {int(ok.sum())}/{int(v.sum())} correct at "
+                       f"alpha={alpha:g} ({threshold_by}{shown})")
+
+
 def plot_predictions(predictions: List[Dict[str, Any]], read_image: Callable[[str], torch.Tensor],
                      path: Optional[Union[str, Path]] = None, alpha: float = 0.1,
-                     threshold_by: str = "bbox_kp", cols: int = 2):
+                     threshold_by: str = "bbox_kp", cols: int = 2, max_points: Optional[int] = 50):
     """A grid of evaluated pairs: prediction, ground truth and a line per match coloured correct /
     wrong at ``alpha`` (keypoints in the original frames). None when there is nothing to draw.
 
     ``predictions``: per-pair records (:func:`semcorr.report.pair_records`) with ``src_id``,
     ``trg_id``, ``category``, ``src_kps``, ``trg_kps``, ``pred``, ``valid`` and ``norm_error``
-    (dist / L; ``threshold_by`` names L in the titles)."""
+    (dist / L; ``threshold_by`` names L in the titles). At most ``max_points`` matches are drawn
+    per pair, evenly spaced over its valid keypoints (dense TSS queries number tens of
+    thousands); the counts in the titles are over all of them."""
     if not predictions:
         return None
     n = len(predictions)
@@ -122,15 +145,25 @@ def plot_predictions(predictions: List[Dict[str, Any]], read_image: Callable[[st
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     for i, (ax, p) in enumerate(zip(axes.ravel(), predictions)):
-        v = p["valid"].bool()
-        ok = v & (p["norm_error"] <= alpha)
-        vn = v.numpy()
-        draw_matches(ax, read_image(p["src_id"]), read_image(p["trg_id"]), p["src_kps"][vn],
-                     p["pred"][vn], p["trg_kps"][vn], ok[v].numpy(), legend=i == 0,
-                     title=f"{p['category']}: {int(ok.sum())}/{int(v.sum())} correct at "
-                           f"alpha={alpha:g} ({threshold_by})")
+        _draw_record(ax, p, read_image, alpha, threshold_by, max_points, legend=i == 0)
     fig.tight_layout()
     return _finish(fig, path)
+
+
+def pair_thumbnail(record: Dict[str, Any], read_image: Callable[[str], torch.Tensor],
+                   alpha: float = 0.1, threshold_by: str = "", max_points: Optional[int] = 50,
+                   width_in: float = 5.0, dpi: int = 72) -> np.ndarray:
+    """(h, w, 3) uint8 picture of one evaluated pair (as :func:`plot_predictions` draws it), for a
+    W&B table cell."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = Figure(figsize=(width_in, width_in * 0.5), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    _draw_record(ax, record, read_image, alpha, threshold_by, max_points)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def plot_matches(src_img: torch.Tensor, trg_img: torch.Tensor, src_pts, trg_pts,

@@ -1,9 +1,11 @@
 """Zero-shot (or checkpoint) evaluation: ``python eval.py [group=name ...] [key=value ...]``.
 
-Writes ``<out_dir>/config.yaml``, ``metrics.json`` (with a PCK-vs-alpha ``pck_curve``) and the
+Writes ``<out_dir>/config.yaml``, ``metrics.json`` (with the protocol and a PCK-vs-alpha
+``pck_curve``), ``predictions.jsonl`` (one line per pair, :mod:`semcorr.predictions`) and the
 figures ``keypoints.png``, ``pck_curve.png`` and ``dense_warp.png`` (``plots.*``), logs to CSV and
-W&B, and prints a PCK table. ``ckpt=RUN`` evaluates a trained run's best checkpoint through the
-same pipeline (see :func:`semcorr.cli.common.resolve_config`).
+W&B (with a table of the first ``logger.table_pairs`` pairs), and prints a PCK table.
+``ckpt=RUN`` evaluates a trained run's best checkpoint through the same pipeline (see
+:func:`semcorr.cli.common.resolve_config`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from typing import Optional, Sequence
 
 import lightning as L
 
-from semcorr.builder import build_run, config_dict, run_protocol
+from semcorr.builder import build_run, config_dict
 from semcorr.cli.common import accelerator, parse_args, pck_table, resolve_config, run_main
-from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
+from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers
 from semcorr.config import save_config
-from semcorr.figures import write_eval_figures
+from semcorr.figures import prediction_table, write_eval_figures
 from semcorr.metrics import curve_entry
+from semcorr.predictions import write_predictions
 from semcorr.report import EvalReport
 
 log = logging.getLogger("semcorr.eval")
@@ -37,8 +40,10 @@ def evaluate(argv: Sequence[str]) -> int:
     save_config(cfg, out_dir)
     run = build_run(cfg, stage="test")
     dataset = run.dataset
-    proto = run_protocol(cfg, dataset)
-    report = EvalReport(proto["threshold_by"], keep=cfg.plots.n_pairs)
+    proto = run.protocol
+    report = EvalReport(proto, keep=cfg.plots.n_pairs,
+                        alphas=list(cfg.metric.alphas) if cfg.predictions.enabled else (),
+                        max_points=cfg.predictions.max_points)
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
     trainer = L.Trainer(
         accelerator=accelerator(cfg), devices=1, logger=loggers or False, callbacks=[report],
@@ -55,7 +60,7 @@ def evaluate(argv: Sequence[str]) -> int:
     finally:
         finish_loggers(loggers, success)
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
-                                        f"{proto['average']}, threshold by {proto['threshold_by']}") + "\n")
+                                        f"protocol {protocol_summary(proto)}") + "\n")
     sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, {metrics['timing']['pairs_per_s']:.1f} "
                      f"pairs/s; wrote {out_dir / 'metrics.json'}\n")
     return 0
@@ -75,6 +80,8 @@ def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
         "n_keypoints": result["n_keypoints"],
         "protocol": proto,
         "pck": result["pck"],
+        "pck_pooled": result["pck_pooled"],
+        "pck_category_mean": result["pck_category_mean"],
         "pck_per_category": result["pck_per_category"],
         "pck_per_image": result["pck_per_image"],
         "pck_per_keypoint": result["pck_per_keypoint"],
@@ -86,13 +93,31 @@ def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
         },
         "config": config_dict(cfg),
     }
-    metrics["pck_curve"] = curve_entry(report.errors, cfg.plots.curve_max_alpha, proto["average"])
+    metrics["pck_curve"] = curve_entry(report.errors, cfg.plots.curve_max_alpha, proto["average"],
+                                       proto["strict"])
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if report.rows:
+        write_predictions(report.rows, out_dir / "predictions.jsonl")
+        if cfg.logger.table_pairs > 0 and loggers:
+            columns, data = prediction_table(report.rows, dataset.read_image,
+                                             cfg.logger.table_pairs, cfg.plots.alpha,
+                                             proto["threshold_by"], cfg.plots.max_points)
+            log_table(loggers, "predictions", columns, data)
     figures = write_eval_figures(module, report, dataset, out_dir, cfg.plots, proto["threshold_by"],
                                  metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}")
     for key, path in figures.items():
         log_image(loggers, key, path)
     return metrics
+
+
+def protocol_summary(proto: dict) -> str:
+    """One line naming a protocol and its settings, e.g. ``ncnet (L: image in a 224 frame,
+    trg_to_src, per_image, <=)``."""
+    frame = f" in a {proto['frame']} frame" if proto.get("frame") else ""
+    head = ", mean of categories" if proto.get("headline") == "category_mean" else ""
+    changed = f"; overridden: {', '.join(proto['overrides'])}" if proto.get("overrides") else ""
+    return (f"{proto['name']} (L: {proto['threshold_by']}{frame}, {proto['direction']}, "
+            f"{proto['average']}{head}, {'<' if proto['strict'] else '<='}{changed})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

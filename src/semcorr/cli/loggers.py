@@ -6,7 +6,7 @@ import logging
 import netrc
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -59,6 +59,21 @@ def log_image(loggers: List[Logger], key: str, path: str | Path) -> None:
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.log_image(key=key, images=[str(path)])
+
+
+def log_table(loggers: List[Logger], key: str, columns: List[str], data: List[List[Any]],
+              image_columns: Sequence[str] = ("thumbnail",)) -> None:
+    """Send a table to every W&B logger; cells of ``image_columns`` (arrays) become images."""
+    if not data:
+        return
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            picked = [columns.index(c) for c in image_columns if c in columns]
+            rows = [[wandb.Image(v) if i in picked else v for i, v in enumerate(row)]
+                    for row in data]
+            logger.log_table(key=key, columns=columns, data=rows)
 
 
 def finish_loggers(loggers: List[Logger], success: bool) -> None:

@@ -14,8 +14,10 @@ from torch.utils.data import Dataset
 
 from semcorr.registry import GroupConfig
 from semcorr.errors import DataError
+from semcorr.metrics.protocol import DIRECTIONS, protocol
 from semcorr.stores import MemoryCache
 from semcorr.data.resize import resize_image, to_network
+from semcorr.data.schema import swap_sides
 from semcorr.data.transforms import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -113,11 +115,17 @@ class PairDataset(Dataset):
     Subclasses fill ``self.records`` and ``self.categories`` and may override :meth:`read_image`
     (images are addressed by the record's ``src`` / ``trg`` ids, relative to ``self.image_root``).
 
-    Class attribute ``protocol``: the evaluation protocol the dataset's literature uses,
-    ``{"threshold_by": "bbox" | "bbox_kp" | "image", "average": "per_image" | "per_keypoint"}``.
+    Class attributes ``protocols`` (name -> protocol dict, see :mod:`semcorr.metrics.protocol`):
+    the evaluation protocols of the dataset's literature, ``default_protocol`` the one used unless
+    ``metric.protocol`` names another; ``protocol`` is the default's dict.
+
+    ``direction`` (set by the run builder from the protocol): ``trg_to_src`` serves every pair
+    with the roles of its images swapped (:func:`semcorr.data.schema.swap_sides`), so the whole
+    pipeline predicts target keypoints in the source and PCK scores them against the source.
     """
 
-    protocol: Dict[str, str] = {"threshold_by": "bbox", "average": "per_image"}
+    protocols: Dict[str, Dict[str, Any]] = {"default": protocol(threshold_by="bbox")}
+    default_protocol: str = "default"
 
     def __init__(
         self,
@@ -138,6 +146,18 @@ class PairDataset(Dataset):
         self.image_root = Path(".")
         self.image_cache = MemoryCache(image_cache_mb)
         self.transform = None  # optional paired augmentation (training), see semcorr.data.transforms
+        self.direction = "src_to_trg"
+
+    @property
+    def protocol(self) -> Dict[str, Any]:
+        """The default protocol's settings."""
+        return self.protocols[self.default_protocol]
+
+    def set_direction(self, direction: str) -> None:
+        """``src_to_trg`` (as annotated) or ``trg_to_src`` (every pair served swapped)."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+        self.direction = direction
 
     # ---- subclasses call this after loading their records
     def finalize(self, records: List[PairRecord], categories: Optional[List[str]] = None) -> None:
@@ -200,7 +220,10 @@ class PairDataset(Dataset):
         if self.transform is not None:
             pair = self.transform(pair)
         sample = self.make_sample(self.records[index], pair)
+        if self.direction == "trg_to_src":
+            sample = swap_sides(sample)
         sample["index"] = index
+        sample["direction"] = self.direction
         return sample
 
     def make_sample(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, Any]:

@@ -24,13 +24,17 @@ category_idx       int                 index into the dataset's ``categories``
 src_id, trg_id     str                 image ids (relative paths), unique within the dataset
 pair_id            str                 pair id
 index              int                 the pair's index in its dataset (orders gathered results)
+direction          str                 ``src_to_trg``, or ``trg_to_src`` when the dataset serves
+                                       each pair with its images' roles swapped (every
+                                       ``src_*`` / ``trg_*`` key exchanged; see
+                                       :func:`swap_sides`)
 sym_pairs          (S, 2) long         pairs of keypoint indices (into the K keypoints) that are
                                        left/right symmetric; may be empty
 =================  ==================  ===============================================================
 
 After :func:`collate`, tensors gain a batch dimension, K is padded to the largest count in the
-batch (``kps_valid`` False and ``kps_ids`` -1 on padding), S likewise (-1 rows), and strings
-become lists.
+batch (``kps_valid`` False and ``kps_ids`` -1 on padding; ``kps_count`` (B,) long holds each
+pair's own K), S likewise (-1 rows), and strings become lists.
 """
 
 from __future__ import annotations
@@ -74,7 +78,21 @@ def collate(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
             batch[key] = torch.tensor(values)
         else:
             batch[key] = list(values)
+    batch["kps_count"] = torch.tensor([int(s["src_kps"].shape[0]) for s in samples])
     return batch
+
+
+def swap_sides(sample: Dict[str, Any]) -> Dict[str, Any]:
+    """The sample with the roles of its two images exchanged: every ``src_<x>`` key takes the
+    value of ``trg_<x>`` and back. Keypoint lists, validity, ids and symmetric pairs index the
+    same K keypoints in both images, so they stay as they are; so does ``pair_id``."""
+    out = dict(sample)
+    for key in sample:
+        if key.startswith("src_"):
+            other = "trg_" + key[4:]
+            if other in sample:
+                out[key], out[other] = sample[other], sample[key]
+    return out
 
 
 def _pad(t: torch.Tensor, n: int, value: Any) -> torch.Tensor:

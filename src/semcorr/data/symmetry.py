@@ -3,7 +3,11 @@
 The table ships with the package (``semcorr/resources/symmetry.json``): for each SPair-71k
 category and for the 17 AP-10K keypoints, the pairs of keypoint ids (0-based, the annotation's
 ``kps_ids`` order) that exchange under a horizontal flip; ids not listed lie on the symmetry axis.
-Source: the lists of the pose-aware evaluation literature (GeoAware-SC, Zhang et al. 2024).
+Source: the lists of the pose-aware evaluation literature (GeoAware-SC, Zhang et al. 2024), in the
+annotation's own ids for every category (GeoAware-SC's test-time ``bus`` list indexes renumbered
+keypoints; the packaged table does not). The file is a copy of the shared
+``symmetric_keypoints.json`` (regenerate it from there, never edit it by hand);
+``tests/test_symmetry.py`` checks every SPair-71k pair against the keypoints' left/right sides.
 
 Two uses:
 

@@ -14,7 +14,7 @@ def alpha_grid(max_alpha: float = 0.2, steps: int = 41) -> np.ndarray:
 
 
 def pck_curve(errors: Sequence[torch.Tensor], alphas: Optional[Sequence[float]] = None,
-              average: str = "per_image") -> Tuple[np.ndarray, np.ndarray]:
+              average: str = "per_image", strict: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """PCK (in percent) at each alpha from per-pair normalised errors.
 
     Args:
@@ -22,6 +22,7 @@ def pck_curve(errors: Sequence[torch.Tensor], alphas: Optional[Sequence[float]] 
             :class:`semcorr.report.EvalReport` keeps); pairs with no valid keypoint are skipped, as
             in :class:`semcorr.metrics.PCK`.
         average: ``per_image`` (mean over pairs of each pair's PCK) or ``per_keypoint``.
+        strict: count ``error < alpha`` instead of ``error <= alpha``.
     Returns:
         alphas (A,), pck (A,).
     """
@@ -30,16 +31,19 @@ def pck_curve(errors: Sequence[torch.Tensor], alphas: Optional[Sequence[float]] 
     errs = [e for e in errs if e.size]
     if not errs:
         return a, np.full(a.shape, np.nan)
+    within = np.less if strict else np.less_equal
     if average == "per_keypoint":
         flat = np.concatenate(errs)
-        return a, 100.0 * (flat[:, None] <= a[None]).mean(0)
+        return a, 100.0 * within(flat[:, None], a[None]).mean(0)
     if average != "per_image":
         raise ValueError(f"unknown average {average!r}; valid: per_image, per_keypoint")
-    return a, 100.0 * np.mean([(e[:, None] <= a[None]).mean(0) for e in errs], axis=0)
+    return a, 100.0 * np.mean([within(e[:, None], a[None]).mean(0) for e in errs], axis=0)
 
 
-def curve_entry(errors: Sequence[torch.Tensor], max_alpha: float, average: str) -> Dict[str, Any]:
-    """The ``pck_curve`` entry of ``metrics.json``: ``{"alphas": [...], "pck": [...]}``."""
-    alphas, pck = pck_curve(errors, alpha_grid(max_alpha), average)
+def curve_entry(errors: Sequence[torch.Tensor], max_alpha: float, average: str,
+                strict: bool = False) -> Dict[str, Any]:
+    """The ``pck_curve`` entry of ``metrics.json``: ``{"alphas": [...], "pck": [...]}`` (pooled
+    over all pairs, whatever the protocol's headline)."""
+    alphas, pck = pck_curve(errors, alpha_grid(max_alpha), average, strict)
     return {"alphas": [round(float(a), 6) for a in alphas], "pck": [float(v) for v in pck],
             "average": average, "n_pairs": sum(1 for e in errors if len(e))}

@@ -48,7 +48,8 @@ class CorrespondenceModule(L.LightningModule):
         head: optional :class:`~semcorr.heads.Head` (feature head and / or score refiner).
         loss: optional callable ``loss(batch, src, trg, result) -> (loss, logs)``; needed to train.
         transfer: keypoint-transfer options (``method``, ``window``, ``temperature``).
-        alphas, threshold_by, average, categories: the PCK protocol.
+        alphas, threshold_by, average, strict, frame, headline, categories: the PCK protocol
+            (:mod:`semcorr.metrics.protocol`).
         stores: feature caches used in val/test (see :mod:`semcorr.stores`).
         optim: ``lr``, ``backbone_lr``, ``weight_decay``, ``scheduler``, ``warmup_steps``.
         run_config: the resolved run config, saved in checkpoints so ``eval.py ckpt=`` rebuilds.
@@ -68,6 +69,9 @@ class CorrespondenceModule(L.LightningModule):
         threshold_by: str = "bbox",
         average: str = "per_image",
         categories: Sequence[str] = ("all",),
+        strict: bool = False,
+        frame: Optional[int] = None,
+        headline: str = "pooled",
         stores: Sequence[FeatureStore] = (),
         optim: Optional[Dict[str, Any]] = None,
         run_config: Optional[Dict[str, Any]] = None,
@@ -80,7 +84,8 @@ class CorrespondenceModule(L.LightningModule):
         self.loss_fn = loss
         self.transfer = dict(transfer or {})
         self.optim_cfg = dict(optim or {})
-        protocol = dict(alphas=alphas, threshold_by=threshold_by, average=average)
+        protocol = dict(alphas=alphas, threshold_by=threshold_by, average=average, strict=strict,
+                        frame=frame, headline=headline)
         self.test_pck = PCK(categories=categories, **protocol)
         self.val_pck = PCK(categories=categories, **protocol)
 

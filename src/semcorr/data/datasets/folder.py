@@ -31,7 +31,7 @@ import numpy as np
 from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, points, read_csv, read_json, split_floats
-from semcorr.metrics.pck import THRESHOLD_BY
+from semcorr.metrics.protocol import THRESHOLD_BY, protocol
 
 
 @dataclass
@@ -69,7 +69,11 @@ class FolderDataset(PairDataset):
         if threshold_by not in THRESHOLD_BY:
             raise DataError(f"folder: unknown threshold_by {threshold_by!r}; valid: auto, "
                              f"{', '.join(THRESHOLD_BY)}")
-        self.protocol = {"threshold_by": threshold_by, "average": average}
+        try:
+            self.protocols = {"folder": protocol(threshold_by=threshold_by, average=average)}
+        except ValueError as err:
+            raise DataError(f"folder: {err}") from None
+        self.default_protocol = "folder"
         self.finalize(records)
 
     def _from_json(self, item: Dict[str, Any], index: int, path: Path) -> PairRecord:

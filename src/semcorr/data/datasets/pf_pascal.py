@@ -4,11 +4,25 @@
 (looked up in ``root``, ``root/image_pairs`` and ``root/PF-dataset-PASCAL``; ``data.pairs_csv``
 overrides). Header ``source_image,target_image,class,XA,YA,XB,YB[,flip]``: image paths relative to
 ``root``, ``class`` 1-20 in PASCAL VOC order, coordinates ``;``-separated, 1-based (MATLAB) and
-negative where the keypoint is not annotated (invalid). ``flip`` = 1 (training list) serves the
-pair mirrored: both images flipped horizontally, keypoints with them (ids are per pair, so no
-re-labelling is needed).
+negative where the keypoint is not annotated (invalid). The ``flip`` column exists only in the
+training and validation lists: a training augmentation. On the **train** split ``flip`` = 1
+serves the pair mirrored (both images flipped horizontally, keypoints with them; ids are per
+pair, so no re-labelling is needed), as HPF / DHPF / CATs (``data/pfpascal.py``: read for
+``trn`` only) and NC-Net's training loader do. Val and test pairs are never flipped, whatever
+their file holds (no evaluator flips PF-PASCAL evaluation pairs).
 
-Protocol: threshold alpha * max(h, w) of the target image, mean per image.
+Protocols (``metric.protocol``; docs/datasets.md has the table):
+
+- ``zero_shot`` (default): L = max(h, w) of the target image in original pixels, source ->
+  target, mean per image: the zero-shot lineage (``Junyi42/GeoAware-SC`` ``pck_train.py``,
+  ``Junyi42/sd-dino`` ``pck_spair_pascal.py``, which compare with ``<``: ``metric.strict=true``);
+  the same numbers as HPF's original-pixel evaluation (``juhongm999/hpf``).
+- ``ncnet``: target -> source, keypoints and predictions scaled anisotropically into a 224 x 224
+  frame, L = 224 (``ignacio-rocco/ncnet`` ``lib/pf_dataset.py`` ``pck_procedure='scnet'``,
+  ``lib/eval_util.py``).
+- ``cats``: target -> source in a 256 x 256 frame, L = 256
+  (``SunghwanHong/Cost-Aggregation-transformers`` ``data/dataset.py``,
+  ``utils_training/evaluation.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from semcorr.registry import register
 from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_csv, split_floats
 from semcorr.data.transforms import mirror_points
+from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -39,7 +54,19 @@ class PFPascalConfig(DataConfig):
 
 @register("data", "pf_pascal", PFPascalConfig)
 class PFPascalDataset(PairDataset):
-    protocol = {"threshold_by": "image", "average": "per_image"}
+    protocols = {
+        "zero_shot": protocol(
+            threshold_by="image", reference="Junyi42/GeoAware-SC pck_train.py; "
+                                            "Junyi42/sd-dino pck_spair_pascal.py"),
+        "ncnet": protocol(
+            threshold_by="image", frame=224, direction="trg_to_src",
+            reference="ignacio-rocco/ncnet lib/pf_dataset.py (pck_procedure scnet), lib/eval_util.py"),
+        "cats": protocol(
+            threshold_by="image", frame=256, direction="trg_to_src",
+            reference="SunghwanHong/Cost-Aggregation-transformers data/dataset.py, "
+                      "utils_training/evaluation.py"),
+    }
+    default_protocol = "zero_shot"
 
     def __init__(self, root: Optional[str] = None, split: str = "test",
                  pairs_csv: Optional[str] = None, **kwargs) -> None:
@@ -49,6 +76,7 @@ class PFPascalDataset(PairDataset):
         self.image_root = resolve_root(root, "pf-pascal", "pf_pascal")
         path = self._find_csv(pairs_csv, split)
         rows = read_csv(path, "pf_pascal", COLUMNS)
+        self.flips = split == "train"  # the flip column is a training augmentation
         records = [self._record(row, i, path) for i, row in enumerate(rows)]
         self.finalize(records, categories=[c for c in VOC_CLASSES if any(r.category == c for r in records)])
 
@@ -71,7 +99,7 @@ class PFPascalDataset(PairDataset):
             xa, ya, xb, yb = (split_floats(row[c]) for c in ("XA", "YA", "XB", "YB"))
             if not (len(xa) == len(ya) == len(xb) == len(yb)):
                 raise DataError("XA, YA, XB, YB differ in length")
-            flip = int(float(row.get("flip") or 0))
+            flip = int(float(row.get("flip") or 0)) if self.flips else 0
         except (KeyError, ValueError) as err:
             raise DataError(f"pf_pascal: {path}, row {index + 2}: {err}") from None
         src_raw, trg_raw = np.stack([xa, ya], 1), np.stack([xb, yb], 1)

@@ -4,7 +4,9 @@
 a 2 x 10 array of 1-based (x, y) coordinates. Pairs: every ordered pair of images within a subset
 (900), or a pair list: ``test_pairs.csv`` (``subset,src_image,trg_image``) or the NC-Net-style
 ``test_pairs_pf.csv`` (``imageA,imageB,XA,YA,XB,YB`` with ``;``-separated 1-based coordinates).
-Protocol: threshold alpha * max(w, h) of the box around the target keypoints, mean per image.
+Protocol ``hpf``: threshold alpha * max(w, h) of the box around the target keypoints, in
+original pixels, source -> target, mean per image (``juhongm999/hpf`` ``data/pfwillow.py``
+``get_pckthres`` with ``thres='bbox'``, ``model/evaluation.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import scipy.io
 
 from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
+from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
 
 SUBSETS = ["car(G)", "car(M)", "car(S)", "duck(S)", "motorbike(G)", "motorbike(M)",
@@ -49,7 +52,9 @@ def read_points(mat_path: Path) -> np.ndarray:
 
 @register("data", "pf_willow", PFWillowConfig)
 class PFWillowDataset(PairDataset):
-    protocol = {"threshold_by": "bbox_kp", "average": "per_image"}
+    protocols = {"hpf": protocol(threshold_by="bbox_kp", average="per_image",
+                                 reference="juhongm999/hpf data/pfwillow.py, model/evaluation.py")}
+    default_protocol = "hpf"
 
     def __init__(self, root: Optional[str] = None, split: str = "test",
                  pairs_csv: Optional[str] = None, train_categories: Sequence[str] = (),

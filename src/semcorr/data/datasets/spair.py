@@ -8,9 +8,21 @@ pixel coordinates), ``kps_ids``, ``src_bndbox``, ``trg_bndbox`` ([x1, y1, x2, y2
 ``scale_variation``, ``truncation``, ``occlusion``. ``data.<flag>=[values]`` keeps only pairs whose
 flag is one of the values (empty: all). Keypoints given as null or negative are invalid.
 
-Protocol: threshold alpha * max(w, h) of the target box, per image and per keypoint both
-reported (``pck_per_image`` / ``pck_per_keypoint``); ``pck`` is per keypoint, as in the SPair-71k
-paper. Symmetric keypoints (GW-OT symmetry term, flips) come from ``semcorr.data.symmetry``.
+Protocols (``metric.protocol``):
+
+- ``hpf`` (default): threshold alpha * max(w, h) of the target box in original pixels, source ->
+  target, ``pck`` per image = the mean over all pairs pooled (categories weighted by their pair
+  counts). This is the official code of the SPair-71k authors' group: ``juhongm999/hpf``
+  ``model/evaluation.py`` (``eval_pck``: one PCK per pair; ``log_pck``: their mean over every
+  pair; ``correct_kps``: ``torch.le``) and ``data/dataset.py`` (``get_pckthres``: target box);
+  DHPF and CHM average the same way. ``pck_per_keypoint`` (all correct / all valid keypoints, the
+  "per point" / "per keypoint" numbers of DIFT and the GW-OT paper's other half of Tab. 2) is
+  always in metrics.json too; ``metric.average=per_keypoint`` makes it the headline.
+- ``cats``: target -> source, keypoints, predictions and the (source) box scaled anisotropically
+  into a 256 x 256 frame (``SunghwanHong/Cost-Aggregation-transformers``
+  ``utils_training/evaluation.py``: ``bbox = batch['src_bbox']``).
+
+Symmetric keypoints (GW-OT symmetry term, flips) come from ``semcorr.data.symmetry``.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, points, read_json
 from semcorr.data.symmetry import load_symmetry, sym_indices
+from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
 
 log = logging.getLogger(__name__)
@@ -45,7 +58,14 @@ class SPairConfig(DataConfig):
 
 @register("data", "spair", SPairConfig)
 class SPairDataset(PairDataset):
-    protocol = {"threshold_by": "bbox", "average": "per_keypoint"}
+    protocols = {
+        "hpf": protocol(threshold_by="bbox", average="per_image",
+                        reference="juhongm999/hpf model/evaluation.py, data/dataset.py"),
+        "cats": protocol(threshold_by="bbox", frame=256, direction="trg_to_src",
+                         reference="SunghwanHong/Cost-Aggregation-transformers "
+                                   "utils_training/evaluation.py, data/dataset.py"),
+    }
+    default_protocol = "hpf"
 
     def __init__(self, root: Optional[str] = None, split: str = "test", layout: str = "large",
                  viewpoint_variation=(), scale_variation=(), truncation=(), occlusion=(),

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
+from semcorr.metrics.protocol import protocol
 
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_029}
 DEFAULT_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
@@ -85,7 +86,8 @@ class ThinPlateSpline:
 
 @register("data", "synthetic", SyntheticConfig)
 class SyntheticPairs(PairDataset):
-    protocol = {"threshold_by": "image", "average": "per_image"}
+    protocols = {"image": protocol(threshold_by="image", average="per_image")}
+    default_protocol = "image"
 
     def __init__(self, root=None, split: str = "test", images=DEFAULT_IMAGES, n_pairs=None, n_keypoints=16,
                  rotation_deg=15.0, scale_range=(0.8, 1.2), shear=0.1, translation=0.08,

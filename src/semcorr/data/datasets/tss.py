@@ -4,21 +4,37 @@ Layout: ``root/<group>/<pair>/`` (or ``root/TSS_CVPR2016/<group>/<pair>/``), gro
 JODS, PASCAL; each pair folder holds ``image1.png``, ``image2.png``, ``flow1.flo``,
 ``flow2.flo`` (Middlebury), ``mask1.png``, ``mask2.png`` (foreground) and ``flip_gt.txt``.
 
-Flow convention (the benchmark's evaluation code): ``flowN.flo`` lives on the pixel grid of
-``imageN``; the pixel p of image N corresponds to ``p + flowN[p]`` in the *other* image, and that
-other image is mirrored horizontally first when ``flip_gt.txt`` holds 1 (the benchmark gives
-methods the mirrored image in that case). Values above 1e9 in magnitude (or NaN) mark unknown flow.
+Protocol ``tss_kit``: the authors' evaluation kit (``t-taniai/TSS_CVPR2016_EvaluationKit``,
+``EvalToolMATLAB/compute_scores.m`` and ``RunEvaluation.m``):
+
+- ``flowN.flo`` lives on the pixel grid of ``imageN`` (the query image); pixel p of image N
+  corresponds to ``p + flowN[p]`` in the other image. Values above 1e9 in magnitude (or NaN)
+  mark unknown flow.
+- The queries are **every** pixel of image N with known flow (the kit's ``flowGT < 1e9``; the
+  masks are only used for its segmentation score). A query whose flow lands outside the other
+  image is kept, as in the kit (no drop, no clip): a prediction always lies inside the image, so
+  it is correct only when within the threshold of that outside point.
+- L = max(h, w) of the other image (the one the flow points into), in original pixels; correct
+  when error <= alpha * L; alpha = 0.05 is the primary number.
+- Each pair is scored in both directions (1 -> 2 on flow1, 2 -> 1 on flow2); a group's value is
+  the mean over its samples (per image) and the headline is the unweighted mean of the three
+  group values (the "Avg." of the papers); the pooled mean over all samples is also reported.
+
+``flip_gt.txt`` (``data.flip_gt``): with ``other`` (default) a pair whose file holds 1 is served
+with the *other* image mirrored horizontally and the query image as stored, and the flow is read
+as pointing into the mirrored image. This is what the reference drivers that feed the kit do
+(``ignacio-rocco/cnngeometric_matconvnet`` ``evaluation/TSS/evaluateTSS.m``: ``im2prime =
+im2(:,end:-1:1,:)`` before computing flow 1, ``im1prime`` before flow 2; the flows are written
+without un-flipping; same in ``ignacio-rocco/weakalign`` ``data/tss_dataset.py``). With
+``ignore``, flip_gt.txt is not read and both images are served as stored, as in
+``PruneTruong/DenseMatching`` ``datasets/semantic_matching_datasets/tss.py`` (and SD-DINO's copy
+of it); the two conventions cannot both be right for flip pairs and only ``other`` is what the
+kit's reference drivers do. A mirrored image's id ends in ``#hflip``.
 
 Each pair is served as two samples, one per direction: source = image N (as stored), target =
-the other image (mirrored when flipped; its id then ends in ``#hflip``). The queries (keypoints)
-are the foreground pixels of maskN with known flow whose target lies inside the target image; the
-ground truth is their flow target. So every foreground pixel is evaluated, through the same dense,
-vectorised transfer as sparse keypoints. ``query_stride`` > 1 keeps one pixel per stride x stride
-block and ``max_queries`` caps the count by even subsampling: both only when asked.
-
-Protocol: threshold alpha * max(h, w) of the target image (alpha = 0.05 in the literature),
-PCK per image (per sample), per group (the categories) and overall (all samples of both
-directions).
+the other image. ``query_stride`` > 1 keeps one pixel per stride x stride block and
+``max_queries`` caps the count by even subsampling: both only when asked (they change the
+numbers).
 """
 
 from __future__ import annotations
@@ -31,19 +47,22 @@ import numpy as np
 import torch
 
 from semcorr.registry import register
-from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord, read_mask
+from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError
+from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
 
 GROUPS = ["FG3DCar", "JODS", "PASCAL"]
 FLO_MAGIC = 202021.25
 UNKNOWN_FLOW = 1e9
+FLIP_GT = ("other", "ignore")
 
 
 @dataclass
 class TSSConfig(DataConfig):
-    query_stride: int = 1  # 1: every foreground pixel is a query
+    query_stride: int = 1  # 1: every pixel with known flow is a query
     max_queries: Optional[int] = None  # None: no cap
+    flip_gt: str = "other"  # other: mirror the other image of flip_gt=1 pairs | ignore
 
 
 def read_flo(path: Path) -> np.ndarray:
@@ -69,32 +88,27 @@ def read_flip(path: Path) -> bool:
         raise DataError(f"tss: {path} should hold 0 or 1, not {text[:20]!r}") from None
 
 
-def flow_queries(flow: np.ndarray, mask: np.ndarray, trg_hw: tuple[int, int], stride: int = 1,
-                 max_queries: Optional[int] = None):
-    """Query pixels and their ground truth from a flow field.
+def flow_queries(flow: np.ndarray, stride: int = 1, max_queries: Optional[int] = None):
+    """Query pixels and their ground truth from a flow field, as the TSS kit scores them.
 
     Args:
-        flow: (h, w, 2) flow on the source grid; mask: (h, w) source foreground.
-        trg_hw: (h, w) of the target image the flow points into (as served, i.e. mirrored when
-            the pair is flipped).
+        flow: (h, w, 2) flow on the query image's grid, pointing into the other image.
+        stride: keep one pixel per stride x stride block (1: all).
+        max_queries: keep this many, evenly spaced (None: all).
     Returns:
-        src (K, 2), trg (K, 2) float (x, y) pixel-index coordinates, every foreground pixel with
-        known flow whose target lies in the target image (row-major order).
+        src (K, 2), trg (K, 2) float (x, y) pixel-index coordinates: every pixel with known flow
+        (row-major order) and where its flow lands, inside the other image or not.
     """
-    if flow.shape[:2] != mask.shape:
-        raise DataError(f"flow of {flow.shape[:2]} and mask of {mask.shape} differ in size")
-    ys, xs = np.nonzero(mask)
+    h, w = flow.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
     if stride > 1:
         keep = (ys % stride == stride // 2) & (xs % stride == stride // 2)
         ys, xs = ys[keep], xs[keep]
     uv = flow[ys, xs].astype(np.float64)
     known = np.isfinite(uv).all(1) & (np.abs(uv) < UNKNOWN_FLOW).all(1)
-    src = np.stack([xs, ys], 1).astype(np.float64)
-    trg = src + np.where(known[:, None], uv, 0.0)
-    h, w = trg_hw
-    inside = (trg[:, 0] >= -0.5) & (trg[:, 0] <= w - 0.5) & (trg[:, 1] >= -0.5) & (trg[:, 1] <= h - 0.5)
-    ok = known & inside
-    src, trg = src[ok], trg[ok]
+    src = np.stack([xs, ys], 1).astype(np.float64)[known]
+    trg = src + uv[known]
     if max_queries is not None and len(src) > max_queries:
         pick = np.linspace(0, len(src) - 1, max_queries).round().astype(np.int64)
         src, trg = src[pick], trg[pick]
@@ -103,15 +117,22 @@ def flow_queries(flow: np.ndarray, mask: np.ndarray, trg_hw: tuple[int, int], st
 
 @register("data", "tss", TSSConfig)
 class TSSDataset(PairDataset):
-    protocol = {"threshold_by": "image", "average": "per_image"}
+    protocols = {"tss_kit": protocol(
+        threshold_by="image", average="per_image", headline="category_mean",
+        reference="t-taniai/TSS_CVPR2016_EvaluationKit EvalToolMATLAB/compute_scores.m, "
+                  "RunEvaluation.m")}
+    default_protocol = "tss_kit"
 
     def __init__(self, root: Optional[str] = None, split: str = "test", query_stride: int = 1,
-                 max_queries: Optional[int] = None, **kwargs) -> None:
+                 max_queries: Optional[int] = None, flip_gt: str = "other", **kwargs) -> None:
         super().__init__(**kwargs)
         if split != "test":
             raise DataError(f"tss has only a test split, not {split!r}")
         if query_stride < 1:
             raise DataError(f"tss: query_stride must be >= 1, got {query_stride}")
+        if flip_gt not in FLIP_GT:
+            raise DataError(f"tss: unknown flip_gt {flip_gt!r}; valid: {', '.join(FLIP_GT)}")
+        self.flip_gt = flip_gt
         base = resolve_root(root, "tss", "tss")
         if (base / "TSS_CVPR2016").is_dir():
             base = base / "TSS_CVPR2016"
@@ -130,7 +151,7 @@ class TSSDataset(PairDataset):
         self.finalize(records, categories=[g for g in GROUPS if any(r.category == g for r in records)])
 
     def _records(self, group: str, pair_dir: Path) -> List[PairRecord]:
-        flip = read_flip(pair_dir / "flip_gt.txt")
+        flip = self.flip_gt == "other" and read_flip(pair_dir / "flip_gt.txt")
         rel = pair_dir.relative_to(self.image_root).as_posix()
         out = []
         for a, b in ((1, 2), (2, 1)):
@@ -148,12 +169,10 @@ class TSSDataset(PairDataset):
         d, a = rec.meta["dir"], rec.meta["a"]
         src_img, trg_img = self.read_image(rec.src), self.read_image(rec.trg)
         flow = read_flo(d / f"flow{a}.flo")
-        mask = read_mask(d / f"mask{a}.png")
-        if flow.shape[:2] != tuple(src_img.shape[-2:]) or mask.shape != tuple(src_img.shape[-2:]):
-            raise DataError(f"tss: {d}: flow{a}.flo {flow.shape[:2]} / mask{a}.png {mask.shape} do "
-                             f"not match image{a}.png {tuple(src_img.shape[-2:])}")
-        src, trg = flow_queries(flow, mask, tuple(trg_img.shape[-2:]), self.query_stride,
-                                self.max_queries)
+        if flow.shape[:2] != tuple(src_img.shape[-2:]):
+            raise DataError(f"tss: {d}: flow{a}.flo {flow.shape[:2]} does not match "
+                            f"image{a}.png {tuple(src_img.shape[-2:])}")
+        src, trg = flow_queries(flow, self.query_stride, self.max_queries)
         k = len(src)
         return {
             "category": rec.category,
