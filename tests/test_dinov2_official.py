@@ -11,17 +11,14 @@ loader from a local file). Reduced depth keeps this fast; the blocks are the sam
 
 from __future__ import annotations
 
-import sys
-import warnings
-from functools import partial
 from pathlib import Path
 
 import pytest
-import timm
 import torch
-from timm.models.vision_transformer import checkpoint_filter_fn
 
-from semcorr.backbones.dinov2 import MODELS, DinoV2, official_pos_embed
+from reference.dinov2_oracle import (giant_official, has_official, import_official, official_tokens, rel,
+                                     save_official, small_official, timm_weights_kwargs)
+from semcorr.backbones.dinov2 import DinoV2, official_pos_embed
 from semcorr.paths import SHARED_REFERENCE_ENV, shared_reference_dir
 
 TOL = 1e-4  # ||a - b|| / ||b||, float32
@@ -31,70 +28,11 @@ TOL = 1e-4  # ||a - b|| / ||b||, float32
 def official():
     """The official ``dinov2`` package (model code only; never pretrained weights)."""
     ref = shared_reference_dir()
-    if ref is None or not (ref / "dinov2" / "dinov2" / "hub" / "backbones.py").is_file():
+    if not has_official(ref):
         pytest.skip(f"official DINOv2 reference code not found: set {SHARED_REFERENCE_ENV} or place "
                     f"it at ../shared/reference/dinov2 (looked in {ref})")
-    sys.path.insert(0, str(ref / "dinov2"))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "xFormers is not available": plain attention
-            import dinov2.hub.backbones as hub
-            import dinov2.layers as layers
-            import dinov2.models.vision_transformer as vits
-        yield hub, vits, layers
-    finally:
-        sys.path.remove(str(ref / "dinov2"))
-
-
-def perturb(model: torch.nn.Module) -> torch.nn.Module:
-    """Make the position embedding, LayerScale and prefix tokens matter (random init has
-    LayerScale 1 and position embeddings of std 0.02)."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name == "pos_embed":
-                p.add_(torch.randn(p.shape, generator=g) * 0.5)
-            elif name.endswith(("ls1.gamma", "ls2.gamma")):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif name in ("cls_token", "register_tokens"):
-                p.copy_(torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def small_official(official, registers: bool, depth: int) -> torch.nn.Module:
-    """The hub's ViT-S/14 (``dinov2_vits14[_reg]``, pretrained=False), cut to ``depth`` blocks."""
-    hub = official[0]
-    torch.manual_seed(0)
-    model = (hub.dinov2_vits14_reg if registers else hub.dinov2_vits14)(pretrained=False)
-    assert not model.chunked_blocks  # the hub builds with block_chunks=0
-    model.blocks = model.blocks[:depth]
-    model.n_blocks = depth
-    return perturb(model)
-
-
-def giant_official(official, registers: bool) -> torch.nn.Module:
-    """ViT-g/14 with one block. ``vit_giant2`` fixes depth=40, so the class is built directly
-    with the arguments ``dinov2_vitg14[_reg]`` give it (hub defaults plus ffn_layer="swiglufused")."""
-    _, vits, layers = official
-    torch.manual_seed(0)
-    extra = dict(num_register_tokens=4, interpolate_antialias=True, interpolate_offset=0.0) \
-        if registers else dict(num_register_tokens=0, interpolate_antialias=False, interpolate_offset=0.1)
-    model = vits.DinoVisionTransformer(
-        img_size=518, patch_size=14, embed_dim=1536, depth=1, num_heads=24, mlp_ratio=4,
-        block_fn=partial(layers.NestedTensorBlock, attn_class=layers.MemEffAttention),
-        init_values=1.0, ffn_layer="swiglufused", block_chunks=0, **extra)
-    return perturb(model)
-
-
-def official_tokens(model, x: torch.Tensor, layer: int | None = None, norm: bool = True):
-    """(B, h*w, D) patch tokens of the official model for [0, 1] images ``x``."""
-    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    with torch.no_grad():
-        if layer is None:
-            return model.forward_features(x)["x_norm_patchtokens"]
-        return model.get_intermediate_layers(x, n=[layer], norm=norm)[0]
+    with import_official(ref) as modules:
+        yield modules
 
 
 def ours_tokens(backbone: DinoV2, x: torch.Tensor) -> torch.Tensor:
@@ -102,26 +40,9 @@ def ours_tokens(backbone: DinoV2, x: torch.Tensor) -> torch.Tensor:
         return backbone(x).flat()
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def save_official(model, tmp_path: Path) -> Path:
-    path = tmp_path / "dinov2_pretrain.pth"
-    torch.save(model.state_dict(), path)  # the official checkpoint format
-    return path
-
-
-def timm_weights(model_name: str, official_state: dict, depth: int, tmp_path: Path, monkeypatch) -> dict:
-    """model_kwargs for ``weights="timm"`` that make timm's pretrained loader read a local file
-    holding what timm's hub holds: the official state dict converted by checkpoint_filter_fn."""
+def timm_weights(model_name, official_state, depth, tmp_path: Path, monkeypatch) -> dict:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    target = timm.create_model(MODELS[model_name], pretrained=False, num_classes=0, depth=depth)
-    converted = checkpoint_filter_fn({k: v.clone() for k, v in official_state.items()}, target)
-    target.load_state_dict(converted, strict=True)
-    path = tmp_path / "timm_model.pth"
-    torch.save(target.state_dict(), path)
-    return {"depth": depth, "pretrained_cfg_overlay": {"file": str(path)}}
+    return timm_weights_kwargs(model_name, official_state, depth, tmp_path / "timm_model.pth")
 
 
 SIZES = [(224, 224), (448, 448), (448, 630), (644, 392), (518, 518)]  # (H, W); 518: native grid
@@ -131,7 +52,7 @@ SIZES = [(224, 224), (448, 448), (448, 630), (644, 392), (518, 518)]  # (H, W); 
 def test_small_models_match_the_official_code(official, registers, tmp_path, monkeypatch):
     ref = small_official(official, registers, depth=2)
     name = "vits14_reg" if registers else "vits14"
-    path = save_official(ref, tmp_path)
+    path = save_official(ref, tmp_path / "dinov2_pretrain.pth")
     from_pth = DinoV2(model=name, weights=str(path), model_kwargs={"depth": 2}).eval()
     from_timm = DinoV2(model=name, weights="timm", model_kwargs=timm_weights(
         name, ref.state_dict(), 2, tmp_path, monkeypatch)).eval()
@@ -154,7 +75,7 @@ def test_small_models_match_the_official_code(official, registers, tmp_path, mon
 
 def test_layer_and_norm_options_match_the_official_intermediate_layers(official, tmp_path):
     ref = small_official(official, registers=False, depth=3)
-    path = save_official(ref, tmp_path)
+    path = save_official(ref, tmp_path / "dinov2_pretrain.pth")
     x = torch.rand(2, 3, 280, 196)
     for layer, norm in [(0, False), (1, True), (-1, False)]:
         ours = DinoV2(model="vits14", weights=str(path), layer=layer, norm=norm,
@@ -176,7 +97,7 @@ def test_giant_matches_the_official_code(official, registers, tmp_path, monkeypa
         ours = DinoV2(model=name, weights="timm", model_kwargs=kwargs).eval()
         sizes = [(224, 224), (392, 294)]
     else:
-        ours = DinoV2(model=name, weights=str(save_official(ref, tmp_path)),
+        ours = DinoV2(model=name, weights=str(save_official(ref, tmp_path / "dinov2_pretrain.pth")),
                       model_kwargs={"depth": 1}).eval()
         sizes = [(224, 224), (448, 630)]
     assert ours.vit.blocks[0].mlp.fc1.out_features == 2 * ref.blocks[0].mlp.w3.in_features == 8192
