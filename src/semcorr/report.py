@@ -7,6 +7,8 @@
 - :class:`PredictionPanel`: during training, a figure of the first validation pairs after each
   validation.
 
+Under N processes both gather what the ranks collected (in dataset order) before they report.
+
 The :class:`~semcorr.models.CorrespondenceModule` only computes; these objects own what is kept.
 """
 
@@ -18,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 import lightning as L
 import torch
 
+from semcorr.distributed import gather_objects
 from semcorr.metrics.pck import pck_thresholds
 
 
@@ -50,10 +53,17 @@ def pair_records(batch: Dict[str, Any], pred_orig: torch.Tensor, threshold_by: s
 
 
 class EvalReport(L.Callback):
-    """Collects, over one ``trainer.test``: every pair's normalised errors (``errors``: one 1-D
-    tensor of ``dist / L`` over its valid keypoints per pair, in dataset order), the first
-    ``keep`` pair records (``predictions``, for figures), milliseconds spent in the backbone and
-    in matching, and the number of images the backbone processed.
+    """Collects, over one ``trainer.test``: every pair's record (:func:`pair_records`;
+    ``records``, in dataset order), from which ``errors`` (one 1-D tensor of ``dist / L`` over
+    its valid keypoints per pair: the PCK curve) and ``predictions`` (the first ``keep`` records,
+    for figures); milliseconds spent in the backbone and in matching; the number of images the
+    backbone processed.
+
+    Under N processes each rank collects its shard and, at the end of the test epoch, every rank
+    receives all of them (:func:`semcorr.distributed.gather_objects`), ordered by the pairs'
+    dataset ``index``: the report equals a one-process run's, except that ``backbone_calls`` and
+    the milliseconds are totals over the ranks (each rank has its own feature cache). Whatever a
+    record carries rides along.
 
     Args:
         threshold_by: the PCK length L (``bbox`` | ``bbox_kp`` | ``image``).
@@ -62,29 +72,38 @@ class EvalReport(L.Callback):
 
     def __init__(self, threshold_by: str, keep: int = 0) -> None:
         self.threshold_by, self.keep = threshold_by, int(keep)
-        self.errors: List[torch.Tensor] = []
-        self.predictions: List[Dict[str, Any]] = []
+        self.records: List[Dict[str, Any]] = []
         self.ms: Dict[str, float] = {}
-        self.n_pairs = 0
         self.backbone_calls = 0
         self._calls_at_start = 0
 
+    @property
+    def n_pairs(self) -> int:
+        return len(self.records)
+
+    @property
+    def errors(self) -> List[torch.Tensor]:
+        return [r["norm_error"][r["valid"]] for r in self.records]
+
+    @property
+    def predictions(self) -> List[Dict[str, Any]]:
+        return self.records[: self.keep]
+
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.errors, self.predictions, self.ms, self.n_pairs = [], [], {}, 0
+        self.records, self.ms, self.backbone_calls = [], {}, 0
         self._calls_at_start = pl_module.extractor.backbone_calls
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         for name, value in outputs["ms"].items():
             self.ms[name] = self.ms.get(name, 0.0) + value
-        for record in pair_records(batch, outputs["pred_orig"], self.threshold_by):
-            self.n_pairs += 1
-            err = record["norm_error"]
-            self.errors.append(err[record["valid"]])
-            if len(self.predictions) < self.keep:
-                self.predictions.append(record)
+        self.records.extend(pair_records(batch, outputs["pred_orig"], self.threshold_by))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.backbone_calls = pl_module.extractor.backbone_calls - self._calls_at_start
+        calls = pl_module.extractor.backbone_calls - self._calls_at_start
+        shards = gather_objects({"records": self.records, "ms": self.ms, "calls": calls})
+        self.records = sorted((r for s in shards for r in s["records"]), key=lambda r: r["index"])
+        self.ms = {k: sum(s["ms"].get(k, 0.0) for s in shards) for k in {k for s in shards for k in s["ms"]}}
+        self.backbone_calls = sum(s["calls"] for s in shards)
 
     def timing(self) -> Dict[str, float]:
         """``backbone_ms_per_image``, ``match_ms_per_pair`` and ``backbone_calls``."""
@@ -121,7 +140,12 @@ class PredictionPanel(L.Callback):
             self.predictions.extend(records[: self.keep - len(self.predictions)])
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[Path]:
-        if trainer.sanity_checking or not self.predictions:
+        if trainer.sanity_checking:
+            return None
+        # every rank drew from its shard: the first `keep` of all of them, as in one process
+        shards = gather_objects(self.predictions)
+        self.predictions = sorted((r for s in shards for r in s), key=lambda r: r["index"])[: self.keep]
+        if not trainer.is_global_zero or not self.predictions:
             return None
         from semcorr.viz import plot_predictions
 

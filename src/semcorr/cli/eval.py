@@ -4,6 +4,10 @@ Writes ``<out_dir>/config.yaml``, ``metrics.json`` (with a PCK-vs-alpha ``pck_cu
 figures ``keypoints.png``, ``pck_curve.png`` and ``dense_warp.png`` (``plots.*``), logs to CSV and
 W&B, and prints a PCK table. ``ckpt=RUN`` evaluates a trained run's best checkpoint through the
 same pipeline (see :func:`semcorr.cli.common.resolve_config`).
+
+Distributed (``trainer.devices=N``, ``trainer.strategy=ddp``, ``trainer.num_nodes``): each process
+scores its shard of the pairs (no pair twice, none left out), the metrics and the per-pair report
+are gathered, and global rank 0 alone writes the files and prints the table (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Optional, Sequence
 import lightning as L
 
 from semcorr.builder import build_run, config_dict, run_protocol
-from semcorr.cli.common import accelerator, parse_args, pck_table, resolve_config, run_main
+from semcorr.cli.common import (parse_args, pck_table, quiet_unless, resolve_config, run_main,
+                                share_out_dir, trainer_kwargs)
 from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
 from semcorr.config import save_config
 from semcorr.figures import write_eval_figures
@@ -34,26 +39,27 @@ def evaluate(argv: Sequence[str]) -> int:
         return 0
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = Path(cfg.out_dir)
-    save_config(cfg, out_dir)
     run = build_run(cfg, stage="test")
     dataset = run.dataset
     proto = run_protocol(cfg, dataset)
     report = EvalReport(proto["threshold_by"], keep=cfg.plots.n_pairs)
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
-    trainer = L.Trainer(
-        accelerator=accelerator(cfg), devices=1, logger=loggers or False, callbacks=[report],
-        default_root_dir=str(out_dir), enable_checkpointing=False,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
-        limit_test_batches=cfg.trainer.limit_test_batches, precision=cfg.trainer.precision,
-    )
-    log.info("evaluating %d pairs of %s (%s) with %s + %s", len(dataset), cfg.data.name,
-             cfg.data.split, cfg.backbone.name, cfg.matcher.name)
+    trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,
+                        callbacks=[report], default_root_dir=str(out_dir), enable_checkpointing=False)
+    quiet_unless(trainer.is_global_zero)
+    if trainer.is_global_zero:
+        save_config(cfg, out_dir)
+    log.info("evaluating %d pairs of %s (%s) with %s + %s on %d process(es)", len(dataset),
+             cfg.data.name, cfg.data.split, cfg.backbone.name, cfg.matcher.name, trainer.world_size)
     success = False
     try:
-        metrics = _evaluate(cfg, trainer, run, report, proto, loggers, out_dir)
+        with share_out_dir(cfg):
+            metrics = _evaluate(cfg, trainer, run, report, proto, loggers, out_dir)
         success = True
     finally:
         finish_loggers(loggers, success)
+    if not trainer.is_global_zero:
+        return 0
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
                                         f"{proto['average']}, threshold by {proto['threshold_by']}") + "\n")
     sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, {metrics['timing']['pairs_per_s']:.1f} "
@@ -62,7 +68,8 @@ def evaluate(argv: Sequence[str]) -> int:
 
 
 def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
-    """Test the run's model; write ``metrics.json`` and the figures; return the metrics."""
+    """Test the run's model; return the metrics (all ranks); rank 0 writes ``metrics.json`` and
+    the figures."""
     module, datamodule, dataset = run.module, run.datamodule, run.dataset
     t0 = time.perf_counter()
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -82,11 +89,15 @@ def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
             "seconds": seconds,
             "pairs_per_s": result["n_pairs"] / max(seconds, 1e-9),
             **report.timing(),
+            "processes": trainer.world_size,
             "distinct_images": len(dataset.image_ids()),
         },
         "config": config_dict(cfg),
     }
     metrics["pck_curve"] = curve_entry(report.errors, cfg.plots.curve_max_alpha, proto["average"])
+    if not trainer.is_global_zero:
+        return metrics
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     figures = write_eval_figures(module, report, dataset, out_dir, cfg.plots, proto["threshold_by"],
                                  metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}")
