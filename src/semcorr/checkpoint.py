@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from semcorr.config import RunConfig
+from semcorr.config import RunConfig, TrainerConfig
 from semcorr.errors import ConfigError
 from semcorr.registry import GROUPS, schemas
 
@@ -82,7 +82,14 @@ def checkpoint_config(path: str | Path) -> DictConfig:
     if "weights" in cfg.backbone:
         cfg.backbone.weights = "none"  # every weight comes from the checkpoint
     cfg.out_dir = None
+    # the processes the run trained on say nothing about where it is evaluated: the defaults
+    # (one device) unless the command line sets them
+    for key in PLACEMENT_KEYS:
+        cfg.trainer[key] = getattr(TrainerConfig, key)
     return cfg
+
+
+PLACEMENT_KEYS = ("devices", "num_nodes", "strategy", "sync_batchnorm", "profiler")
 
 
 def load_weights(module: torch.nn.Module, path: str | Path) -> Path:

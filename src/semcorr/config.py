@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import semcorr.components  # noqa: F401  (fills the registry the group schemas come from)
+from semcorr.distributed import launch_out_dir
 from semcorr.errors import ConfigError
 from semcorr.registry import GROUPS, schemas
 
@@ -119,7 +120,11 @@ class TrainerConfig:
     """Arguments passed to ``lightning.Trainer`` (``trainer.*`` on the command line)."""
 
     accelerator: str = "auto"
-    devices: Any = 1
+    devices: Any = 1  # per node; > 1 (or -1: all) runs one process per device
+    strategy: Any = "auto"  # e.g. ddp; see docs/distributed.md
+    num_nodes: int = 1
+    sync_batchnorm: bool = False
+    profiler: Optional[str] = None  # simple | advanced | pytorch
     precision: Any = "32-true"
     max_steps: int = -1
     max_epochs: Optional[int] = None
@@ -163,7 +168,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    out_dir: Optional[str] = None  # None: runs/<timestamp>
+    out_dir: Optional[str] = None  # None: runs/<timestamp> (one folder per launch, all ranks)
     seed: int = 0
     ckpt: Optional[str] = None
     device: str = "auto"  # auto | cpu | cuda
@@ -317,10 +322,16 @@ def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
         cfg.experiment = experiment
     OmegaConf.set_struct(cfg, True)
     if cfg.out_dir is None:
-        import datetime
-
-        cfg.out_dir = "runs/" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.out_dir = default_out_dir()
     return cfg
+
+
+def default_out_dir() -> str:
+    """``runs/<timestamp>``; in a distributed launch the name every process agrees on
+    (:func:`semcorr.distributed.launch_out_dir`)."""
+    import datetime
+
+    return launch_out_dir() or "runs/" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -9,6 +9,8 @@
 - :class:`PredictionPanel`: during training, a figure of the first validation pairs after each
   validation.
 
+Under N processes both gather what the ranks collected (in dataset order) before they report.
+
 The :class:`~semcorr.models.CorrespondenceModule` only computes; these objects own what is kept.
 """
 
@@ -20,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 import lightning as L
 import torch
 
+from semcorr.distributed import gather_objects
 from semcorr.metrics.pck import pck_correct, pck_inputs
 from semcorr.predictions import prediction_row
 
@@ -64,11 +67,17 @@ def pair_records(batch: Dict[str, Any], pred_orig: torch.Tensor, threshold_by: s
 
 
 class EvalReport(L.Callback):
-    """Collects, over one ``trainer.test``: every pair's normalised errors (``errors``: one 1-D
-    tensor of ``dist / L`` over its valid keypoints per pair, in dataset order), every pair's
-    ``predictions.jsonl`` row (``rows``, each with the pair's dataset ``index``; given
-    ``alphas``), the first ``keep`` pair records (``predictions``, for figures), milliseconds
-    spent in the backbone and in matching, and the number of images the backbone processed.
+    """Collects, over one ``trainer.test``, per pair (in dataset order): the normalised errors
+    (``errors``: one 1-D tensor of ``dist / L`` over its valid keypoints: the PCK curve), the
+    ``predictions.jsonl`` row (``rows``, given ``alphas``: :mod:`semcorr.predictions`), and the
+    first ``keep`` pair records (``predictions``, for figures); milliseconds spent in the backbone
+    and in matching; the number of images the backbone processed.
+
+    Under N processes each rank collects its shard and, at the end of the test epoch, every rank
+    receives all of them (:func:`semcorr.distributed.gather_objects`), ordered by the pairs'
+    dataset ``index``: the report equals a one-process run's, except that ``backbone_calls`` and
+    the milliseconds are totals over the ranks (each rank has its own feature cache). Per pair
+    only the compact entries are kept (errors, a bounded row), so dense queries (TSS) stay small.
 
     Args:
         protocol: the run's protocol (:mod:`semcorr.metrics.protocol`; ``threshold_by``,
@@ -85,16 +94,29 @@ class EvalReport(L.Callback):
         self.threshold_by, self.keep = proto["threshold_by"], int(keep)
         self.frame, self.strict = proto.get("frame"), bool(proto.get("strict", False))
         self.alphas, self.max_points = [float(a) for a in alphas], max_points
-        self.errors: List[torch.Tensor] = []
-        self.rows: List[Dict[str, Any]] = []
-        self.predictions: List[Dict[str, Any]] = []
+        self.entries: List[Dict[str, Any]] = []  # per pair: index, errors, row?, record?
         self.ms: Dict[str, float] = {}
-        self.n_pairs = 0
         self.backbone_calls = 0
         self._calls_at_start = 0
 
+    @property
+    def n_pairs(self) -> int:
+        return len(self.entries)
+
+    @property
+    def errors(self) -> List[torch.Tensor]:
+        return [e["errors"] for e in self.entries]
+
+    @property
+    def rows(self) -> List[Dict[str, Any]]:
+        return [e["row"] for e in self.entries if "row" in e]
+
+    @property
+    def predictions(self) -> List[Dict[str, Any]]:
+        return [e["record"] for e in self.entries if "record" in e][: self.keep]
+
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.errors, self.rows, self.predictions, self.ms, self.n_pairs = [], [], [], {}, 0
+        self.entries, self.ms, self.backbone_calls = [], {}, 0
         self._calls_at_start = pl_module.extractor.backbone_calls
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -102,16 +124,20 @@ class EvalReport(L.Callback):
             self.ms[name] = self.ms.get(name, 0.0) + value
         for record in pair_records(batch, outputs["pred_orig"], self.threshold_by, self.frame,
                                    self.alphas, self.strict):
-            self.n_pairs += 1
-            err = record["norm_error"]
-            self.errors.append(err[record["valid"]])
+            entry = {"index": record["index"], "errors": record["norm_error"][record["valid"]]}
             if self.alphas:
-                self.rows.append(prediction_row(record, self.alphas, self.max_points))
-            if len(self.predictions) < self.keep:
-                self.predictions.append(record)
+                entry["row"] = prediction_row(record, self.alphas, self.max_points)
+            # this rank's first `keep` records hold the first `keep` of all ranks (see gathering)
+            if sum("record" in e for e in self.entries) < self.keep:
+                entry["record"] = record
+            self.entries.append(entry)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.backbone_calls = pl_module.extractor.backbone_calls - self._calls_at_start
+        calls = pl_module.extractor.backbone_calls - self._calls_at_start
+        shards = gather_objects({"entries": self.entries, "ms": self.ms, "calls": calls})
+        self.entries = sorted((e for s in shards for e in s["entries"]), key=lambda e: e["index"])
+        self.ms = {k: sum(s["ms"].get(k, 0.0) for s in shards) for k in {k for s in shards for k in s["ms"]}}
+        self.backbone_calls = sum(s["calls"] for s in shards)
 
     def timing(self) -> Dict[str, float]:
         """``backbone_ms_per_image``, ``match_ms_per_pair`` and ``backbone_calls``."""
@@ -148,7 +174,12 @@ class PredictionPanel(L.Callback):
             self.predictions.extend(records[: self.keep - len(self.predictions)])
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[Path]:
-        if trainer.sanity_checking or not self.predictions:
+        if trainer.sanity_checking:
+            return None
+        # every rank drew from its shard: the first `keep` of all of them, as in one process
+        shards = gather_objects(self.predictions)
+        self.predictions = sorted((r for s in shards for r in s), key=lambda r: r["index"])[: self.keep]
+        if not trainer.is_global_zero or not self.predictions:
             return None
         from semcorr.viz import plot_predictions
 

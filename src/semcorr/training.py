@@ -2,7 +2,8 @@
 
 - :class:`ResumeDataOrder`: points the training sampler
   (:class:`semcorr.data.samplers.EpochShuffleSampler`) at the restored trainer's progress, so
-  ``--resume`` replays exactly the batches an uninterrupted run would have seen;
+  ``--resume`` replays exactly the batches an uninterrupted run would have seen (with the same
+  number of processes; :func:`check_resume` refuses a mid-epoch checkpoint under another);
 - :class:`History`: the learning curves, for ``train_summary.json``.
 
 (The validation figure is :class:`semcorr.report.PredictionPanel`.)
@@ -10,22 +11,35 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import lightning as L
+import torch
+
+from semcorr.errors import ConfigError
 
 
 class ResumeDataOrder(L.Callback):
     """Points the training loader's :class:`EpochShuffleSampler` at the trainer's progress.
 
     When a run resumes mid-epoch the sampler skips the batches already trained on, and every
-    epoch (resumed or not) uses its own seeded order.
+    epoch (resumed or not) uses its own seeded order. Its checkpoint state records the number of
+    processes, whose shards of the order the skipped batches came from (:func:`check_resume`).
     """
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
+        self.world_size = 1
+
+    @property
+    def state_key(self) -> str:
+        return "ResumeDataOrder"
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"world_size": self.world_size, "batch_size": self.batch_size}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.world_size = trainer.world_size
         if stage != "fit" or not hasattr(trainer.datamodule, "train_position"):
             return
 
@@ -34,6 +48,24 @@ class ResumeDataOrder(L.Callback):
             return trainer.current_epoch, progress.completed * self.batch_size
 
         trainer.datamodule.train_position = position
+
+
+def check_resume(ckpt_path: str, world_size: int) -> None:
+    """Refuse (:class:`ConfigError`) to resume a checkpoint taken part-way into an epoch with another
+    number of processes than wrote it: the batches already trained on came from the other
+    number's shards of the epoch's order, so the rest of that epoch cannot be replayed. Checkpoints
+    at an epoch's end resume under any number of processes."""
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    saved = int((ckpt.get("callbacks", {}).get("ResumeDataOrder") or {}).get("world_size", 1))
+    if saved == world_size:
+        return
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    started = int(progress.get("current", {}).get("ready", 0))  # batches of this epoch begun
+    if started and not progress.get("is_last_batch", False):
+        raise ConfigError(
+            f"--resume: {ckpt_path} was saved part-way into epoch {ckpt.get('epoch', '?')} by "
+            f"{saved} process(es); resume it with {saved} (trainer.devices x trainer.num_nodes), "
+            f"not {world_size}, or from a checkpoint at an epoch's end")
 
 
 class History(L.Callback):

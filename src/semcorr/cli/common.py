@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from semcorr.checkpoint import checkpoint_config, ckpt_token
 from semcorr.config import EXPERIMENT, available, load_config, to_yaml
+from semcorr.distributed import DEFAULT_OUT_DIR_ENV, launch_rank_is_zero
 from semcorr.errors import ConfigError, SemcorrError
 from semcorr.registry import GROUPS
 
@@ -81,6 +84,12 @@ def parse_args(argv: Sequence[str], prog: str, flags: Sequence[str] = ()) -> Arg
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    quiet_unless(launch_rank_is_zero())
+
+
+def quiet_unless(rank_zero: bool) -> None:
+    """Only global rank 0 of a distributed run logs at INFO (the other ranks: warnings)."""
+    logging.getLogger("semcorr").setLevel(logging.INFO if rank_zero else logging.WARNING)
 
 
 def run_main(fn, argv: Optional[Sequence[str]], prog: str) -> int:
@@ -115,6 +124,73 @@ def accelerator(cfg: DictConfig) -> str:
     if cfg.trainer.accelerator != "auto":
         return cfg.trainer.accelerator
     return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+# trainer.* keys that evaluation passes to the Trainer (the others are about training)
+EVAL_TRAINER_KEYS = ("devices", "strategy", "num_nodes", "sync_batchnorm", "profiler", "precision",
+                     "limit_test_batches", "deterministic", "enable_progress_bar")
+
+
+def trainer_kwargs(cfg: DictConfig, stage: str = "fit", module: Optional[torch.nn.Module] = None
+                   ) -> Dict[str, Any]:
+    """``lightning.Trainer`` arguments from ``trainer.*`` (``stage="test"``: the evaluation ones).
+
+    The datamodule shards every split itself (:mod:`semcorr.data.samplers`), so Lightning's
+    distributed sampler is off. For training under DDP, a ``module`` whose trainable parameters
+    may sit out a step (:func:`may_leave_parameters_unused`) gets ``find_unused_parameters``.
+    """
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+              if v is not None}
+    if stage != "fit":
+        kwargs = {k: v for k, v in kwargs.items() if k in EVAL_TRAINER_KEYS}
+    kwargs["accelerator"] = accelerator(cfg)
+    kwargs["use_distributed_sampler"] = False
+    if stage == "fit" and module is not None and may_leave_parameters_unused(module) and (
+            kwargs.get("strategy") == "ddp"
+            or (kwargs.get("strategy", "auto") == "auto" and several_processes(kwargs))):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        kwargs["strategy"] = DDPStrategy(find_unused_parameters=True)
+    return kwargs
+
+
+def may_leave_parameters_unused(module: torch.nn.Module) -> bool:
+    """Whether some trainable parameter may get no gradient in a step: a learnable matcher's (GW-OT's
+    λ of a term the batch has no data for, e.g. ``lam_sym`` without symmetric keypoints). DDP
+    then needs ``find_unused_parameters=True``; heads and backbones use all their trainable
+    parameters in every step."""
+    matcher = getattr(module, "matcher", None)
+    return matcher is not None and any(p.requires_grad for p in matcher.parameters())
+
+
+def several_processes(kwargs: Dict[str, Any]) -> bool:
+    """Whether these Trainer arguments start more than one process (``strategy=auto`` is DDP)."""
+    if int(kwargs.get("num_nodes", 1)) > 1:
+        return True
+    devices = kwargs.get("devices", 1)
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()]) > 1
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    if str(devices) in ("-1", "auto"):
+        return kwargs.get("accelerator") == "gpu" and torch.cuda.device_count() > 1
+    return int(devices) > 1
+
+
+@contextmanager
+def share_out_dir(cfg: DictConfig) -> Iterator[None]:
+    """For the duration of a run, the processes Lightning launches from this one (``strategy=ddp``
+    on one node re-runs the command line) default to this run's ``out_dir`` (instead of a
+    timestamp of their own; see :func:`semcorr.distributed.launch_out_dir`)."""
+    before = os.environ.get(DEFAULT_OUT_DIR_ENV)
+    os.environ[DEFAULT_OUT_DIR_ENV] = str(cfg.out_dir)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(DEFAULT_OUT_DIR_ENV, None)
+        else:
+            os.environ[DEFAULT_OUT_DIR_ENV] = before
 
 
 def pck_table(result: Dict[str, Any], title: str) -> str:

@@ -6,6 +6,10 @@ figures ``keypoints.png``, ``pck_curve.png`` and ``dense_warp.png`` (``plots.*``
 W&B (with a table of the first ``logger.table_pairs`` pairs), and prints a PCK table.
 ``ckpt=RUN`` evaluates a trained run's best checkpoint through the same pipeline (see
 :func:`semcorr.cli.common.resolve_config`).
+
+Distributed (``trainer.devices=N``, ``trainer.strategy=ddp``, ``trainer.num_nodes``): each process
+scores its shard of the pairs (no pair twice, none left out), the metrics and the per-pair report
+are gathered, and global rank 0 alone writes the files and prints the table (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Optional, Sequence
 import lightning as L
 
 from semcorr.builder import build_run, config_dict
-from semcorr.cli.common import accelerator, parse_args, pck_table, resolve_config, run_main
+from semcorr.cli.common import (parse_args, pck_table, quiet_unless, resolve_config, run_main,
+                                share_out_dir, trainer_kwargs)
 from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers
 from semcorr.config import save_config
 from semcorr.figures import prediction_table, write_eval_figures
@@ -37,7 +42,6 @@ def evaluate(argv: Sequence[str]) -> int:
         return 0
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = Path(cfg.out_dir)
-    save_config(cfg, out_dir)
     run = build_run(cfg, stage="test")
     dataset = run.dataset
     proto = run.protocol
@@ -45,20 +49,22 @@ def evaluate(argv: Sequence[str]) -> int:
                         alphas=list(cfg.metric.alphas) if cfg.predictions.enabled else (),
                         max_points=cfg.predictions.max_points)
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
-    trainer = L.Trainer(
-        accelerator=accelerator(cfg), devices=1, logger=loggers or False, callbacks=[report],
-        default_root_dir=str(out_dir), enable_checkpointing=False,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
-        limit_test_batches=cfg.trainer.limit_test_batches, precision=cfg.trainer.precision,
-    )
-    log.info("evaluating %d pairs of %s (%s) with %s + %s", len(dataset), cfg.data.name,
-             cfg.data.split, cfg.backbone.name, cfg.matcher.name)
+    trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,
+                        callbacks=[report], default_root_dir=str(out_dir), enable_checkpointing=False)
+    quiet_unless(trainer.is_global_zero)
+    if trainer.is_global_zero:
+        save_config(cfg, out_dir)
+    log.info("evaluating %d pairs of %s (%s) with %s + %s on %d process(es)", len(dataset),
+             cfg.data.name, cfg.data.split, cfg.backbone.name, cfg.matcher.name, trainer.world_size)
     success = False
     try:
-        metrics = _evaluate(cfg, trainer, run, report, proto, loggers, out_dir)
+        with share_out_dir(cfg):
+            metrics = _evaluate(cfg, trainer, run, report, proto, loggers, out_dir)
         success = True
     finally:
         finish_loggers(loggers, success)
+    if not trainer.is_global_zero:
+        return 0
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
                                         f"protocol {protocol_summary(proto)}") + "\n")
     sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, {metrics['timing']['pairs_per_s']:.1f} "
@@ -67,7 +73,8 @@ def evaluate(argv: Sequence[str]) -> int:
 
 
 def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
-    """Test the run's model; write ``metrics.json`` and the figures; return the metrics."""
+    """Test the run's model; return the metrics (all ranks); rank 0 writes ``metrics.json`` and
+    the figures."""
     module, datamodule, dataset = run.module, run.datamodule, run.dataset
     t0 = time.perf_counter()
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -89,12 +96,16 @@ def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
             "seconds": seconds,
             "pairs_per_s": result["n_pairs"] / max(seconds, 1e-9),
             **report.timing(),
+            "processes": trainer.world_size,
             "distinct_images": len(dataset.image_ids()),
         },
         "config": config_dict(cfg),
     }
     metrics["pck_curve"] = curve_entry(report.errors, cfg.plots.curve_max_alpha, proto["average"],
                                        proto["strict"])
+    if not trainer.is_global_zero:
+        return metrics
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if report.rows:
         write_predictions(report.rows, out_dir / "predictions.jsonl")

@@ -11,6 +11,13 @@ A sweep file::
       matcher: [nn, ot, gwot]
       head: [none, resnet_bottleneck]
     eval_after: true              # train mode: evaluate the best checkpoint on data.split
+    launcher: []                  # a command prefix for each run, e.g. [srun] (see below)
+
+Each run is its own process: ``python -m semcorr.cli.<mode> <tokens>`` (after ``launcher``), its
+output in ``DIR/<run name>/run.log``. A run that crashes, runs out of memory or hangs its devices
+does not take the sweep down, and a distributed run (``trainer.devices=4 trainer.strategy=ddp``)
+is launched by Lightning (or by ``launcher``, e.g. ``[srun]`` in a SLURM allocation) as a run of
+its own; the sweep itself is one process and never repeats the grid per rank.
 
 Extra command-line tokens are appended to ``base``; ``out_dir=DIR`` sets the sweep folder
 (default ``runs/sweeps/<name>``). Each run lives in ``DIR/<run name>/`` and, once finished, holds
@@ -26,7 +33,9 @@ import csv
 import itertools
 import json
 import logging
+import os
 import re
+import subprocess
 import sys
 import time
 import traceback
@@ -38,6 +47,7 @@ from omegaconf import OmegaConf
 
 from semcorr.cli.common import run_main
 from semcorr.config import group_file
+from semcorr.distributed import launch_rank_is_zero
 from semcorr.errors import ConfigError
 
 log = logging.getLogger("semcorr.sweep")
@@ -53,6 +63,7 @@ class SweepSpec:
     grid: Dict[str, List[Any]] = field(default_factory=dict)
     eval_after: bool = True
     out_dir: Optional[str] = None
+    launcher: List[str] = field(default_factory=list)
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -95,36 +106,59 @@ def run_name(overrides: Dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
 
 
+class RunFailed(RuntimeError):
+    """A run's process exited with an error; the message is the last line of its output."""
+
+
+def command(spec: SweepSpec, cli: str, tokens: Sequence[str]) -> List[str]:
+    """The command line of one run: ``launcher + [python, -m, semcorr.cli.<cli>, *tokens]``."""
+    return [*spec.launcher, sys.executable, "-m", f"semcorr.cli.{cli}", *tokens]
+
+
+def run_process(cmd: Sequence[str], log_path: Path) -> None:
+    """Run ``cmd`` with its output appended to ``log_path``; :class:`RunFailed` on a non-zero exit."""
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])  # the folder holding this semcorr package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        start = out.tell()
+        code = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    if code:
+        with open(log_path, errors="replace") as f:
+            f.seek(start)
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        raise RunFailed(f"exit {code}: {lines[-1] if lines else 'no output'}")
+
+
 def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,
             extra: Sequence[str]) -> Dict[str, Any]:
-    """Run one cell; returns its result (PCK and seconds)."""
-    from semcorr.cli.eval import evaluate
-
+    """Run one cell, in its own process(es); returns its result (PCK and seconds)."""
     tokens = [*spec.base, *extra, *(f"{k}={v}" for k, v in overrides.items()),
               f"out_dir={run_dir}", f"logger.group={spec.name}"]
+    log_path = run_dir / "run.log"
     t0 = time.perf_counter()
     result: Dict[str, Any] = {}
     if spec.mode == "eval":
-        _check(evaluate(tokens))
+        run_process(command(spec, "eval", tokens), log_path)
         result["pck"] = json.loads((run_dir / "metrics.json").read_text())["pck"]
     else:
-        from semcorr.cli.train import fit, train_config
-
-        summary = fit(train_config(tokens))
+        run_process(command(spec, "train", tokens), log_path)
+        summary = json.loads((run_dir / "train_summary.json").read_text())
         result["val_best"] = summary["best_score"]
         result["steps"] = summary["global_step"]
         if spec.eval_after and summary["best_checkpoint"]:
             eval_dir = run_dir / "eval"
-            _check(evaluate([f"ckpt={summary['best_checkpoint']}", f"out_dir={eval_dir}",
-                             f"logger.group={spec.name}", *extra]))
+            # the checkpoint brings its config; the base's trainer.* (devices, strategy, ...) too
+            placement = [t for t in spec.base if t.startswith("trainer.")]
+            run_process(command(spec, "eval", [f"ckpt={summary['best_checkpoint']}",
+                                               f"out_dir={eval_dir}", f"logger.group={spec.name}",
+                                               *placement, *extra]), log_path)
             result["pck"] = json.loads((eval_dir / "metrics.json").read_text())["pck"]
     result["seconds"] = time.perf_counter() - t0
     return result
-
-
-def _check(code: int) -> None:
-    if code:
-        raise RuntimeError(f"run exited with status {code}")
 
 
 def write_summary(out_dir: Path, spec: SweepSpec, rows: List[Dict[str, Any]]) -> None:
@@ -161,6 +195,9 @@ def sweep(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(__doc__ or "")
         return 0
+    if not launch_rank_is_zero():
+        raise ConfigError("sweep.py runs as one process, not once per rank: start it without "
+                          "srun / torchrun (a sweep's launcher: [srun] starts each run on the ranks)")
     spec = load_sweep(argv[0])
     extra = [t for t in argv[1:] if not t.startswith("out_dir=")]
     outs = [t.split("=", 1)[1] for t in argv[1:] if t.startswith("out_dir=")]

@@ -15,6 +15,10 @@ neither the command line nor the chosen group file sets the key:
 
 ``--resume RUN`` (a run folder or a ``.ckpt``) re-opens the run's saved config, restores the
 weights, optimiser, scheduler, step and data order, and continues in the same ``out_dir``.
+
+Distributed (``trainer.devices=N``, ``trainer.strategy=ddp``, ``trainer.num_nodes``): each process
+trains on its share of every epoch's order; validation is exact over all ranks; global rank 0
+alone writes the config, checkpoints, figures and ``train_summary.json`` (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from semcorr.builder import build_run, config_dict, run_protocol
 from semcorr.checkpoint import resolve_checkpoint, typed_config
-from semcorr.cli.common import accelerator, parse_args, run_main
+from semcorr.cli.common import (accelerator, parse_args, quiet_unless, run_main, share_out_dir,
+                                trainer_kwargs)
 from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
 from semcorr.config import expand_experiment, group_file, load_config, save_config, to_yaml
+from semcorr.distributed import launch_rank_is_zero
 from semcorr.errors import ConfigError
 from semcorr.registry import GROUPS
 from semcorr.report import PredictionPanel
-from semcorr.training import History, ResumeDataOrder
+from semcorr.training import History, ResumeDataOrder, check_resume
 
 log = logging.getLogger("semcorr.train")
 
@@ -94,19 +100,11 @@ def train_config(tokens: Sequence[str], resume: Optional[str] = None,
     return load_config(tokens, base=typed_config(plain), extra_dirs=extra_dirs)
 
 
-def trainer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-              if v is not None}
-    kwargs["accelerator"] = accelerator(cfg)
-    return kwargs
-
-
 def fit(cfg: DictConfig, resume: Optional[str] = None,
         callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
     """Train one run; returns (and writes to ``train_summary.json``) its summary."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.out_dir)
-    save_config(cfg, out_dir)
     run = build_run(cfg, stage="fit")
     module, datamodule, val = run.module, run.datamodule, run.dataset
     # Lightning keeps the modes modules are in when fit starts; train() lets the backbone put its
@@ -129,16 +127,22 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
     ]
     if loggers:
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = L.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=all_callbacks,
-                        default_root_dir=str(out_dir))
+    trainer = L.Trainer(**trainer_kwargs(cfg, "fit", module), logger=loggers or False,
+                        callbacks=all_callbacks, default_root_dir=str(out_dir))
+    quiet_unless(trainer.is_global_zero)
     ckpt_path = str(resolve_checkpoint(resume, prefer="last")) if resume else None
-    log.info("training %s + %s + %s on %s (%d train / %d val pairs), loss %s, out_dir %s",
-             cfg.backbone.name, cfg.head.name, cfg.matcher.name, cfg.data.name,
-             len(datamodule.dataset("train")), len(val), cfg.loss.name, out_dir)
+    if ckpt_path:
+        check_resume(ckpt_path, trainer.world_size)
+    if trainer.is_global_zero:
+        save_config(cfg, out_dir)
+    log.info("training %s + %s + %s on %s (%d train / %d val pairs), loss %s, %d process(es), "
+             "out_dir %s", cfg.backbone.name, cfg.head.name, cfg.matcher.name, cfg.data.name,
+             len(datamodule.dataset("train")), len(val), cfg.loss.name, trainer.world_size, out_dir)
     t0 = time.perf_counter()
     success = False
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with share_out_dir(cfg):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         success = True
     finally:
         finish_loggers(loggers, success)
@@ -151,8 +155,10 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
         "best_checkpoint": best.best_model_path or None,
         "last_checkpoint": last.last_model_path or None,
         "history": history.records,
+        "processes": trainer.world_size,
     }
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if trainer.is_global_zero:
+        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -163,6 +169,8 @@ def train(argv: Sequence[str]) -> int:
         sys.stdout.write(to_yaml(cfg))
         return 0
     summary = fit(cfg, resume=args.resume)
+    if not launch_rank_is_zero():
+        return 0
     best = summary["best_score"]
     sys.stdout.write(f"trained {summary['global_step']} steps in {summary['seconds']:.1f} s; "
                      f"best {summary['monitor']} = {'n/a' if best is None else f'{best:.2f}'}; "

@@ -9,14 +9,17 @@ from torch.utils.data import DataLoader
 
 from semcorr.registry import build
 from semcorr.data.base import PairDataset
-from semcorr.data.samplers import EpochShuffleSampler
+from semcorr.data.samplers import EpochShuffleSampler, ShardSampler
+from semcorr.errors import ConfigError
 from semcorr.data.schema import collate
 
 SPLITS = ("train", "val", "test")
 
 
 class CorrespondenceDataModule(L.LightningDataModule):
-    """Serves the splits of a pair dataset.
+    """Serves the splits of a pair dataset; under N processes each rank gets its own shard
+    (:mod:`semcorr.data.samplers`: training padded to equal lengths, evaluation exact), so the
+    Trainer runs with ``use_distributed_sampler=False``.
 
     Args:
         make_dataset: ``make_dataset(split) -> PairDataset`` (see :func:`semcorr.builder.build_datamodule`).
@@ -65,12 +68,23 @@ class CorrespondenceDataModule(L.LightningDataModule):
         if stage in ("test", None):
             self.dataset(self.test_split)
 
+    def rank_and_world(self) -> tuple[int, int]:
+        """(global rank, number of processes) of the attached Trainer; (0, 1) without one."""
+        trainer = self.trainer
+        return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
+        rank, world = self.rank_and_world()
         sampler = None
         if shuffle:  # seeded per epoch and resumable mid-epoch (semcorr.data.samplers)
-            sampler = self.train_sampler = EpochShuffleSampler(len(dataset), self.seed)
+            sampler = self.train_sampler = EpochShuffleSampler(len(dataset), self.seed, rank, world)
             sampler.position = self.train_position
+        elif world > 1:
+            if len(dataset) < world:
+                raise ConfigError(f"the {split} split has {len(dataset)} pairs: too few for "
+                                  f"{world} processes (every process needs at least one)")
+            sampler = ShardSampler(len(dataset), rank, world)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -25,6 +25,8 @@ from torchmetrics import Metric
 
 from semcorr.metrics.protocol import AVERAGES, THRESHOLD_BY, check_protocol  # noqa: F401
 
+_GRID = 2.0 ** 32  # per-pair PCK is summed in steps of 1 / _GRID (see PCK)
+
 
 def pck_thresholds(
     threshold_by: str,
@@ -108,10 +110,13 @@ def pck_correct(
 class PCK(Metric):
     """PCK over many batches and processes, overall and per category, in percent.
 
-    States are sums (``dist_reduce_fx="sum"``), so the result is exact however the pairs are split
-    across batches and devices:
-    ``kp_correct`` (C, A) / ``kp_total`` (C,) for per-keypoint averaging, ``img_pck_sum`` (C, A)
-    / ``img_count`` (C,) for per-image averaging (pairs with no valid keypoint are not counted).
+    States are sums (``dist_reduce_fx="sum"``) that float64 holds exactly, so the result is the
+    same bits however the pairs are split across batches and processes (sharded without padding,
+    see :class:`semcorr.data.samplers.ShardSampler`), in whatever order they are added:
+    ``kp_correct`` (C, A) / ``kp_total`` (C,) for per-keypoint averaging (counts), ``img_pck_sum``
+    (C, A) / ``img_count`` (C,) for per-image averaging (pairs with no valid keypoint are not
+    counted). Each pair's PCK is rounded to a multiple of 2^-32 (below 1.2e-8 percentage points)
+    before it is summed, which keeps the sums exact up to 2^21 pairs per category.
 
     ``compute()`` returns ``{"pck": {alpha: value}, "pck_per_category": {name: {alpha: value}},
     "pck_pooled": ..., "pck_category_mean": ..., "pck_per_keypoint": ..., "pck_per_image": ...,
@@ -167,6 +172,7 @@ class PCK(Metric):
         per_pair_correct = correct.sum(1)  # (B, A)
         has = n_valid > 0
         per_pair_pck = per_pair_correct / n_valid.clamp_min(1)[:, None]
+        per_pair_pck = torch.round(per_pair_pck * _GRID) / _GRID  # exact, order-free sums (above)
         self.kp_correct.index_add_(0, category_idx, per_pair_correct)
         self.kp_total.index_add_(0, category_idx, n_valid)
         self.img_pck_sum.index_add_(0, category_idx[has], per_pair_pck[has])

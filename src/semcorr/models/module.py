@@ -149,9 +149,12 @@ class CorrespondenceModule(L.LightningModule):
                 raise RuntimeError("training needs a loss: set loss=gaussian_ce or loss=ot_nll")
             return out
         loss, logs = self.loss_fn(batch, out["src"], out["trg"], out["result"])
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs)
+        # validation / test values are epoch means: over all ranks' pairs (sync_dist); the training
+        # loss is logged per step, as this rank's
+        sync = stage != "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=sync)
         for key, value in logs.items():
-            self.log(f"{stage}/{key}", value, batch_size=bs)
+            self.log(f"{stage}/{key}", value, batch_size=bs, sync_dist=sync)
         out["loss"] = loss
         return out
 
@@ -166,12 +169,15 @@ class CorrespondenceModule(L.LightningModule):
         return self._step(batch, "test")
 
     def _log_pck(self, metric: PCK, stage: str) -> Dict[str, Any]:
+        # compute() sums the metric's states over all ranks, so every rank logs the same values;
+        # synced with max, which keeps them bit-exact (a mean over 3 ranks could round)
         result = metric.compute()
+        same = dict(sync_dist=True, reduce_fx="max")
         for alpha, value in result["pck"].items():
-            self.log(f"{stage}/pck@{alpha}", value, prog_bar=alpha == "0.1")
+            self.log(f"{stage}/pck@{alpha}", value, prog_bar=alpha == "0.1", **same)
         for cat, values in result["pck_per_category"].items():
             for alpha, value in values.items():
-                self.log(f"{stage}/pck@{alpha}/{cat}", value)
+                self.log(f"{stage}/pck@{alpha}/{cat}", value, **same)
         metric.reset()
         return result
 
