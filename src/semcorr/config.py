@@ -29,7 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import semcorr.components  # noqa: F401  (fills the registry the group schemas come from)
+from semcorr.checks import number, numbers, one_of
 from semcorr.errors import ConfigError
+from semcorr.metrics.pck import AVERAGES, THRESHOLD_BY
 from semcorr.registry import GROUPS, schemas
 
 CONFIG_DIR_ENV = "SEMCORR_CONFIG_DIR"
@@ -56,6 +58,11 @@ class MetricConfig:
     threshold_by: Optional[str] = None  # bbox | bbox_kp | image
     average: Optional[str] = None  # per_image | per_keypoint
 
+    def __post_init__(self) -> None:
+        numbers(self, "alphas", gt=0, le=1)
+        one_of(self, "threshold_by", THRESHOLD_BY, none_ok=True)
+        one_of(self, "average", AVERAGES, none_ok=True)
+
 
 @dataclass
 class LoggerConfig:
@@ -66,6 +73,9 @@ class LoggerConfig:
     # auto: online when an API key is configured and WANDB_MODE is not offline, else offline.
     mode: str = "auto"  # auto | online | offline | disabled
     csv: bool = True
+
+    def __post_init__(self) -> None:
+        one_of(self, "mode", ("auto", "online", "offline", "disabled"))
 
 
 @dataclass
@@ -78,6 +88,11 @@ class PlotsConfig:
     dense_warp: bool = True  # dense_warp.png: target warped into the source frame
     warp_compare: List[str] = field(default_factory=list)  # more matcher files in dense_warp.png
 
+    def __post_init__(self) -> None:
+        number(self, "n_pairs", ge=0, integer=True)
+        number(self, "alpha", gt=0, le=1)
+        number(self, "curve_max_alpha", gt=0, le=1)
+
 
 @dataclass
 class CheckpointingConfig:
@@ -87,6 +102,10 @@ class CheckpointingConfig:
     save_top_k: int = 1
     every_n_steps: int = 50  # last.ckpt every n optimiser steps, for --resume; 0: at validation only
 
+    def __post_init__(self) -> None:
+        number(self, "save_top_k", ge=-1, integer=True)
+        number(self, "every_n_steps", ge=0, integer=True)
+
 
 @dataclass
 class CacheConfig:
@@ -95,6 +114,9 @@ class CacheConfig:
     enabled: bool = True
     memory_mb: int = 2048  # bounded in-memory LRU cache
     disk_dir: Optional[str] = None  # optional on-disk cache, safe to delete
+
+    def __post_init__(self) -> None:
+        number(self, "memory_mb", ge=0)
 
 
 @dataclass
@@ -119,6 +141,15 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     num_sanity_val_steps: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        number(self, "max_steps", ge=-1, integer=True)
+        number(self, "max_epochs", ge=-1, integer=True, none_ok=True)
+        number(self, "check_val_every_n_epoch", ge=1, integer=True, none_ok=True)
+        number(self, "accumulate_grad_batches", ge=1, integer=True)
+        number(self, "gradient_clip_val", ge=0, none_ok=True)
+        number(self, "log_every_n_steps", ge=1, integer=True)
+        number(self, "num_sanity_val_steps", ge=-1, integer=True, none_ok=True)
+
 
 @dataclass
 class OptimConfig:
@@ -127,6 +158,13 @@ class OptimConfig:
     weight_decay: float = 0.05
     scheduler: str = "cosine"  # cosine | constant
     warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        number(self, "lr", gt=0)
+        number(self, "backbone_lr", gt=0, none_ok=True)
+        number(self, "weight_decay", ge=0)
+        one_of(self, "scheduler", ("cosine", "constant"))
+        number(self, "warmup_steps", ge=0, integer=True)
 
 
 @dataclass
@@ -265,11 +303,41 @@ def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
         except OmegaConfBaseException as err:
             raise ConfigError(f"bad value for {key!r}: {value!r} ({type(err).__name__})") from None
     OmegaConf.set_struct(cfg, True)
+    validate(cfg)
     if cfg.out_dir is None:
         import datetime
 
         cfg.out_dir = "runs/" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return cfg
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check every value's range: each section is instantiated as its dataclass, so the range
+    checks in the dataclasses' ``__post_init__`` run (OmegaConf does not call them when it merges
+    files and command-line values). Inner sections are checked first, so the error names the
+    innermost key: :class:`ConfigError` ``matcher.n_steps must be an integer >= 0, got -3``.
+    """
+    _validate_node(cfg, "")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be one of auto, cpu, cuda, got {cfg.device!r}")
+    return cfg
+
+
+def _validate_node(node: DictConfig, prefix: str) -> None:
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            _validate_node(child, f"{prefix}{key}.")
+    schema = OmegaConf.get_type(node)
+    if prefix and dataclasses.is_dataclass(schema):
+        try:
+            OmegaConf.to_object(node)
+        except ValueError as err:
+            text = " ".join(str(err).split())
+            raise ConfigError(f"{prefix}{text}") from None
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{prefix.rstrip('.')}: {type(err).__name__}: "
+                              f"{' '.join(str(err).split()[:30])}") from None
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -3,16 +3,19 @@
 - :class:`ResumeDataOrder`: points the training sampler
   (:class:`semcorr.data.samplers.EpochShuffleSampler`) at the restored trainer's progress, so
   ``--resume`` replays exactly the batches an uninterrupted run would have seen;
-- :class:`History`: the learning curves, for ``train_summary.json``.
+- :class:`History`: the learning curves, for ``train_summary.json`` (kept in checkpoints, so a
+  resumed run's history is the whole run's);
+- :class:`LastCheckpoint`: ``last.ckpt``, always holding the final state of the run.
 
 (The validation figure is :class:`semcorr.report.PredictionPanel`.)
 """
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class ResumeDataOrder(L.Callback):
@@ -39,11 +42,19 @@ class ResumeDataOrder(L.Callback):
 class History(L.Callback):
     """Keeps the learning curves: training loss per step and validation metrics per validation.
 
-    ``records``: a list of ``{"step", "stage", <metric>: value}`` dicts (JSON-ready).
+    ``records``: a list of ``{"step", "stage", <metric>: value}`` dicts (JSON-ready). They are
+    saved in every checkpoint and restored by ``--resume``, so a resumed run's history starts at
+    step 1, not at the resume step.
     """
 
     def __init__(self) -> None:
         self.records: list[dict] = []
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"records": [dict(r) for r in self.records]}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.records = [dict(r) for r in state_dict.get("records", [])]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -57,3 +68,24 @@ class History(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/") and k.count("/") == 1}
         self.records.append({"step": trainer.global_step, "stage": "val", **metrics})
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps (for ``--resume``) *and* at the end of
+    training, so it always holds the run's final state.
+
+    Lightning's ``save_last`` writes a final ``last.ckpt`` only when no earlier one was written:
+    a 12-step run saving every 7 steps ended with a ``last.ckpt`` of step 7 that ``eval.py ckpt=``
+    and ``--resume`` then used. Not called when training raises (the last good state stays).
+    """
+
+    def __init__(self, dirpath: Any, every_n_train_steps: int | None = None) -> None:
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True,
+                         every_n_train_steps=every_n_train_steps)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = trainer.global_step

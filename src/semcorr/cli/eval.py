@@ -8,7 +8,6 @@ same pipeline (see :func:`semcorr.cli.common.resolve_config`).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -18,7 +17,8 @@ from typing import Optional, Sequence
 import lightning as L
 
 from semcorr.builder import build_run, config_dict, run_protocol
-from semcorr.cli.common import accelerator, parse_args, pck_table, resolve_config, run_main
+from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, pck_table,
+                                rate, resolve_config, run_main, write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
 from semcorr.config import save_config
 from semcorr.figures import write_eval_figures
@@ -33,9 +33,11 @@ def evaluate(argv: Sequence[str]) -> int:
     if cfg is None:
         return 0
     L.seed_everything(cfg.seed, verbose=False)
-    out_dir = Path(cfg.out_dir)
-    save_config(cfg, out_dir)
+    out_dir = check_out_dir(cfg.out_dir)
     run = build_run(cfg, stage="test")
+    make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
+    (out_dir / "metrics.json").unlink(missing_ok=True)  # an earlier run's, no longer this config's
+    save_config(cfg, out_dir)
     dataset = run.dataset
     proto = run_protocol(cfg, dataset)
     report = EvalReport(proto["threshold_by"], keep=cfg.plots.n_pairs)
@@ -56,13 +58,15 @@ def evaluate(argv: Sequence[str]) -> int:
         finish_loggers(loggers, success)
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
                                         f"{proto['average']}, threshold by {proto['threshold_by']}") + "\n")
-    sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, {metrics['timing']['pairs_per_s']:.1f} "
-                     f"pairs/s; wrote {out_dir / 'metrics.json'}\n")
+    sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, "
+                     f"{rate(metrics['n_pairs'], metrics['timing']['seconds'])}; "
+                     f"wrote {out_dir / 'metrics.json'}\n")
     return 0
 
 
 def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
-    """Test the run's model; write ``metrics.json`` and the figures; return the metrics."""
+    """Test the run's model; write the figures, then ``metrics.json`` (last, atomically: it
+    exists only for a run that finished); return the metrics."""
     module, datamodule, dataset = run.module, run.datamodule, run.dataset
     t0 = time.perf_counter()
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -87,11 +91,11 @@ def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
         "config": config_dict(cfg),
     }
     metrics["pck_curve"] = curve_entry(report.errors, cfg.plots.curve_max_alpha, proto["average"])
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     figures = write_eval_figures(module, report, dataset, out_dir, cfg.plots, proto["threshold_by"],
                                  metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}")
     for key, path in figures.items():
         log_image(loggers, key, path)
+    write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 

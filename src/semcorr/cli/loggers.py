@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -30,16 +31,44 @@ def wandb_mode(mode: str) -> str:
     return "offline"
 
 
+def earlier_csv_rows(path: str | Path, before_step: int) -> List[Dict[str, str]]:
+    """Rows of a run's ``csv/metrics.csv`` logged before step ``before_step`` (the resumed
+    checkpoint's ``global_step``; later rows are logged again by the resumed run); empty fields
+    dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = []
+    for row in rows:
+        try:
+            step = float(row.get("step") or "nan")
+        except ValueError:
+            continue
+        if step < before_step:
+            keep.append({k: v for k, v in row.items() if k and v not in ("", None)})
+    return keep
+
+
 def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name: str,
-                 log_model: bool = False) -> List[Logger]:
+                 log_model: bool = False, resume_step: Optional[int] = None) -> List[Logger]:
     """Loggers for a run in ``out_dir`` (``cfg`` is the ``logger`` config section).
 
     ``log_model``: upload checkpoints to W&B as artifacts (online runs only).
+    ``resume_step``: the run resumes from a checkpoint of this step; ``csv/metrics.csv`` keeps the
+    rows logged before it (Lightning's CSV logger would start the file afresh), so a resumed
+    run's CSV log is the whole run's.
     """
     out_dir = Path(out_dir)
     loggers: List[Logger] = []
     if cfg.csv:
-        loggers.append(CSVLogger(save_dir=str(out_dir), name="csv", version=""))
+        earlier = (earlier_csv_rows(out_dir / "csv" / "metrics.csv", resume_step)
+                   if resume_step is not None else [])
+        csv_logger = CSVLogger(save_dir=str(out_dir), name="csv", version="")
+        if earlier:
+            csv_logger.experiment.metrics.extend(earlier)  # written first, at the next save
+        loggers.append(csv_logger)
     mode = wandb_mode(cfg.mode) if cfg.wandb else "disabled"
     if mode != "disabled":
         from lightning.pytorch.loggers import WandbLogger

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from semcorr.cli.common import run_main
+from semcorr.cli.common import make_out_dir, run_main
 from semcorr.config import group_file
 from semcorr.errors import ConfigError
 
@@ -164,8 +164,7 @@ def sweep(argv: Sequence[str]) -> int:
     spec = load_sweep(argv[0])
     extra = [t for t in argv[1:] if not t.startswith("out_dir=")]
     outs = [t.split("=", 1)[1] for t in argv[1:] if t.startswith("out_dir=")]
-    out_dir = Path(outs[-1] if outs else spec.out_dir or f"runs/sweeps/{spec.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_out_dir(outs[-1] if outs else spec.out_dir or f"runs/sweeps/{spec.name}")
     rows: List[Dict[str, Any]] = []
     cells = grid_runs(spec)
     for i, overrides in enumerate(cells):

@@ -19,7 +19,6 @@ weights, optimiser, scheduler, step and data order, and continues in the same ``
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -31,14 +30,15 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from semcorr.builder import build_run, config_dict, run_protocol
-from semcorr.checkpoint import resolve_checkpoint, typed_config
-from semcorr.cli.common import accelerator, parse_args, run_main
+from semcorr.checkpoint import check_resumable, read_checkpoint, typed_config
+from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, run_main,
+                                write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
 from semcorr.config import group_file, load_config, save_config, to_yaml
-from semcorr.errors import ConfigError
+from semcorr.errors import ConfigError, DataError, NumericalError, TrainingDiverged
 from semcorr.registry import GROUPS
 from semcorr.report import PredictionPanel
-from semcorr.training import History, ResumeDataOrder
+from semcorr.training import History, LastCheckpoint, ResumeDataOrder
 
 log = logging.getLogger("semcorr.train")
 
@@ -85,11 +85,16 @@ def train_config(tokens: Sequence[str], resume: Optional[str] = None,
     if resume is None:
         cfg = load_config(tokens, default_groups=TRAIN_DEFAULT_GROUPS, extra_dirs=extra_dirs)
         return apply_train_defaults(cfg, tokens, extra_dirs)
-    ckpt = resolve_checkpoint(resume, prefer="last")
+    ckpt = check_resumable(resume)  # a garbage last.ckpt fails here, before anything starts
     saved = Path(resume) / "config.yaml" if Path(resume).is_dir() else ckpt.parent.parent / "config.yaml"
     if not saved.is_file():
         raise FileNotFoundError(f"--resume: no config.yaml beside {ckpt} (expected {saved})")
-    plain = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    try:
+        plain = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    except Exception as err:  # noqa: BLE001  (a damaged YAML file)
+        raise DataError(f"--resume: cannot read {saved} ({type(err).__name__})") from None
+    if not isinstance(plain, dict):
+        raise DataError(f"--resume: {saved} is not a run config")
     return load_config(tokens, base=typed_config(plain), extra_dirs=extra_dirs)
 
 
@@ -102,22 +107,30 @@ def trainer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
 
 def fit(cfg: DictConfig, resume: Optional[str] = None,
         callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
-    """Train one run; returns (and writes to ``train_summary.json``) its summary."""
+    """Train one run; returns (and writes to ``train_summary.json``) its summary.
+
+    ``train_summary.json`` is written whatever the outcome, with ``status`` ``finished`` or
+    ``failed`` (and ``error``). A non-finite loss, gradient, feature or plan stops the run with
+    :class:`~semcorr.errors.TrainingDiverged` naming the step and the last good checkpoint.
+    """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    out_dir = Path(cfg.out_dir)
-    save_config(cfg, out_dir)
+    out_dir = check_out_dir(cfg.out_dir)
+    ckpt_path = str(check_resumable(resume)) if resume else None
+    resume_step = int(read_checkpoint(ckpt_path, mmap=True)["global_step"]) if ckpt_path else None
     run = build_run(cfg, stage="fit")
+    make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
+    save_config(cfg, out_dir)
     module, datamodule, val = run.module, run.datamodule, run.dataset
     # Lightning keeps the modes modules are in when fit starts; train() lets the backbone put its
     # frozen blocks in eval mode (DinoV2.train) before the first step.
     module.train()
-    loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name, log_model=True)
+    loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name, log_model=True,
+                           resume_step=resume_step)
     ck = cfg.checkpointing
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=ck.monitor, mode="max",
                            save_top_k=ck.save_top_k, auto_insert_metric_name=False,
                            filename="best-step{step:06d}")
-    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_top_k=0, save_last=True,
-                           every_n_train_steps=ck.every_n_steps or None)
+    last = LastCheckpoint(out_dir / "checkpoints", every_n_train_steps=ck.every_n_steps or None)
     history = History()
     proto = run_protocol(cfg, val)
     all_callbacks: List[L.Callback] = [
@@ -130,18 +143,24 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(**trainer_kwargs(cfg), logger=loggers or False, callbacks=all_callbacks,
                         default_root_dir=str(out_dir))
-    ckpt_path = str(resolve_checkpoint(resume, prefer="last")) if resume else None
     log.info("training %s + %s + %s on %s (%d train / %d val pairs), loss %s, out_dir %s",
              cfg.backbone.name, cfg.head.name, cfg.matcher.name, cfg.data.name,
              len(datamodule.dataset("train")), len(val), cfg.loss.name, out_dir)
     t0 = time.perf_counter()
-    success = False
+    error: Optional[BaseException] = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        success = True
-    finally:
-        finish_loggers(loggers, success)
+    except NumericalError as err:
+        good = (f"{last.last_model_path} (step {last._last_global_step_saved or resume_step})"
+                if last.last_model_path else "none (no checkpoint was written)")
+        error = TrainingDiverged(f"training diverged at step {trainer.global_step + 1}: {err}; the run "
+                                 f"stopped; last good checkpoint: {good}")
+    except BaseException as err:  # noqa: BLE001  (recorded in the summary, then raised again)
+        error = err
+    finish_loggers(loggers, error is None)
     summary = {
+        "status": "finished" if error is None else "failed",
+        "error": None if error is None else f"{type(error).__name__}: {error}",
         "out_dir": str(out_dir),
         "global_step": trainer.global_step,
         "seconds": time.perf_counter() - t0,
@@ -149,9 +168,14 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
         "best_score": None if best.best_model_score is None else float(best.best_model_score),
         "best_checkpoint": best.best_model_path or None,
         "last_checkpoint": last.last_model_path or None,
+        "last_checkpoint_step": (last._last_global_step_saved or resume_step) if last.last_model_path else None,
         "history": history.records,
     }
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / "train_summary.json", summary)
+    if isinstance(error, TrainingDiverged):
+        raise error from None
+    if error is not None:
+        raise error
     return summary
 
 

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from semcorr.checks import number, one_of
 from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_json
@@ -54,6 +55,13 @@ class AP10KConfig(DataConfig):
     min_visibility: int = 1  # COCO flag: 0 unlabelled, 1 labelled but occluded, 2 visible
     single_instance: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "mode", MODES)
+        number(self, "pairs_per_category", ge=1, integer=True)
+        number(self, "min_common", ge=1, le=N_KEYPOINTS, integer=True)
+        number(self, "min_visibility", ge=0, le=2, integer=True)
 
 
 @dataclass
