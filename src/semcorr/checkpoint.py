@@ -10,6 +10,7 @@ every weight) and :func:`load_weights` fills them in.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -17,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from semcorr.config import RunConfig
-from semcorr.errors import ConfigError, DataError
+from semcorr.errors import ConfigError, DataError, first_sentence
 from semcorr.registry import GROUPS, schemas
 
 
@@ -52,10 +53,11 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> Dict[str, Any]:
     reading them (cheap checks of large files)."""
     path = Path(path)
     try:
+        mmap = mmap and zipfile.is_zipfile(path)  # mapping needs torch's zip format
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError, ...)
-        detail = " ".join(str(err).split())[:120]
-        raise DataError(f"{path} is not a readable checkpoint ({type(err).__name__}: {detail})") from None
+        raise DataError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                        f"{first_sentence(err)})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise DataError(f"{path} is not a training checkpoint (no state_dict)")
     return ckpt

@@ -25,3 +25,11 @@ class NumericalError(SemcorrError, FloatingPointError):
 class TrainingDiverged(NumericalError):
     """Training stopped because a loss, plan or feature went non-finite; names the step and the
     last good checkpoint."""
+
+
+def first_sentence(err: BaseException, limit: int = 100) -> str:
+    """The first sentence of an exception's message on one line (a library's multi-paragraph
+    message shortened for a one-line error)."""
+    text = " ".join(str(err).split())
+    text = text.split(". ")[0].rstrip(".")
+    return (text[: limit - 3] + "...") if len(text) > limit else (text or "no detail")

@@ -71,21 +71,39 @@ class History(L.Callback):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` every ``every_n_train_steps`` steps (for ``--resume``) *and* at the end of
-    training, so it always holds the run's final state.
+    """``last.ckpt`` every ``every_n_train_steps`` steps (for ``--resume``) *and* after the final
+    training step, so it always holds the run's final state.
 
     Lightning's ``save_last`` writes a final ``last.ckpt`` only when no earlier one was written:
     a 12-step run saving every 7 steps ended with a ``last.ckpt`` of step 7 that ``eval.py ckpt=``
-    and ``--resume`` then used. Not called when training raises (the last good state stays).
+    and ``--resume`` then used. The final save happens at the end of the last training batch
+    (``max_steps`` reached, the last batch of ``max_epochs``, or a stop requested), where the loop
+    state is the one ``--resume`` continues exactly from; ``on_train_end`` saves only if training
+    ended otherwise. Nothing is saved when training raises (the last good state stays).
     """
 
     def __init__(self, dirpath: Any, every_n_train_steps: int | None = None) -> None:
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True,
                          every_n_train_steps=every_n_train_steps)
 
+    @staticmethod
+    def _ending(trainer: L.Trainer) -> bool:
+        if trainer.should_stop:
+            return True
+        if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            return True
+        max_epochs = trainer.max_epochs
+        return bool(trainer.is_last_batch and max_epochs not in (None, -1)
+                    and trainer.current_epoch + 1 >= max_epochs)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._ending(trainer) and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fast_dev_run or trainer.sanity_checking:
             return
         if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            self._last_global_step_saved = trainer.global_step

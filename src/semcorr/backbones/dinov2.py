@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from semcorr.backbones.base import Backbone, FeatureMap
 from semcorr.checks import number, one_of
 from semcorr.registry import GroupConfig, register
-from semcorr.errors import ConfigError, DataError, SemcorrError
+from semcorr.errors import ConfigError, DataError, SemcorrError, first_sentence
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise TypeError("not a state dict of tensors")
     except Exception as err:  # noqa: BLE001  (UnpicklingError, SafetensorError, EOFError, ...)
-        detail = " ".join(str(err).split())[:120]
         raise DataError(f"backbone.weights={path} is not a readable DINOv2 checkpoint "
-                        f"({type(err).__name__}: {detail})") from None
+                        f"({type(err).__name__}: {first_sentence(err)})") from None
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     state = checkpoint_filter_fn(state, model)

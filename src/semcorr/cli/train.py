@@ -116,7 +116,12 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
     ckpt_path = str(check_resumable(resume)) if resume else None
-    resume_step = int(read_checkpoint(ckpt_path, mmap=True)["global_step"]) if ckpt_path else None
+    resume_step, resume_validated = None, False
+    if ckpt_path:
+        state = read_checkpoint(ckpt_path, mmap=True)
+        resume_step = int(state["global_step"])
+        records = (state.get("callbacks") or {}).get("History", {}).get("records", [])
+        resume_validated = any(r.get("stage") == "val" and r.get("step") == resume_step for r in records)
     run = build_run(cfg, stage="fit")
     make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
     save_config(cfg, out_dir)
@@ -125,7 +130,7 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
     # frozen blocks in eval mode (DinoV2.train) before the first step.
     module.train()
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name, log_model=True,
-                           resume_step=resume_step)
+                           resume_step=resume_step, resume_validated=resume_validated)
     ck = cfg.checkpointing
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=ck.monitor, mode="max",
                            save_top_k=ck.save_top_k, auto_insert_metric_name=False,

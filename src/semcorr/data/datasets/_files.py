@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from semcorr.errors import DataError, SemcorrError
+from semcorr.errors import DataError, SemcorrError, first_sentence
 
 
 @contextmanager
@@ -28,8 +28,8 @@ def reading(path: Path, dataset: str, what: str = "annotation file") -> Iterator
     except (SemcorrError, FileNotFoundError):
         raise
     except Exception as err:  # noqa: BLE001  (whatever the parser raises: name the file)
-        detail = " ".join(str(err).split())[:200] or "no detail"
-        raise DataError(f"{dataset}: cannot read {what} {path} ({type(err).__name__}: {detail})") from None
+        raise DataError(f"{dataset}: cannot read {what} {path} ({type(err).__name__}: "
+                        f"{first_sentence(err)})") from None
 
 
 def read_text(path: Path, dataset: str, what: str = "annotation file") -> str:
@@ -68,6 +68,12 @@ def read_csv(path: Path, dataset: str, required: Sequence[str] = ()) -> List[Dic
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"{dataset}: {path} lacks columns {missing}; header is {header}")
+    for i, row in enumerate(rows):
+        if None in row or None in row.values():  # too many / too few fields: cut or malformed
+            n = len([v for k, v in row.items() if k is not None and v is not None])
+            n += len(row.get(None) or [])
+            raise DataError(f"{dataset}: {path}, row {i + 2}: {n} fields but the header has "
+                            f"{len(header)} (a truncated or malformed file?)")
     return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
 
 
