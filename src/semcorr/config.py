@@ -325,8 +325,10 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 def _validate_node(node: DictConfig, prefix: str) -> None:
     for key in node.keys():
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+        if OmegaConf.is_missing(node, key):
+            continue
+        child = node[key]
+        if isinstance(child, DictConfig):
             _validate_node(child, f"{prefix}{key}.")
     schema = OmegaConf.get_type(node)
     if prefix and dataclasses.is_dataclass(schema):

@@ -86,6 +86,11 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True,
                          every_n_train_steps=every_n_train_steps)
 
+    @property
+    def saved_step(self) -> int | None:
+        """The ``global_step`` of the last checkpoint this callback wrote in this process."""
+        return self._last_global_step_saved or None
+
     @staticmethod
     def _ending(trainer: L.Trainer) -> bool:
         if trainer.should_stop:

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from semcorr.cli.common import make_out_dir, run_main
+from semcorr.cli.common import make_out_dir, run_main, write_json
 from semcorr.config import group_file
 from semcorr.errors import ConfigError
 
@@ -179,7 +179,7 @@ def sweep(argv: Sequence[str]) -> int:
             log.info("[%d/%d] %s", i + 1, len(cells), name)
             try:
                 result = execute(spec, overrides, run_dir, extra)
-                done.write_text(json.dumps(result, indent=2))
+                write_json(done, result)  # atomic: a re-started sweep trusts it
                 row.update(result, status="done")
             except (Exception, SystemExit) as err:  # one failed run does not stop the sweep
                 log.error("%s failed: %s", name, err)

@@ -109,8 +109,8 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
         callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
     """Train one run; returns (and writes to ``train_summary.json``) its summary.
 
-    ``train_summary.json`` is written whatever the outcome, with ``status`` ``finished`` or
-    ``failed`` (and ``error``). A non-finite loss, gradient, feature or plan stops the run with
+    ``train_summary.json`` is written whatever the outcome, with ``status`` ``finished``,
+    ``interrupted`` or ``failed`` (and ``error``). A non-finite loss, gradient, feature or plan stops the run with
     :class:`~semcorr.errors.TrainingDiverged` naming the step and the last good checkpoint.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -156,15 +156,19 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except NumericalError as err:
-        good = (f"{last.last_model_path} (step {last._last_global_step_saved or resume_step})"
+        step = trainer.global_step
+        where = (f"in the validation after step {step}" if trainer.validating or trainer.sanity_checking
+                 else f"at step {step + 1}")
+        good = (f"{last.last_model_path} (step {last.saved_step or resume_step})"
                 if last.last_model_path else "none (no checkpoint was written)")
-        error = TrainingDiverged(f"training diverged at step {trainer.global_step + 1}: {err}; the run "
-                                 f"stopped; last good checkpoint: {good}")
+        error = TrainingDiverged(f"training diverged {where}: {err}; the run stopped; last good "
+                                 f"checkpoint: {good}")
     except BaseException as err:  # noqa: BLE001  (recorded in the summary, then raised again)
         error = err
-    finish_loggers(loggers, error is None)
+    status = "failed" if error is not None else "interrupted" if trainer.interrupted else "finished"
+    finish_loggers(loggers, status == "finished")
     summary = {
-        "status": "finished" if error is None else "failed",
+        "status": status,
         "error": None if error is None else f"{type(error).__name__}: {error}",
         "out_dir": str(out_dir),
         "global_step": trainer.global_step,
@@ -173,7 +177,7 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
         "best_score": None if best.best_model_score is None else float(best.best_model_score),
         "best_checkpoint": best.best_model_path or None,
         "last_checkpoint": last.last_model_path or None,
-        "last_checkpoint_step": (last._last_global_step_saved or resume_step) if last.last_model_path else None,
+        "last_checkpoint_step": (last.saved_step or resume_step) if last.last_model_path else None,
         "history": history.records,
     }
     write_json(out_dir / "train_summary.json", summary)
