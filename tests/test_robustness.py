@@ -331,3 +331,24 @@ def test_match_decodes_a_huge_jpeg_small_and_answers_in_original_pixels(tmp_path
     assert record["src_size"] == [6000, 8000]
     cell = 8 * 8000 / 224  # a dense-SIFT cell in original pixels: argmax answers its centre
     assert np.abs(np.array(record["matches"][0]["trg"]) - [4000, 3000]).max() <= cell / 2 + 1
+
+
+@pytest.mark.parametrize("name,mode,orientation", [("photo.jpg", None, 6), ("palette.png", "P", 1),
+                                                   ("grey.png", "L", 1)])
+def test_reduced_decoding_keeps_orientation_colours_and_frame(name, mode, orientation, tmp_path):
+    """Decoding at 1/k: EXIF orientation applied, original size reported as displayed, and a
+    keypoint at original p lies at (p + 0.5) / k - 0.5 of the reduced image."""
+    from dataset_fixtures import assert_on_colours, painted, save
+
+    from semcorr.data.base import load_image, load_image_reduced
+
+    kps = [(100.0, 80.0), (700.0, 500.0), (1000.0, 300.0)]
+    save(tmp_path / name, painted(640, 1200, kps, half=12), mode=mode, exif_orientation=orientation)
+    image, factor, hw = load_image_reduced(tmp_path / name, keep=200)
+    assert hw == (640, 1200) and factor >= 2 and min(image.shape[-2:]) >= 200, (hw, factor)
+    assert tuple(image.shape[-2:]) == (-(-640 // factor), -(-1200 // factor))
+    reduced = (torch.tensor(kps) + 0.5) / factor - 0.5
+    if mode is None:  # colour: check the painted squares; grey / palette: the whole picture
+        assert_on_colours(image, reduced, torch.ones(3, dtype=torch.bool), tol=0.25)
+    full = torch.nn.functional.avg_pool2d(load_image(tmp_path / name)[None], factor, ceil_mode=True)[0]
+    assert (image - full).abs().mean() < 0.05

@@ -142,7 +142,13 @@ def load_image_reduced(path: str | Path, keep: int) -> Tuple[torch.Tensor, int, 
                 factor = next((s for s in (1, 2, 4, 8) if im.size == (-(-w // s), -(-h // s))),
                               max(1, round(w / im.size[0])))
             more = min(im.size[0] // target[0], im.size[1] // target[1])
-            im = im.reduce(more) if more > 1 else im
+            if more > 1:
+                if im.mode.startswith("I;16"):  # 16-bit grey: reduce as 32-bit integers
+                    im = im.convert("I")
+                elif im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):  # palette, 1-bit, CMYK...
+                    im = im.convert("RGBA" if im.mode in ("P", "PA") and "transparency" in im.info
+                                    else "RGB")
+                im = im.reduce(more)
             factor *= max(more, 1)
             if orientation in _ORIENTATION:
                 im = im.transpose(_ORIENTATION[orientation])
