@@ -85,3 +85,36 @@ def test_bad_experiment_files_fail_in_one_line(tmp_path):
         load_config(["experiment=shape"], extra_dirs=[tmp_path])
     with pytest.raises(ConfigError, match="paper_spair"):
         load_config(["experiment=nope"])
+
+
+@pytest.mark.parametrize("tokens,message", [
+    (["data.image_size=0"], "data.image_size must be an integer >= 1, got 0"),
+    (["data.batch_size=0"], "data.batch_size must be an integer >= 1"),
+    (["data.resize=crop"], "data.resize must be one of square, longer_side_pad, longer_side"),
+    (["data.augment.hflip_p=2"], "data.augment.hflip_p must be a number >= 0 and <= 1, got 2"),
+    (["data=tss", "data.query_stride=0"], "data.query_stride must be an integer >= 1"),
+    (["metric.alphas=[0.1,-1]"], "metric.alphas must be a non-empty list of numbers > 0 and <= 1"),
+    (["metric.average=mean"], "metric.average must be one of per_image, per_keypoint (or null)"),
+    (["trainer.max_steps=-2"], "trainer.max_steps must be an integer >= -1, got -2"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be an integer >= 1"),
+    (["optim.lr=-1"], "optim.lr must be a number > 0, got -1"),
+    (["optim.scheduler=step"], "optim.scheduler must be one of cosine, constant, got 'step'"),
+    (["checkpointing.every_n_steps=-1"], "checkpointing.every_n_steps must be an integer >= 0"),
+    (["cache.memory_mb=-5"], "cache.memory_mb must be a number >= 0"),
+    (["plots.n_pairs=-1"], "plots.n_pairs must be an integer >= 0"),
+    (["logger.mode=sometimes"], "logger.mode must be one of auto, online, offline, disabled"),
+    (["backbone=dinov2_vits14", "backbone.trainable_blocks=-2"], "backbone.trainable_blocks must be an integer >= -1"),
+    (["backbone.stride=0"], "backbone.stride must be an integer >= 1, got 0"),
+    (["head=resnet_bottleneck", "head.reduction=0"], "head.reduction must be an integer >= 1"),
+    (["loss=gaussian_ce", "loss.window=4"], "loss.window must be an odd integer >= 1, got 4"),
+    (["loss=ot_nll", "loss.temperature=0"], "loss.temperature must be a number > 0"),
+    (["matcher=ot", "matcher.eps=0"], "matcher.eps must be > 0"),
+    (["matcher.transfer.window=0"], "matcher.transfer.window must be an integer >= 1, got 0"),
+    (["device=gpu"], "device must be one of auto, cpu, cuda, got 'gpu'"),
+])
+def test_every_section_checks_its_ranges(tokens, message):
+    """OmegaConf does not run the dataclasses' __post_init__ on merged values; load_config does,
+    and names the dotted key and the valid range in one line."""
+    with pytest.raises(ConfigError) as err:
+        load_config(tokens)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -168,7 +168,7 @@ def test_visibility_symmetry_boxes_and_colours(ap10k_root):
 
 
 def test_errors_name_the_file(ap10k_root):
-    with pytest.raises(ValueError, match="unknown mode"):
+    with pytest.raises(ValueError, match="data.mode must be one of"):
         _dataset(ap10k_root, "data.mode=nope")
     path = ap10k_root / "annotations" / "ap10k-val-split1.json"
     path.write_text(json.dumps({"images": [], "annotations": [{"image_id": 999}], "categories": []}))

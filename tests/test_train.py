@@ -120,7 +120,9 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 6
     losses = lambda s: [r["loss"] for r in s["history"] if r["stage"] == "train"]  # noqa: E731
-    assert losses(part) + losses(resumed) == losses(full)  # same batches in the same order
+    # same batches in the same order, and the resumed run's history is the whole run's
+    assert losses(resumed) == losses(full) and losses(resumed)[:3] == losses(part)
+    assert [r["step"] for r in resumed["history"]] == [r["step"] for r in full["history"]]
 
 
 def test_eval_of_a_checkpoint_reproduces_validation(tmp_path, capsys):

@@ -6,7 +6,7 @@ go through :func:`build_run`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,7 +15,7 @@ from semcorr.checkpoint import load_weights
 from semcorr.data.base import PairDataset
 from semcorr.data.datamodule import CorrespondenceDataModule, dataset_from_config
 from semcorr.data.transforms import build_train_transform
-from semcorr.errors import ConfigError
+from semcorr.errors import ConfigError, DataError, SemcorrError
 from semcorr.heads import build_head
 from semcorr.losses import build_loss
 from semcorr.matchers import build_matcher
@@ -61,6 +61,28 @@ def feature_stores(cfg: DictConfig, trainable_backbone: bool, training: bool) ->
 
 
 STAGES = ("test", "fit", "predict")
+T = TypeVar("T")
+
+
+def _built(what: str, make: Callable[[], T]) -> T:
+    """``make()``, with a ``ValueError`` of a component's constructor (a setting it cannot use)
+    raised as a one-line :class:`ConfigError` that names the component."""
+    try:
+        return make()
+    except ValueError as err:
+        if isinstance(err, SemcorrError):
+            raise
+        raise ConfigError(f"{what}: {' '.join(str(err).split())}") from None
+
+
+def check_image_size(cfg: DictConfig, stride: int) -> None:
+    """``data.image_size`` must be a multiple of the backbone's stride (its patch size): the
+    resizing would otherwise round it, and the run would record a size it did not use."""
+    size = int(cfg.data.image_size)
+    if size % stride:
+        low, high = max(stride, size - size % stride), size - size % stride + stride
+        raise ConfigError(f"data.image_size={size} is not a multiple of the {stride}-px patch of "
+                          f"backbone={cfg.backbone.name}; use {low} or {high}")
 
 
 @dataclass
@@ -88,10 +110,11 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     training = stage == "fit"
-    backbone = build_backbone(cfg.backbone)
-    head = build_head(cfg.head, dim=backbone.dim)
-    matcher = build_matcher(cfg.matcher)
-    loss = build_loss(cfg.loss) if training else None
+    backbone = _built(f"backbone={cfg.backbone.name}", lambda: build_backbone(cfg.backbone))
+    check_image_size(cfg, backbone.stride)
+    head = _built(f"head={cfg.head.name}", lambda: build_head(cfg.head, dim=backbone.dim))
+    matcher = _built(f"matcher={cfg.matcher.name}", lambda: build_matcher(cfg.matcher))
+    loss = _built(f"loss={cfg.loss.name}", lambda: build_loss(cfg.loss)) if training else None
     if training and loss is None:
         raise ConfigError("training needs a loss: loss=none only evaluates; pick loss=gaussian_ce, "
                           "loss=ot_nll or loss=combined")
@@ -103,9 +126,15 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
                 datamodule.dataset("train")
             dataset = datamodule.dataset(datamodule.val_split if training else cfg.data.split)
         except ValueError as err:
-            if not training or isinstance(err, ConfigError):
+            if isinstance(err, SemcorrError):
                 raise
-            raise ConfigError(f"data={cfg.data.name} cannot be trained on: {err}") from None
+            what = "cannot be trained on" if training else "cannot be loaded"
+            raise ConfigError(f"data={cfg.data.name} {what}: {' '.join(str(err).split())}") from None
+        splits = (["train"] if training else []) + [datamodule.val_split if training else cfg.data.split]
+        for split in splits:
+            if len(datamodule.dataset(split)) == 0:
+                raise DataError(f"data={cfg.data.name} has no pairs in split {split!r} (after "
+                                "data.categories / data.max_pairs)")
     protocol = run_protocol(cfg, dataset)
     if dataset is not None:  # target -> source protocols serve every pair swapped
         dataset.set_direction(protocol["direction"])

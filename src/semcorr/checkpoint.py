@@ -10,6 +10,7 @@ every weight) and :func:`load_weights` fills them in.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -17,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from semcorr.config import RunConfig, TrainerConfig
-from semcorr.errors import ConfigError
+from semcorr.errors import ConfigError, DataError, first_sentence
 from semcorr.registry import GROUPS, schemas
 
 
@@ -46,8 +47,32 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     raise FileNotFoundError(f"no checkpoint in {path} (expected checkpoints/last.ckpt)")
 
 
-def read_checkpoint(path: str | Path) -> Dict[str, Any]:
-    return torch.load(str(path), map_location="cpu", weights_only=False)
+def read_checkpoint(path: str | Path, mmap: bool = False) -> Dict[str, Any]:
+    """The content of a training checkpoint; a file that is not one (text, an image, a truncated
+    or foreign file) raises :class:`DataError` naming it. ``mmap``: map the tensors instead of
+    reading them (cheap checks of large files)."""
+    path = Path(path)
+    try:
+        mmap = mmap and zipfile.is_zipfile(path)  # mapping needs torch's zip format
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as err:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError, ...)
+        raise DataError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
+                        f"{first_sentence(err)})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DataError(f"{path} is not a training checkpoint (no state_dict)")
+    return ckpt
+
+
+def check_resumable(path: str | Path) -> Path:
+    """``path`` (a run folder or a ``.ckpt``) as the checkpoint ``--resume`` continues from,
+    checked before anything starts: a readable Lightning training checkpoint with its loop state."""
+    ckpt_path = resolve_checkpoint(path, prefer="last")
+    ckpt = read_checkpoint(ckpt_path, mmap=True)
+    missing = [k for k in ("global_step", "loops", "optimizer_states") if k not in ckpt]
+    if missing:
+        raise DataError(f"{ckpt_path} cannot be resumed: it lacks {', '.join(missing)} "
+                        "(a weights-only file? evaluate it with ckpt= instead)")
+    return ckpt_path
 
 
 def typed_config(saved: Dict[str, Any]) -> DictConfig:

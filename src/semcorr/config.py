@@ -32,7 +32,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 import semcorr.components  # noqa: F401  (fills the registry the group schemas come from)
 from semcorr.distributed import launch_out_dir
+from semcorr.checks import number, numbers, one_of
 from semcorr.errors import ConfigError
+from semcorr.metrics.protocol import AVERAGES, THRESHOLD_BY
 from semcorr.registry import GROUPS, schemas
 
 CONFIG_DIR_ENV = "SEMCORR_CONFIG_DIR"
@@ -62,6 +64,11 @@ class MetricConfig:
     average: Optional[str] = None  # per_image | per_keypoint
     strict: Optional[bool] = None  # true: error < alpha * L; every packaged protocol: <=
 
+    def __post_init__(self) -> None:
+        numbers(self, "alphas", gt=0, le=1)
+        one_of(self, "threshold_by", THRESHOLD_BY, none_ok=True)
+        one_of(self, "average", AVERAGES, none_ok=True)
+
 
 @dataclass
 class LoggerConfig:
@@ -74,6 +81,9 @@ class LoggerConfig:
     csv: bool = True
     table_pairs: int = 32  # W&B table of the first pairs' predictions with thumbnails; 0: none
 
+    def __post_init__(self) -> None:
+        one_of(self, "mode", ("auto", "online", "offline", "disabled"))
+
 
 @dataclass
 class PlotsConfig:
@@ -85,6 +95,11 @@ class PlotsConfig:
     curve_max_alpha: float = 0.2  # pck_curve.png and metrics.json "pck_curve": alpha in [0, this]
     dense_warp: bool = True  # dense_warp.png: target warped into the source frame
     warp_compare: List[str] = field(default_factory=list)  # more matcher files in dense_warp.png
+
+    def __post_init__(self) -> None:
+        number(self, "n_pairs", ge=0, integer=True)
+        number(self, "alpha", gt=0, le=1)
+        number(self, "curve_max_alpha", gt=0, le=1)
 
 
 @dataclass
@@ -105,6 +120,10 @@ class CheckpointingConfig:
     save_top_k: int = 1
     every_n_steps: int = 50  # last.ckpt every n optimiser steps, for --resume; 0: at validation only
 
+    def __post_init__(self) -> None:
+        number(self, "save_top_k", ge=-1, integer=True)
+        number(self, "every_n_steps", ge=0, integer=True)
+
 
 @dataclass
 class CacheConfig:
@@ -113,6 +132,9 @@ class CacheConfig:
     enabled: bool = True
     memory_mb: int = 2048  # bounded in-memory LRU cache
     disk_dir: Optional[str] = None  # optional on-disk cache, safe to delete
+
+    def __post_init__(self) -> None:
+        number(self, "memory_mb", ge=0)
 
 
 @dataclass
@@ -141,6 +163,15 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     num_sanity_val_steps: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        number(self, "max_steps", ge=-1, integer=True)
+        number(self, "max_epochs", ge=-1, integer=True, none_ok=True)
+        number(self, "check_val_every_n_epoch", ge=1, integer=True, none_ok=True)
+        number(self, "accumulate_grad_batches", ge=1, integer=True)
+        number(self, "gradient_clip_val", ge=0, none_ok=True)
+        number(self, "log_every_n_steps", ge=1, integer=True)
+        number(self, "num_sanity_val_steps", ge=-1, integer=True, none_ok=True)
+
 
 @dataclass
 class OptimConfig:
@@ -149,6 +180,13 @@ class OptimConfig:
     weight_decay: float = 0.05
     scheduler: str = "cosine"  # cosine | constant
     warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        number(self, "lr", gt=0)
+        number(self, "backbone_lr", gt=0, none_ok=True)
+        number(self, "weight_decay", ge=0)
+        one_of(self, "scheduler", ("cosine", "constant"))
+        number(self, "warmup_steps", ge=0, integer=True)
 
 
 @dataclass
@@ -321,6 +359,7 @@ def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
     if experiment is not None:
         cfg.experiment = experiment
     OmegaConf.set_struct(cfg, True)
+    validate(cfg)
     if cfg.out_dir is None:
         cfg.out_dir = default_out_dir()
     return cfg
@@ -332,6 +371,37 @@ def default_out_dir() -> str:
     import datetime
 
     return launch_out_dir() or "runs/" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check every value's range: each section is instantiated as its dataclass, so the range
+    checks in the dataclasses' ``__post_init__`` run (OmegaConf does not call them when it merges
+    files and command-line values). Inner sections are checked first, so the error names the
+    innermost key: :class:`ConfigError` ``matcher.n_steps must be an integer >= 0, got -3``.
+    """
+    _validate_node(cfg, "")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be one of auto, cpu, cuda, got {cfg.device!r}")
+    return cfg
+
+
+def _validate_node(node: DictConfig, prefix: str) -> None:
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            continue
+        child = node[key]
+        if isinstance(child, DictConfig):
+            _validate_node(child, f"{prefix}{key}.")
+    schema = OmegaConf.get_type(node)
+    if prefix and dataclasses.is_dataclass(schema):
+        try:
+            OmegaConf.to_object(node)
+        except ValueError as err:
+            text = " ".join(str(err).split())
+            raise ConfigError(f"{prefix}{text}") from None
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{prefix.rstrip('.')}: {type(err).__name__}: "
+                              f"{' '.join(str(err).split()[:30])}") from None
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -67,11 +67,17 @@ def border_contrast_mask(image: torch.Tensor, cell: int = 8, border: float = 0.0
 
 
 def dense_points(src_img: torch.Tensor, stride: int, image_size: int, resize: str,
-                 mask: Optional[str] = None) -> torch.Tensor:
+                 mask: Optional[str] = None, factor: int = 1,
+                 original_hw: Optional[Sequence[int]] = None) -> torch.Tensor:
     """(K, 2) original-frame source points: the centres of the backbone cells that lie on the
     image content and in the foreground (``mask``: a file, ``"all"``, or None for border
-    contrast). Raises :class:`InputError` when no cell is foreground."""
+    contrast). Raises :class:`InputError` when no cell is foreground.
+
+    ``factor``, ``original_hw``: ``src_img`` was decoded at 1/factor of an image of
+    ``original_hw`` (:func:`semcorr.data.base.load_image_reduced`); points are returned, and a
+    mask file is read, in the original frame."""
     h, w = src_img.shape[-2:]
+    oh, ow = (int(v) for v in (original_hw or (h, w)))
     net, frame, content = resize_image(src_img, image_size, resize, stride)
     grid = (net.shape[-2] // stride, net.shape[-1] // stride)
     centres = cell_centers(grid, stride)
@@ -79,13 +85,19 @@ def dense_points(src_img: torch.Tensor, stride: int, image_size: int, resize: st
     points = to_original(centres[inside], frame)
     points[:, 0].clamp_(0, w - 1)
     points[:, 1].clamp_(0, h - 1)
+    original = (points + 0.5) * factor - 0.5
+    original[:, 0].clamp_(0, ow - 1)
+    original[:, 1].clamp_(0, oh - 1)
     if mask == "all":
-        return points
-    fg = _mask_of_size(mask, (h, w)) if mask else border_contrast_mask(
-        src_img, cell=max(1, int(round(stride / float(frame[0])))))
-    keep = fg[points[:, 1].round().long().numpy(), points[:, 0].round().long().numpy()]
+        return original
+    if mask:
+        fg, where = _mask_of_size(mask, (oh, ow)), original
+    else:
+        fg = border_contrast_mask(src_img, cell=max(1, int(round(stride / float(frame[0])))))
+        where = points
+    keep = fg[where[:, 1].round().long().numpy(), where[:, 0].round().long().numpy()]
     if not keep.any():
         raise InputError("no foreground cell found"
                          + (f" in mask {mask}" if mask else " by the border-contrast rule")
                          + "; pass --mask FILE or --mask all")
-    return points[torch.from_numpy(keep)]
+    return original[torch.from_numpy(keep)]

@@ -14,7 +14,7 @@ log(1/n_s); higher is more confident in both cases).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from omegaconf import DictConfig
@@ -61,34 +61,55 @@ def check_points(points: torch.Tensor, hw: Sequence[int], what: str = "source im
 
 
 def pair_batch(src_img: torch.Tensor, trg_img: torch.Tensor, src_points: torch.Tensor,
-               image_size: int, resize: str, stride: int) -> Dict[str, Any]:
-    """A one-pair batch with the schema keys the module's pipeline reads (network frame)."""
+               image_size: int, resize: str, stride: int, factors: Tuple[int, int] = (1, 1),
+               sizes: Optional[Tuple[Sequence[int], Sequence[int]]] = None,
+               names: Tuple[str, str] = ("src", "trg")) -> Dict[str, Any]:
+    """A one-pair batch with the schema keys the module's pipeline reads (network frame).
+
+    ``factors``: each image was decoded at 1/k of its original size
+    (:func:`semcorr.data.base.load_image_reduced`); the frames then map the *original* pixels,
+    so ``src_points`` and the predictions are in original pixels. ``sizes``: the original (h, w)
+    (default: the images' own).
+    """
+    sizes = sizes or (src_img.shape[-2:], trg_img.shape[-2:])
     src_net, src_frame, src_hw = resize_image(src_img, image_size, resize, stride)
     trg_net, trg_frame, trg_hw = resize_image(trg_img, image_size, resize, stride)
+    src_frame[:2] /= factors[0]  # original -> reduced (1 / k) -> network
+    trg_frame[:2] /= factors[1]
     return {
         "src_img": src_net[None], "trg_img": trg_net[None],
         "src_kps": to_network(src_points, src_frame)[None], "src_kps_orig": src_points[None],
         "kps_valid": torch.ones(1, len(src_points), dtype=torch.bool),
         "src_frame": src_frame[None], "trg_frame": trg_frame[None],
         "src_content_hw": src_hw[None], "trg_content_hw": trg_hw[None],
-        "src_imsize": torch.tensor([src_img.shape[-2:]]), "trg_imsize": torch.tensor([trg_img.shape[-2:]]),
-        "src_id": ["src"], "trg_id": ["trg"],
+        "src_imsize": torch.tensor([[int(v) for v in sizes[0]]]),
+        "trg_imsize": torch.tensor([[int(v) for v in sizes[1]]]),
+        "src_id": [names[0]], "trg_id": [names[1]],
     }
 
 
 @torch.no_grad()
 def match_images(module, src_img: torch.Tensor, trg_img: torch.Tensor, points: torch.Tensor,
-                 image_size: int = 224, resize: str = "longer_side_pad") -> PairMatch:
+                 image_size: int = 224, resize: str = "longer_side_pad",
+                 factors: Tuple[int, int] = (1, 1),
+                 sizes: Optional[Tuple[Sequence[int], Sequence[int]]] = None,
+                 names: Tuple[str, str] = ("src", "trg")) -> PairMatch:
     """Transfer ``points`` (K, 2), original source frame, into the target.
 
     Args:
         module: a :class:`~semcorr.models.CorrespondenceModule` (see :func:`build_module`).
-        src_img, trg_img: (3, h, w) float RGB in [0, 1] (:func:`semcorr.data.base.load_image`).
+        src_img, trg_img: (3, h, w) float RGB in [0, 1] (:func:`semcorr.data.base.load_image`),
+            or images decoded at 1/k of their size (:func:`semcorr.data.base.load_image_reduced`)
+            with ``factors`` (k_src, k_trg) and the original ``sizes`` ((h, w), (h, w)): points
+            and predictions stay in original pixels.
         image_size, resize: the network frame (``data.image_size``, ``data.resize``).
+        names: the images' names in error messages.
     """
-    check_points(points, src_img.shape[-2:])
+    sizes = sizes or (src_img.shape[-2:], trg_img.shape[-2:])
+    check_points(points, sizes[0])
     stride = module.backbone.stride
-    batch = pair_batch(src_img, trg_img, points.float(), image_size, resize, stride)
+    batch = pair_batch(src_img, trg_img, points.float(), image_size, resize, stride, factors, sizes,
+                       names)
     batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     out = module(batch)
     return PairMatch(src_points=points.float().cpu(), trg_points=out["pred_orig"][0].cpu(),

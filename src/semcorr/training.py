@@ -4,7 +4,9 @@
   (:class:`semcorr.data.samplers.EpochShuffleSampler`) at the restored trainer's progress, so
   ``--resume`` replays exactly the batches an uninterrupted run would have seen (with the same
   number of processes; :func:`check_resume` refuses a mid-epoch checkpoint under another);
-- :class:`History`: the learning curves, for ``train_summary.json``.
+- :class:`History`: the learning curves, for ``train_summary.json`` (kept in checkpoints, so a
+  resumed run's history is the whole run's);
+- :class:`LastCheckpoint`: ``last.ckpt``, always holding the final state of the run.
 
 (The validation figure is :class:`semcorr.report.PredictionPanel`.)
 """
@@ -15,6 +17,7 @@ from typing import Any, Dict, Tuple
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from semcorr.errors import ConfigError
 
@@ -71,11 +74,19 @@ def check_resume(ckpt_path: str, world_size: int) -> None:
 class History(L.Callback):
     """Keeps the learning curves: training loss per step and validation metrics per validation.
 
-    ``records``: a list of ``{"step", "stage", <metric>: value}`` dicts (JSON-ready).
+    ``records``: a list of ``{"step", "stage", <metric>: value}`` dicts (JSON-ready). They are
+    saved in every checkpoint and restored by ``--resume``, so a resumed run's history starts at
+    step 1, not at the resume step.
     """
 
     def __init__(self) -> None:
         self.records: list[dict] = []
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"records": [dict(r) for r in self.records]}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.records = [dict(r) for r in state_dict.get("records", [])]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -89,3 +100,47 @@ class History(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/") and k.count("/") == 1}
         self.records.append({"step": trainer.global_step, "stage": "val", **metrics})
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps (for ``--resume``) *and* after the final
+    training step, so it always holds the run's final state.
+
+    Lightning's ``save_last`` writes a final ``last.ckpt`` only when no earlier one was written:
+    a 12-step run saving every 7 steps ended with a ``last.ckpt`` of step 7 that ``eval.py ckpt=``
+    and ``--resume`` then used. The final save happens at the end of the last training batch
+    (``max_steps`` reached, the last batch of ``max_epochs``, or a stop requested), where the loop
+    state is the one ``--resume`` continues exactly from; ``on_train_end`` saves only if training
+    ended otherwise. Nothing is saved when training raises (the last good state stays).
+    """
+
+    def __init__(self, dirpath: Any, every_n_train_steps: int | None = None) -> None:
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True,
+                         every_n_train_steps=every_n_train_steps)
+
+    @property
+    def saved_step(self) -> int | None:
+        """The ``global_step`` of the last checkpoint this callback wrote in this process."""
+        return self._last_global_step_saved or None
+
+    @staticmethod
+    def _ending(trainer: L.Trainer) -> bool:
+        if trainer.should_stop:
+            return True
+        if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            return True
+        max_epochs = trainer.max_epochs
+        return bool(trainer.is_last_batch and max_epochs not in (None, -1)
+                    and trainer.current_epoch + 1 >= max_epochs)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._ending(trainer) and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -36,8 +36,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from semcorr.backbones.base import Backbone, FeatureMap
+from semcorr.checks import number, one_of
 from semcorr.registry import GroupConfig, register
-from semcorr.errors import SemcorrError
+from semcorr.errors import ConfigError, DataError, SemcorrError, first_sentence
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ class DinoV2Config(GroupConfig):
     # register models exact size, antialiased) | timm (timm's resampling: exact size, antialiased)
     pos_embed: str = "official"
 
+    def __post_init__(self) -> None:
+        number(self, "trainable_blocks", ge=-1, integer=True)
+        number(self, "layer", integer=True)
+        one_of(self, "pos_embed", POS_EMBED_MODES)
+
 
 class WeightsUnavailable(SemcorrError, RuntimeError):
     """timm's pretrained weights cannot be fetched (offline); use a local checkpoint."""
@@ -98,10 +104,17 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return result.get("ok", False)
 
 
+def official_file_name(model: str) -> str:
+    """The facebookresearch checkpoint file of a model: ``vit_small_patch14_reg4_dinov2`` (or
+    ``vits14_reg``) -> ``dinov2_vits14_reg4_pretrain.pth``."""
+    short = next((k for k, v in MODELS.items() if model in (k, v)), "vitb14")
+    return f"dinov2_{short.replace('_reg', '_reg4')}_pretrain.pth"
+
+
 def _offline_message(model: str, reason: str) -> str:
     return (
         f"cannot get pretrained weights for {model} through timm ({reason}). Download them "
-        f"elsewhere and pass a local checkpoint: backbone.weights=/path/to/dinov2_vitb14_pretrain.pth "
+        f"elsewhere and pass a local checkpoint: backbone.weights=/path/to/{official_file_name(model)} "
         f"(official facebookresearch file) or a timm .safetensors; backbone.weights=none gives "
         f"random weights"
     )
@@ -112,20 +125,26 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"DINOv2 checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise TypeError("not a state dict of tensors")
+    except Exception as err:  # noqa: BLE001  (UnpicklingError, SafetensorError, EOFError, ...)
+        raise DataError(f"backbone.weights={path} is not a readable DINOv2 checkpoint "
+                        f"({type(err).__name__}: {first_sentence(err)})") from None
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     state = checkpoint_filter_fn(state, model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("head")]
     if missing or unexpected:
-        raise ValueError(
-            f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, "
+        raise ConfigError(
+            f"backbone.weights={path} does not fit {type(model).__name__}: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]} (is backbone.model the right size?)"
         )
 

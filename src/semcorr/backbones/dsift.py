@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from semcorr.backbones.base import Backbone, FeatureMap
+from semcorr.checks import number
 from semcorr.registry import GroupConfig, register
 
 
@@ -17,6 +18,10 @@ class DSiftConfig(GroupConfig):
     stride: int = 8  # grid spacing in pixels (one cell per descriptor)
     keypoint_size: float = 16.0  # SIFT support size in pixels
     root_sift: bool = False  # Hellinger (RootSIFT) mapping before L2 normalisation
+
+    def __post_init__(self) -> None:
+        number(self, "stride", ge=1, integer=True)
+        number(self, "keypoint_size", gt=0)
 
 
 @register("backbone", "dsift", DSiftConfig)

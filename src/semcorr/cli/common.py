@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -116,6 +119,60 @@ def resolve_config(args: Args) -> Optional[DictConfig]:
         sys.stdout.write(to_yaml(cfg))
         return None
     return cfg
+
+
+def check_out_dir(path: str | Path) -> Path:
+    """Check, creating nothing, that ``out_dir`` can be a run folder: not an existing file, not
+    under a file, and its nearest existing folder writable. Run before anything is built, so a bad
+    ``out_dir`` is one line (:class:`ConfigError`) and nothing is half-written; :func:`make_out_dir`
+    creates it once the run has been built."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"out_dir {path} exists and is not a folder; choose another out_dir")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"out_dir {path} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"out_dir {path} cannot be created: {parent} is not writable")
+    return path
+
+
+def make_out_dir(path: str | Path) -> Path:
+    """Create ``out_dir`` and prove it writable (a probe file); any failure is a one-line
+    :class:`ConfigError` (permission checks alone pass for root, a write does not)."""
+    path = check_out_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"out_dir {path} is not writable ({err.strerror or err})") from None
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (a temporary file renamed into place): a reader never sees a
+    half-written ``metrics.json`` or ``train_summary.json``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def rate(n: int, seconds: float) -> str:
+    """Throughput in a readable unit: ``12.3 pairs/s``, or ``4.2 s/pair`` below one pair per second."""
+    if n <= 0:
+        return "no pairs"
+    per_s = n / max(seconds, 1e-9)
+    return f"{per_s:.1f} pairs/s" if per_s >= 1 else f"{seconds / n:.1f} s/pair"
 
 
 def accelerator(cfg: DictConfig) -> str:

@@ -14,7 +14,6 @@ are gathered, and global rank 0 alone writes the files and prints the table (doc
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -24,8 +23,9 @@ from typing import Optional, Sequence
 import lightning as L
 
 from semcorr.builder import build_run, config_dict
-from semcorr.cli.common import (parse_args, pck_table, quiet_unless, resolve_config, run_main,
-                                share_out_dir, trainer_kwargs)
+from semcorr.cli.common import (check_out_dir, make_out_dir, parse_args, pck_table, quiet_unless,
+                                rate, resolve_config, run_main, share_out_dir, trainer_kwargs,
+                                write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers
 from semcorr.config import save_config
 from semcorr.figures import prediction_table, write_eval_figures
@@ -41,7 +41,7 @@ def evaluate(argv: Sequence[str]) -> int:
     if cfg is None:
         return 0
     L.seed_everything(cfg.seed, verbose=False)
-    out_dir = Path(cfg.out_dir)
+    out_dir = check_out_dir(cfg.out_dir)
     run = build_run(cfg, stage="test")
     dataset = run.dataset
     proto = run.protocol
@@ -49,10 +49,12 @@ def evaluate(argv: Sequence[str]) -> int:
                         alphas=list(cfg.metric.alphas) if cfg.predictions.enabled else (),
                         max_points=cfg.predictions.max_points)
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
-    trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,
-                        callbacks=[report], default_root_dir=str(out_dir), enable_checkpointing=False)
+    trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False, callbacks=[report],
+                        default_root_dir=str(out_dir), enable_checkpointing=False)
     quiet_unless(trainer.is_global_zero)
     if trainer.is_global_zero:
+        make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
+        (out_dir / "metrics.json").unlink(missing_ok=True)  # an earlier run's, not this config's
         save_config(cfg, out_dir)
     log.info("evaluating %d pairs of %s (%s) with %s + %s on %d process(es)", len(dataset),
              cfg.data.name, cfg.data.split, cfg.backbone.name, cfg.matcher.name, trainer.world_size)
@@ -67,14 +69,15 @@ def evaluate(argv: Sequence[str]) -> int:
         return 0
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
                                         f"protocol {protocol_summary(proto)}") + "\n")
-    sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, {metrics['timing']['pairs_per_s']:.1f} "
-                     f"pairs/s; wrote {out_dir / 'metrics.json'}\n")
+    sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, "
+                     f"{rate(metrics['n_pairs'], metrics['timing']['seconds'])}; "
+                     f"wrote {out_dir / 'metrics.json'}\n")
     return 0
 
 
 def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
-    """Test the run's model; return the metrics (all ranks); rank 0 writes ``metrics.json`` and
-    the figures."""
+    """Test the run's model; return the metrics (all ranks). Rank 0 writes ``predictions.jsonl``,
+    the figures, then ``metrics.json`` (last, atomically: it exists only for a run that finished)."""
     module, datamodule, dataset = run.module, run.datamodule, run.dataset
     t0 = time.perf_counter()
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -105,8 +108,6 @@ def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
                                        proto["strict"])
     if not trainer.is_global_zero:
         return metrics
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if report.rows:
         write_predictions(report.rows, out_dir / "predictions.jsonl")
         if cfg.logger.table_pairs > 0 and loggers:
@@ -118,6 +119,7 @@ def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
                                  metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}")
     for key, path in figures.items():
         log_image(loggers, key, path)
+    write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -30,16 +31,51 @@ def wandb_mode(mode: str) -> str:
     return "offline"
 
 
+def earlier_csv_rows(path: str | Path, before_step: int, validated: bool = False) -> List[Dict[str, str]]:
+    """Rows of a run's ``csv/metrics.csv`` logged before the checkpoint of step ``before_step``
+    that a run resumes from (the resumed run logs the later ones again); empty fields dropped.
+
+    Lightning logs step n's training rows, and the validation after it, under ``step`` n - 1:
+    the validation rows at ``before_step - 1`` are kept only when the checkpoint was written
+    after that validation (``validated``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = []
+    for row in rows:
+        try:
+            step = float(row.get("step") or "nan")
+        except ValueError:
+            continue
+        is_val = any(k and k.startswith("val/") and v for k, v in row.items())
+        if step < before_step - 1 or (step == before_step - 1 and (validated or not is_val)):
+            keep.append({k: v for k, v in row.items() if k and v not in ("", None)})
+    return keep
+
+
 def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name: str,
-                 log_model: bool = False) -> List[Logger]:
+                 log_model: bool = False, resume_step: Optional[int] = None,
+                 resume_validated: bool = False) -> List[Logger]:
     """Loggers for a run in ``out_dir`` (``cfg`` is the ``logger`` config section).
 
     ``log_model``: upload checkpoints to W&B as artifacts (online runs only).
+    ``resume_step``: the run resumes from a checkpoint of this step (written after that step's
+    validation: ``resume_validated``); ``csv/metrics.csv`` keeps the rows logged before it
+    (Lightning's CSV logger would start the file afresh), so a resumed run's CSV log is the
+    whole run's.
     """
     out_dir = Path(out_dir)
     loggers: List[Logger] = []
     if cfg.csv:
-        loggers.append(CSVLogger(save_dir=str(out_dir), name="csv", version=""))
+        earlier = (earlier_csv_rows(out_dir / "csv" / "metrics.csv", resume_step, resume_validated)
+                   if resume_step is not None else [])
+        csv_logger = CSVLogger(save_dir=str(out_dir), name="csv", version="")
+        if earlier:
+            csv_logger.experiment.metrics.extend(earlier)  # written first, at the next save
+        loggers.append(csv_logger)
     mode = wandb_mode(cfg.mode) if cfg.wandb else "disabled"
     if mode != "disabled":
         from lightning.pytorch.loggers import WandbLogger

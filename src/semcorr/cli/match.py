@@ -26,9 +26,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
-from semcorr.cli.common import accelerator, parse_args, resolve_config, run_main, usage
+from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, resolve_config,
+                                run_main, usage)
 from semcorr.config import save_config
-from semcorr.data.base import load_image
+from semcorr.data.base import load_image_reduced
 from semcorr.data.resize import check_size
 from semcorr.errors import InputError
 from semcorr.foreground import dense_points
@@ -150,18 +151,26 @@ def read_points_file(path: str | Path) -> torch.Tensor:
     return parse_points(";".join(line for line in lines if line))
 
 
-def read_image_checked(path: str | Path, stride: int, what: str) -> torch.Tensor:
-    """``load_image`` with the match command's checks: readable, at least one patch large."""
+def read_image_checked(path: str | Path, stride: int, what: str,
+                       keep: int = 1 << 30) -> tuple[torch.Tensor, int, tuple[int, int]]:
+    """:func:`~semcorr.data.base.load_image_reduced` with the match command's checks: readable,
+    at least one patch large. A large image is decoded at 1/k of its size, every side kept
+    >= ``keep`` px (twice the network frame): an 8000 x 6000 JPEG never becomes a full-size
+    float tensor. Returns the image, k and the original (h, w)."""
     try:
-        image = load_image(path)
+        image, factor, (h, w) = load_image_reduced(path, keep)
     except ValueError as err:
         raise InputError(str(err)) from None
-    h, w = image.shape[-2:]
     try:
         check_size(h, w, stride)
     except ValueError as err:
         raise InputError(f"{what} {path}: {err} (the backbone's patch size)") from None
-    return image
+    return image, factor, (h, w)
+
+
+def to_reduced(points: torch.Tensor, factor: int) -> torch.Tensor:
+    """Original-frame points -> the frame of an image decoded at 1/``factor`` of its size."""
+    return (points + 0.5) / factor - 0.5
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,6 +206,7 @@ def run(argv: Sequence[str]) -> int:
     cfg = resolve_config(args)
     if cfg is None:
         return 0
+    out_dir = check_out_dir(cfg.out_dir)
     points = None
     if margs.points is not None:
         points = parse_points(margs.points)
@@ -207,19 +217,24 @@ def run(argv: Sequence[str]) -> int:
             raise FileNotFoundError(f"image not found: {path}")
     module = inference_model(cfg, "cuda" if accelerator(cfg) == "gpu" else "cpu")
     stride = module.backbone.stride
-    src_img = read_image_checked(margs.src, stride, "source image")
-    trg_img = read_image_checked(margs.trg, stride, "target image")
+    keep = 2 * int(cfg.data.image_size)
+    src_img, src_k, src_hw = read_image_checked(margs.src, stride, "source image", keep)
+    trg_img, trg_k, trg_hw = read_image_checked(margs.trg, stride, "target image", keep)
     if margs.dense:
-        points = dense_points(src_img, stride, cfg.data.image_size, cfg.data.resize, margs.mask)
+        points = dense_points(src_img, stride, cfg.data.image_size, cfg.data.resize, margs.mask,
+                              factor=src_k, original_hw=src_hw)
     assert points is not None
-    match = match_images(module, src_img, trg_img, points, cfg.data.image_size, cfg.data.resize)
-    out_dir = Path(cfg.out_dir)
+    match = match_images(module, src_img, trg_img, points, cfg.data.image_size, cfg.data.resize,
+                         factors=(src_k, trg_k), sizes=(src_hw, trg_hw),
+                         names=(str(margs.src), str(margs.trg)))
+    make_out_dir(out_dir)
     save_config(cfg, out_dir)
     record = matches_record(match, margs.src, margs.trg, cfg, margs.dense)
     (out_dir / "matches.json").write_text(dump_matches(record))
     from semcorr.viz import plot_matches
 
-    plot_matches(src_img, trg_img, match.src_points, match.trg_points, out_dir / "matches.png",
+    plot_matches(src_img, trg_img, to_reduced(match.src_points, src_k),
+                 to_reduced(match.trg_points, trg_k), out_dir / "matches.png",
                  scores=match.scores, title=f"{cfg.backbone.name} + {cfg.matcher.name}")
     log.info("matched %d points; wrote %s and %s", len(points), out_dir / "matches.json",
              out_dir / "matches.png")

@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from semcorr.cli.common import run_main
+from semcorr.cli.common import make_out_dir, run_main, write_json
 from semcorr.config import group_file
 from semcorr.distributed import launch_rank_is_zero
 from semcorr.errors import ConfigError
@@ -201,8 +201,7 @@ def sweep(argv: Sequence[str]) -> int:
     spec = load_sweep(argv[0])
     extra = [t for t in argv[1:] if not t.startswith("out_dir=")]
     outs = [t.split("=", 1)[1] for t in argv[1:] if t.startswith("out_dir=")]
-    out_dir = Path(outs[-1] if outs else spec.out_dir or f"runs/sweeps/{spec.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_out_dir(outs[-1] if outs else spec.out_dir or f"runs/sweeps/{spec.name}")
     rows: List[Dict[str, Any]] = []
     cells = grid_runs(spec)
     for i, overrides in enumerate(cells):
@@ -217,7 +216,7 @@ def sweep(argv: Sequence[str]) -> int:
             log.info("[%d/%d] %s", i + 1, len(cells), name)
             try:
                 result = execute(spec, overrides, run_dir, extra)
-                done.write_text(json.dumps(result, indent=2))
+                write_json(done, result)  # atomic: a re-started sweep trusts it
                 row.update(result, status="done")
             except (Exception, SystemExit) as err:  # one failed run does not stop the sweep
                 log.error("%s failed: %s", name, err)

@@ -23,7 +23,6 @@ alone writes the config, checkpoints, figures and ``train_summary.json`` (docs/d
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -35,16 +34,16 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from semcorr.builder import build_run, config_dict, run_protocol
-from semcorr.checkpoint import resolve_checkpoint, typed_config
-from semcorr.cli.common import (accelerator, parse_args, quiet_unless, run_main, share_out_dir,
-                                trainer_kwargs)
+from semcorr.checkpoint import check_resumable, read_checkpoint, typed_config
+from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, quiet_unless,
+                                run_main, share_out_dir, trainer_kwargs, write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
 from semcorr.config import expand_experiment, group_file, load_config, save_config, to_yaml
 from semcorr.distributed import launch_rank_is_zero
-from semcorr.errors import ConfigError
+from semcorr.errors import ConfigError, DataError, NumericalError, TrainingDiverged
 from semcorr.registry import GROUPS
 from semcorr.report import PredictionPanel
-from semcorr.training import History, ResumeDataOrder, check_resume
+from semcorr.training import History, LastCheckpoint, ResumeDataOrder, check_resume
 
 log = logging.getLogger("semcorr.train")
 
@@ -92,31 +91,49 @@ def train_config(tokens: Sequence[str], resume: Optional[str] = None,
         cfg = load_config(tokens, default_groups=TRAIN_DEFAULT_GROUPS, extra_dirs=extra_dirs)
         # what an experiment file sets counts as given, like the command line's own tokens
         return apply_train_defaults(cfg, expand_experiment(tokens, extra_dirs)[1], extra_dirs)
-    ckpt = resolve_checkpoint(resume, prefer="last")
+    ckpt = check_resumable(resume)  # a garbage last.ckpt fails here, before anything starts
     saved = Path(resume) / "config.yaml" if Path(resume).is_dir() else ckpt.parent.parent / "config.yaml"
     if not saved.is_file():
         raise FileNotFoundError(f"--resume: no config.yaml beside {ckpt} (expected {saved})")
-    plain = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    try:
+        plain = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    except Exception as err:  # noqa: BLE001  (a damaged YAML file)
+        raise DataError(f"--resume: cannot read {saved} ({type(err).__name__})") from None
+    if not isinstance(plain, dict):
+        raise DataError(f"--resume: {saved} is not a run config")
     return load_config(tokens, base=typed_config(plain), extra_dirs=extra_dirs)
 
 
 def fit(cfg: DictConfig, resume: Optional[str] = None,
         callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
-    """Train one run; returns (and writes to ``train_summary.json``) its summary."""
+    """Train one run; returns (and writes to ``train_summary.json``) its summary.
+
+    ``train_summary.json`` is written whatever the outcome, with ``status`` ``finished``,
+    ``interrupted`` or ``failed`` (and ``error``). A non-finite loss, gradient, feature or plan stops the run with
+    :class:`~semcorr.errors.TrainingDiverged` naming the step and the last good checkpoint.
+    """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    out_dir = Path(cfg.out_dir)
+    out_dir = check_out_dir(cfg.out_dir)
+    ckpt_path = str(check_resumable(resume)) if resume else None
+    resume_step, resume_validated = None, False
+    if ckpt_path:
+        state = read_checkpoint(ckpt_path, mmap=True)
+        resume_step = int(state["global_step"])
+        records = (state.get("callbacks") or {}).get("History", {}).get("records", [])
+        resume_validated = any(r.get("stage") == "val" and r.get("step") == resume_step for r in records)
     run = build_run(cfg, stage="fit")
+    make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
     module, datamodule, val = run.module, run.datamodule, run.dataset
     # Lightning keeps the modes modules are in when fit starts; train() lets the backbone put its
     # frozen blocks in eval mode (DinoV2.train) before the first step.
     module.train()
-    loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name, log_model=True)
+    loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name, log_model=True,
+                           resume_step=resume_step, resume_validated=resume_validated)
     ck = cfg.checkpointing
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=ck.monitor, mode="max",
                            save_top_k=ck.save_top_k, auto_insert_metric_name=False,
                            filename="best-step{step:06d}")
-    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_top_k=0, save_last=True,
-                           every_n_train_steps=ck.every_n_steps or None)
+    last = LastCheckpoint(out_dir / "checkpoints", every_n_train_steps=ck.every_n_steps or None)
     history = History()
     proto = run_protocol(cfg, val)
     all_callbacks: List[L.Callback] = [
@@ -130,7 +147,6 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
     trainer = L.Trainer(**trainer_kwargs(cfg, "fit", module), logger=loggers or False,
                         callbacks=all_callbacks, default_root_dir=str(out_dir))
     quiet_unless(trainer.is_global_zero)
-    ckpt_path = str(resolve_checkpoint(resume, prefer="last")) if resume else None
     if ckpt_path:
         check_resume(ckpt_path, trainer.world_size)
     if trainer.is_global_zero:
@@ -139,14 +155,25 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
              "out_dir %s", cfg.backbone.name, cfg.head.name, cfg.matcher.name, cfg.data.name,
              len(datamodule.dataset("train")), len(val), cfg.loss.name, trainer.world_size, out_dir)
     t0 = time.perf_counter()
-    success = False
+    error: Optional[BaseException] = None
     try:
         with share_out_dir(cfg):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        success = True
-    finally:
-        finish_loggers(loggers, success)
+    except NumericalError as err:
+        step = trainer.global_step
+        where = (f"in the validation after step {step}" if trainer.validating or trainer.sanity_checking
+                 else f"at step {step + 1}")
+        good = (f"{last.last_model_path} (step {last.saved_step or resume_step})"
+                if last.last_model_path else "none (no checkpoint was written)")
+        error = TrainingDiverged(f"training diverged {where}: {err}; the run stopped; last good "
+                                 f"checkpoint: {good}")
+    except BaseException as err:  # noqa: BLE001  (recorded in the summary, then raised again)
+        error = err
+    status = "failed" if error is not None else "interrupted" if trainer.interrupted else "finished"
+    finish_loggers(loggers, status == "finished")
     summary = {
+        "status": status,
+        "error": None if error is None else f"{type(error).__name__}: {error}",
         "out_dir": str(out_dir),
         "global_step": trainer.global_step,
         "seconds": time.perf_counter() - t0,
@@ -154,11 +181,16 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
         "best_score": None if best.best_model_score is None else float(best.best_model_score),
         "best_checkpoint": best.best_model_path or None,
         "last_checkpoint": last.last_model_path or None,
+        "last_checkpoint_step": (last.saved_step or resume_step) if last.last_model_path else None,
         "history": history.records,
         "processes": trainer.world_size,
     }
     if trainer.is_global_zero:
-        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out_dir / "train_summary.json", summary)
+    if isinstance(error, TrainingDiverged):
+        raise error from None
+    if error is not None:
+        raise error
     return summary
 
 

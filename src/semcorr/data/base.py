@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from semcorr.checks import number, one_of
 from semcorr.registry import GroupConfig
-from semcorr.errors import DataError
+from semcorr.errors import ConfigError, DataError
 from semcorr.metrics.protocol import DIRECTIONS, protocol
 from semcorr.stores import MemoryCache
-from semcorr.data.resize import resize_image, to_network
+from semcorr.data.resize import RESIZE_MODES, resize_image, to_network
 from semcorr.data.schema import swap_sides
 from semcorr.data.transforms import AugmentConfig
 
@@ -40,6 +41,14 @@ class DataConfig(GroupConfig):
     image_cache_mb: int = 512  # decoded images kept in memory (per worker)
     # training-time paired augmentation (semcorr.data.transforms); not a dataset argument
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        number(self, "image_size", ge=1, integer=True)
+        one_of(self, "resize", RESIZE_MODES)
+        number(self, "batch_size", ge=1, integer=True)
+        number(self, "num_workers", ge=0, integer=True)
+        number(self, "max_pairs", ge=1, integer=True, none_ok=True)
+        number(self, "image_cache_mb", ge=0)
 
 
 @dataclass
@@ -98,6 +107,59 @@ def _rgb_uint8(im: Image.Image) -> np.ndarray:
 def load_image_uint8(path: str | Path) -> torch.Tensor:
     """:func:`load_image` as (3, h, w) uint8."""
     return torch.from_numpy(_decode(path, "image", _rgb_uint8)).permute(2, 0, 1)
+
+
+# EXIF orientation -> the transpose that turns the stored image upright (as ImageOps.exif_transpose)
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def load_image_reduced(path: str | Path, keep: int) -> Tuple[torch.Tensor, int, Tuple[int, int]]:
+    """An image decoded at an integer fraction of its size, for images far larger than the
+    network frame (an 8000 x 6000 photo matched at 224 px).
+
+    JPEG files are decoded directly at 1/2, 1/4 or 1/8 scale (``Image.draft``: DCT scaling, never
+    the full-size bitmap), then any format is box-averaged by a further integer factor
+    (``Image.reduce``) while every side stays >= ``min(side, keep)``; only then is the image
+    converted to float.
+
+    Returns:
+        image (3, h', w') float RGB in [0, 1] (upright, EXIF applied), the factor k, and the
+        original (h, w) as displayed. Pixel i of the result covers original pixels
+        [k i, k i + k): original = (reduced + 0.5) * k - 0.5.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+            target = (min(w, keep), min(h, keep))
+            factor = 1
+            if im.format == "JPEG" and w >= 2 * target[0] and h >= 2 * target[1]:
+                im.draft(im.mode, target)
+                factor = next((s for s in (1, 2, 4, 8) if im.size == (-(-w // s), -(-h // s))),
+                              max(1, round(w / im.size[0])))
+            more = min(im.size[0] // target[0], im.size[1] // target[1])
+            if more > 1:
+                if im.mode.startswith("I;16"):  # 16-bit grey: reduce as 32-bit integers
+                    im = im.convert("I")
+                elif im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):  # palette, 1-bit, CMYK...
+                    im = im.convert("RGBA" if im.mode in ("P", "PA") and "transparency" in im.info
+                                    else "RGB")
+                im = im.reduce(more)
+            factor *= max(more, 1)
+            if orientation in _ORIENTATION:
+                im = im.transpose(_ORIENTATION[orientation])
+            array = _rgb_uint8(im)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+    size = (w, h) if orientation not in (5, 6, 7, 8) else (h, w)
+    image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+    return image, factor, (size[1], size[0])
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -165,7 +227,8 @@ class PairDataset(Dataset):
             known = sorted({r.category for r in records})
             unknown = [c for c in self.category_filter if c not in known]
             if unknown:
-                raise ValueError(f"unknown categories {unknown}; valid: {', '.join(known)}")
+                raise ConfigError(f"data.categories: unknown categories {unknown}; valid: "
+                                  f"{', '.join(known)}")
             records = [r for r in records if r.category in self.category_filter]
         if self.max_pairs is not None:
             records = records[: self.max_pairs]

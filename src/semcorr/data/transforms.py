@@ -32,6 +32,8 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
+from semcorr.checks import number
+
 PartnerFn = Callable[[Optional[str]], Optional[Dict[int, int]]]
 
 
@@ -47,6 +49,13 @@ class AugmentConfig:
     jitter: float = 0.3  # brightness, contrast and saturation factor range 1 +- jitter
     hue: float = 0.05
     grey_p: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("crop_p", "hflip_p", "photometric_p", "grey_p"):
+            number(self, name, ge=0, le=1)
+        number(self, "min_crop", gt=0, le=1)
+        number(self, "jitter", ge=0, le=1)
+        number(self, "hue", ge=0, le=0.5)
 
 
 class PairTransform:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
+from semcorr.checks import number
 from semcorr.registry import GroupConfig, register
 from semcorr.heads.base import Head
 
@@ -24,6 +25,11 @@ class ResNetBottleneckConfig(GroupConfig):
     n_blocks: int = 1
     groups: int = 32  # GroupNorm groups (reduced to a divisor of the channels)
     zero_init: bool = True
+
+    def __post_init__(self) -> None:
+        number(self, "reduction", ge=1, integer=True)
+        number(self, "n_blocks", ge=1, integer=True)
+        number(self, "groups", ge=1, integer=True)
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
+from semcorr.checks import numbers
 from semcorr.registry import GroupConfig, register
 from semcorr.heads.base import Head
 
@@ -34,6 +35,15 @@ class NeighbourhoodConsensusConfig(GroupConfig):
     kernel_sizes: List[int] = field(default_factory=lambda: [3, 3, 3])
     mutual: bool = True
     symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        numbers(self, "channels", gt=0, non_empty=False)
+        numbers(self, "kernel_sizes", gt=0)
+        if any(int(k) != k or k % 2 == 0 for k in self.kernel_sizes):
+            raise ValueError(f"kernel_sizes must be odd integers, got {list(self.kernel_sizes)}")
+        if len(self.kernel_sizes) != len(self.channels) + 1:
+            raise ValueError(f"kernel_sizes must hold len(channels) + 1 = {len(self.channels) + 1} "
+                             f"sizes (one per layer), got {list(self.kernel_sizes)}")
 
 
 def conv4d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

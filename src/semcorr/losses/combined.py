@@ -25,6 +25,22 @@ class CombinedConfig(GroupConfig):
     terms: Dict[str, float] = field(default_factory=lambda: {"gaussian_ce": 1.0})
     options: Dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not self.terms:
+            raise ValueError("terms must name at least one loss kind with its weight, got {}")
+        for kind, weight in self.terms.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+                raise ValueError(f"terms.{kind} must be a weight >= 0, got {weight!r}")
+        kinds = schemas("loss")
+        for kind, opts in self.options.items():
+            if kind in kinds:  # an unknown kind is reported (with the valid ones) when building
+                try:
+                    kinds[kind](**{**dict(opts or {}), "kind": kind})
+                except TypeError as err:
+                    raise ValueError(f"options.{kind}: {err}") from None
+                except ValueError as err:
+                    raise ValueError(f"options.{kind}.{err}") from None
+
 
 @register("loss", "combined", CombinedConfig)
 class CombinedLoss(nn.Module):

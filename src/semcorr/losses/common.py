@@ -64,7 +64,13 @@ def gather_rows(scores: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` where ``mask``; a zero still attached to ``like``'s graph when empty."""
+    """Mean of ``values`` where ``mask``; a zero still attached to ``like``'s graph when empty
+    (NaN when ``like`` holds NaN).
+
+    ``mask`` must come from the annotations and the grids (which keypoints count), never from the
+    values: a NaN value under the mask gives a NaN mean, so a non-finite plan or feature is never
+    turned into a finite loss by dropping the keypoint.
+    """
     if mask.any():
         return values[mask].mean()
     return like.sum() * 0.0

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap, grid_rows_cols
+from semcorr.checks import number, one_of
 from semcorr.registry import GroupConfig, register
 from semcorr.losses.common import gather_rows, keypoint_cells, masked_mean, sample_features
 from semcorr.matchers.base import MatchResult
@@ -32,6 +33,14 @@ class GaussianCEConfig(GroupConfig):
     sigma: float = 1.5  # cells
     window: int = 7  # cells (odd)
     logits_from: str = "features"  # features | scores
+
+    def __post_init__(self) -> None:
+        number(self, "temperature", gt=0)
+        number(self, "sigma", gt=0)
+        number(self, "window", ge=1, integer=True)
+        if self.window % 2 == 0:
+            raise ValueError(f"window must be an odd integer >= 1, got {self.window}")
+        one_of(self, "logits_from", ("features", "scores"))
 
 
 def gaussian_targets(trg_kps: torch.Tensor, trg: FeatureMap, sigma: float,

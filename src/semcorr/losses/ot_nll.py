@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap, grid_rows_cols
+from semcorr.checks import number, one_of
 from semcorr.registry import GroupConfig, register
 from semcorr.losses.common import gather_rows, keypoint_cells, masked_mean
 from semcorr.matchers.base import MatchResult
@@ -45,6 +46,16 @@ class OTNLLConfig(GroupConfig):
     pos_radius: int = 0  # 0: the ground-truth cell only
     temperature: float = 1.0
     eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        number(self, "pos_weight", ge=0)
+        number(self, "neg_weight", ge=0)
+        number(self, "n_negatives", ge=1, integer=True)
+        one_of(self, "negatives", NEGATIVES)
+        number(self, "neg_radius", ge=0, integer=True)
+        number(self, "pos_radius", ge=0, integer=True)
+        number(self, "temperature", gt=0)
+        number(self, "eps", gt=0, le=0.5)
 
 
 def _chebyshev(idx: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -82,16 +93,18 @@ class OTNLLLoss(nn.Module):
         src_idx, trg_idx, mask = keypoint_cells(batch, src, trg)
         rows = gather_rows(result.scores, src_idx).float() / self.temperature  # (B, K, Nt)
         logp = torch.log_softmax(rows, dim=-1)  # row-normalised plan; -inf at padding
-        mask = mask & torch.isfinite(logp).any(-1)
+        # -inf is the one non-finite value with a meaning (no mass: a padded cell); NaN and +inf
+        # are kept, so a non-finite plan row gives a non-finite loss, never a dropped keypoint
+        content = logp != float("-inf")
+        mask = mask & content.any(-1)
         dist = _chebyshev(trg_idx, trg.grid)
-        content = torch.isfinite(logp)
         finite = logp.masked_fill(~content, -1e4)
         # positives: -log of the mass at (or around) the ground-truth cell
         if self.pos_radius > 0:
             pos_lp = torch.logsumexp(finite.masked_fill(dist > self.pos_radius, -1e4), dim=-1)
         else:
             pos_lp = torch.gather(finite, 2, trg_idx[..., None])[..., 0]
-        mask = mask & (pos_lp > -1e3)  # the ground-truth cell lies in content
+        mask = mask & ~(pos_lp <= -1e3)  # the ground-truth cell lies in content (NaN stays)
         pos = masked_mean(-pos_lp, mask, rows.masked_fill(~content, 0.0))
         # negatives: -log(1 - p) on cells away from the ground truth
         eligible = content & (dist > self.neg_radius) & mask[..., None]

@@ -4,12 +4,13 @@ matchers share."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
+from semcorr.errors import NumericalError
 from semcorr.matchers.sinkhorn import MARGINALS
 from semcorr.matchers.transfer import TransferConfig
 from semcorr.registry import GroupConfig
@@ -119,3 +120,47 @@ def check_options(opts: Any) -> None:
                 raise ValueError(f"{f.name} must be an integer >= {low}, got {value}")
         elif isinstance(value, (int, float)) and value < 0:
             raise ValueError(f"{f.name} must be >= 0, got {value}")
+
+
+def _where(ids: Optional[Sequence[str]], b: int, what: str) -> str:
+    return f"{what} {ids[b]!r}" if ids is not None and b < len(ids) else f"{what} {b} of the batch"
+
+
+def check_finite_inputs(src: FeatureMap, trg: FeatureMap, src_ids: Optional[Sequence[str]] = None,
+                        trg_ids: Optional[Sequence[str]] = None,
+                        similarity: Optional[torch.Tensor] = None) -> None:
+    """Raise :class:`NumericalError` naming the image when features (or a given similarity)
+    about to enter a matcher hold NaN or Inf.
+
+    One non-finite value makes every entry of an OT / GW-OT plan NaN (the solvers mix all cells),
+    after which argmax sends every keypoint to cell 0: a low PCK with no warning. Such values come
+    from a broken image, weights or an overflow (``trainer.precision``); they are refused, never
+    masked. ``similarity`` may hold ``-inf`` (padded target cells), not NaN or ``+inf``.
+    """
+    for fmap, ids, side in ((src, src_ids, "source image"), (trg, trg_ids, "target image")):
+        bad = ~torch.isfinite(fmap.features).all(dim=1)  # (B, h, w) cells with any bad channel
+        if bool(bad.any()):
+            b = int(bad.flatten(1).any(1).nonzero()[0])
+            n, total = int(bad[b].sum()), bad[b].numel()
+            raise NumericalError(
+                f"non-finite features (NaN or Inf) in {n} of {total} cells of {_where(ids, b, side)} "
+                "entering the matcher; check the image file, backbone.weights and trainer.precision")
+    if similarity is not None:
+        bad = torch.isnan(similarity) | (similarity == float("inf"))
+        if bool(bad.any()):
+            b = int(bad.flatten(1).any(1).nonzero()[0])
+            raise NumericalError(f"non-finite similarity (NaN or +Inf) from the head for "
+                                 f"{_where(src_ids, b, 'source image')} entering the matcher")
+
+
+def check_finite_scores(result: MatchResult, matcher: str,
+                        pair_ids: Optional[Sequence[str]] = None) -> None:
+    """Raise :class:`NumericalError` naming the pair when a matcher's scores hold NaN or +Inf
+    (``-inf`` marks padded target cells and is allowed): a plan is never silently non-finite."""
+    scores = result.scores
+    bad = torch.isnan(scores) | (scores == float("inf"))
+    if bool(bad.any()):
+        b = int(bad.flatten(1).any(1).nonzero()[0])
+        raise NumericalError(f"matcher {matcher} returned non-finite scores (NaN or +Inf) for "
+                             f"{_where(pair_ids, b, 'pair')} from finite features; check its settings "
+                             "(e.g. eps, lam) and trainer.precision")

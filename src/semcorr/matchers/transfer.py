@@ -8,6 +8,7 @@ from typing import Tuple
 import torch
 
 from semcorr.backbones.base import cell_centers, grid_rows_cols
+from semcorr.checks import number, one_of
 
 TRANSFER_METHODS = ("argmax", "soft_argmax", "window_soft_argmax")
 
@@ -26,11 +27,9 @@ class TransferConfig:
     temperature: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.method not in TRANSFER_METHODS:
-            raise ValueError(f"unknown transfer method {self.method!r}; valid: {', '.join(TRANSFER_METHODS)}")
-        if self.window < 1 or not self.temperature > 0:
-            raise ValueError(f"transfer: window must be >= 1 and temperature > 0, got {self.window}, "
-                             f"{self.temperature}")
+        one_of(self, "method", TRANSFER_METHODS)
+        number(self, "window", ge=1, integer=True)
+        number(self, "temperature", gt=0)
 
 
 def cell_index(points: torch.Tensor, grid: Tuple[int, int], stride: int) -> torch.Tensor:

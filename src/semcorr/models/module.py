@@ -19,7 +19,9 @@ from semcorr.backbones.base import Backbone, FeatureMap, valid_cells
 from semcorr.data.resize import to_original
 from semcorr.features import FeatureExtractor
 from semcorr.heads.base import Head, NoHead
-from semcorr.matchers.base import Matcher, MatchResult, cosine_similarity
+from semcorr.errors import NumericalError
+from semcorr.matchers.base import (Matcher, MatchResult, check_finite_inputs, check_finite_scores,
+                                   cosine_similarity)
 from semcorr.matchers.transfer import cell_index, transfer_keypoints
 from semcorr.metrics import PCK
 from semcorr.stores import FeatureStore
@@ -113,13 +115,21 @@ class CorrespondenceModule(L.LightningModule):
         return src, trg
 
     def match(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap) -> Dict[str, Any]:
-        """Head, matcher and keypoint transfer. Returns scores, predictions (both frames)."""
+        """Head, matcher and keypoint transfer. Returns scores, predictions (both frames).
+
+        Non-finite features entering the matcher, or non-finite scores coming out of it, raise
+        :class:`~semcorr.errors.NumericalError` naming the image or pair (never a silently NaN
+        plan, see :func:`semcorr.matchers.base.check_finite_inputs`).
+        """
         src, trg = self.head(src, trg)
+        check_finite_inputs(src, trg, batch.get("src_id"), batch.get("trg_id"))
         sym = symmetric_cells(batch, src.grid, src.stride)
         similarity = None
         if self.head.refines_similarity:  # e.g. neighbourhood consensus, see semcorr.heads.base
             similarity = self.head.refine(cosine_similarity(src, trg), src, trg)
+            check_finite_inputs(src, trg, batch.get("src_id"), batch.get("trg_id"), similarity)
         result: MatchResult = self.matcher(src, trg, sym_pairs=sym, similarity=similarity)
+        check_finite_scores(result, type(self.matcher).__name__, batch.get("pair_id"))
         pred, score = transfer_keypoints(
             result.scores, batch["src_kps"], src.grid, src.stride, trg.grid, trg.stride,
             **self.transfer,
@@ -149,6 +159,8 @@ class CorrespondenceModule(L.LightningModule):
                 raise RuntimeError("training needs a loss: set loss=gaussian_ce or loss=ot_nll")
             return out
         loss, logs = self.loss_fn(batch, out["src"], out["trg"], out["result"])
+        if stage == "train" and not bool(torch.isfinite(loss.detach()).all()):
+            raise NumericalError(f"non-finite loss (train/loss = {float(loss.detach()):g})")
         # validation / test values are epoch means: over all ranks' pairs (sync_dist); the training
         # loss is logged per step, as this rank's
         sync = stage != "train"
@@ -161,6 +173,18 @@ class CorrespondenceModule(L.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")["loss"]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Refuse a step on non-finite gradients (they would make every weight NaN, and the next
+        checkpoint with them). Not under fp16 AMP, whose loss scaler skips such steps itself."""
+        if str(self.trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            names = [n for n, p in self.named_parameters()
+                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            raise NumericalError(f"non-finite gradient of {names[0] if names else 'a parameter'}"
+                                 + (f" and {len(names) - 1} more" if len(names) > 1 else ""))
 
     def validation_step(self, batch, batch_idx):
         return self._step(batch, "val")

@@ -64,6 +64,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from semcorr.checks import number, one_of
 from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_json
@@ -93,6 +94,13 @@ class AP10KConfig(DataConfig):
     cross_species_pairs: Optional[int] = None  # per family; None: 900 (test), 400 (val, train)
     cross_family_pairs: Optional[int] = None  # per family pair; None: 30 (test), 20 (val, train)
     seed: int = 0  # salts the hash that picks capped pairs
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "mode", MODES)
+        number(self, "pairs_per_category", ge=1, integer=True)
+        number(self, "min_common", ge=1, le=N_KEYPOINTS, integer=True)
+        number(self, "min_visibility", ge=0, le=2, integer=True)
 
 
 @dataclass

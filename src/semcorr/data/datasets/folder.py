@@ -31,7 +31,8 @@ import numpy as np
 from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, points, read_csv, read_json, split_floats
-from semcorr.metrics.protocol import THRESHOLD_BY, protocol
+from semcorr.checks import one_of
+from semcorr.metrics.protocol import AVERAGES, THRESHOLD_BY, protocol
 
 
 @dataclass
@@ -39,6 +40,11 @@ class FolderConfig(DataConfig):
     pairs: str = "pairs.json"  # .json or .csv, relative to root
     threshold_by: str = "auto"  # auto | bbox | bbox_kp | image
     average: str = "per_image"  # per_image | per_keypoint
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "threshold_by", ("auto", *THRESHOLD_BY))
+        one_of(self, "average", AVERAGES)
 
 
 @register("data", "folder", FolderConfig)

@@ -11,17 +11,17 @@ original pixels, source -> target, mean per image (``juhongm999/hpf`` ``data/pfw
 
 from __future__ import annotations
 
-import csv
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
-import scipy.io
 
 from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
+from semcorr.data.datasets._files import DataError, read_csv, read_mat
+from semcorr.errors import ConfigError
 from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
 
@@ -41,12 +41,10 @@ class PFWillowConfig(DataConfig):
 
 def read_points(mat_path: Path) -> np.ndarray:
     """(10, 2) 0-based (x, y) keypoints from a PF-WILLOW ``.mat`` file."""
-    if not mat_path.is_file():
-        raise FileNotFoundError(f"PF-WILLOW annotation not found: {mat_path}")
-    try:
-        coords = scipy.io.loadmat(str(mat_path))["pts_coord"]
-    except (ValueError, KeyError, OSError) as err:
-        raise ValueError(f"cannot read PF-WILLOW annotation {mat_path}: {err}") from None
+    coords = read_mat(mat_path, "pf_willow", "pts_coord")
+    if coords.ndim != 2 or coords.shape[0] < 2 or not np.issubdtype(coords.dtype, np.number):
+        raise DataError(f"pf_willow: {mat_path}: pts_coord should be a 2 x K array of numbers, "
+                        f"got shape {coords.shape}")
     return np.asarray(coords, dtype=np.float64).T[:, :2] - 1.0
 
 
@@ -61,7 +59,7 @@ class PFWillowDataset(PairDataset):
                  val_categories: Sequence[str] = (), **kwargs) -> None:
         chosen = {"train": train_categories, "val": val_categories}.get(split)
         if split not in ("train", "val", "test") or (split != "test" and not chosen):
-            raise ValueError(f"PF-WILLOW has only a test split, not {split!r}; set "
+            raise ConfigError(f"PF-WILLOW has only a test split, not {split!r}; set "
                              f"data.{split}_categories=[...] to use some subsets as {split} data")
         if chosen:
             kwargs["categories"] = list(chosen)
@@ -105,30 +103,33 @@ class PFWillowDataset(PairDataset):
     def _records_from_csv(self, path: Path) -> List[PairRecord]:
         if not path.is_absolute() and not path.is_file():
             path = self.image_root / path
-        if not path.is_file():
-            raise FileNotFoundError(f"pf_willow: pair list {path} not found")
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
         records = []
-        for row in rows:
-            if "src_image" in row:
-                src, trg = self._image_id(row["src_image"]), self._image_id(row["trg_image"])
-                subset = row.get("subset") or Path(src).parent.name
-                records.append(self._record(subset, src, trg))
-            elif "imageA" in row:
-                src, trg = self._image_id(row["imageA"]), self._image_id(row["imageB"])
-                src_kps = _coords(row["XA"], row["YA"])
-                trg_kps = _coords(row["XB"], row["YB"])
-                records.append(self._record(Path(src).parent.name, src, trg, src_kps, trg_kps))
-            else:
-                raise ValueError(
-                    f"{path}: unknown pair-list header {list(row)}; expected "
-                    "subset,src_image,trg_image or imageA,imageB,XA,YA,XB,YB"
-                )
+        for i, row in enumerate(read_csv(path, "pf_willow")):
+            try:
+                if "src_image" in row:
+                    src, trg = self._image_id(row["src_image"]), self._image_id(row["trg_image"])
+                    subset = row.get("subset") or Path(src).parent.name
+                    records.append(self._record(subset, src, trg))
+                elif "imageA" in row:
+                    src, trg = self._image_id(row["imageA"]), self._image_id(row["imageB"])
+                    src_kps = _coords(row["XA"], row["YA"])
+                    trg_kps = _coords(row["XB"], row["YB"])
+                    records.append(self._record(Path(src).parent.name, src, trg, src_kps, trg_kps))
+                else:
+                    raise DataError(
+                        f"pf_willow: {path}: unknown pair-list header {list(row)}; expected "
+                        "subset,src_image,trg_image or imageA,imageB,XA,YA,XB,YB"
+                    )
+            except (KeyError, TypeError, ValueError) as err:
+                if isinstance(err, DataError):
+                    raise
+                raise DataError(f"pf_willow: {path}, row {i + 2}: {err!r}") from None
         return records
 
 
 def _coords(xs: str, ys: str) -> np.ndarray:
     x = np.array([float(v) for v in xs.split(";") if v.strip()])
     y = np.array([float(v) for v in ys.split(";") if v.strip()])
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} x but {len(y)} y coordinates")
     return np.stack([x, y], axis=1) - 1.0

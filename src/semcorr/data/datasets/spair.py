@@ -36,7 +36,7 @@ import numpy as np
 
 from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
-from semcorr.data.datasets._files import DataError, points, read_json
+from semcorr.data.datasets._files import DataError, points, read_json, read_text
 from semcorr.data.symmetry import load_symmetry, sym_indices
 from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
@@ -93,7 +93,8 @@ class SPairDataset(PairDataset):
             raise FileNotFoundError(f"spair: pair annotations not found: {folder}")
         listing = base / "Layout" / layout / f"{self.split}.txt"
         if listing.is_file():
-            names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+            names = [line.strip() for line in read_text(listing, "spair", "layout").splitlines()
+                     if line.strip()]
             return [folder / (n if n.endswith(".json") else f"{n}.json") for n in names]
         log.warning("spair: %s not found; using every file in %s", listing, folder)
         return sorted(folder.glob("*.json"))

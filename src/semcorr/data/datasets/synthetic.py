@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from semcorr.checks import number, numbers
 from semcorr.registry import register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.metrics.protocol import protocol
@@ -36,6 +37,18 @@ class SyntheticConfig(DataConfig):
     translation: float = 0.08  # fraction of the image size
     tps_strength: float = 0.05  # std of control-point displacement, fraction of the image size
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for split, count in self.n_pairs.items():
+            if not (isinstance(count, int) and count >= 0):
+                raise ValueError(f"n_pairs.{split} must be an integer >= 0, got {count!r}")
+        number(self, "n_keypoints", ge=1, integer=True)
+        numbers(self, "scale_range", gt=0)
+        if len(self.scale_range) != 2 or self.scale_range[0] > self.scale_range[1]:
+            raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
+        for name in ("rotation_deg", "shear", "translation", "tps_strength"):
+            number(self, name, ge=0)
 
 
 def _skimage_image(name: str, max_side: int = 320) -> np.ndarray:

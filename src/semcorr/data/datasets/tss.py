@@ -46,9 +46,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from semcorr.checks import number
 from semcorr.registry import register
-from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord
-from semcorr.data.datasets._files import DataError
+from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord, read_mask
+from semcorr.data.datasets._files import DataError, read_text, reading
 from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
 
@@ -64,12 +65,16 @@ class TSSConfig(DataConfig):
     max_queries: Optional[int] = None  # None: no cap
     flip_gt: str = "other"  # other: mirror the other image of flip_gt=1 pairs | ignore
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        number(self, "query_stride", ge=1, integer=True)
+        number(self, "max_queries", ge=1, integer=True, none_ok=True)
+
 
 def read_flo(path: Path) -> np.ndarray:
     """A Middlebury ``.flo`` file as (h, w, 2) float32 (u, v); errors name the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"tss: flow file not found: {path}")
-    data = path.read_bytes()
+    with reading(path, "tss", "flow file"):
+        data = path.read_bytes()
     if len(data) < 12 or np.frombuffer(data[:4], "<f4")[0] != np.float32(FLO_MAGIC):
         raise DataError(f"tss: {path} is not a Middlebury .flo file (bad magic number)")
     w, h = (int(v) for v in np.frombuffer(data[4:12], "<i4"))
@@ -81,7 +86,7 @@ def read_flo(path: Path) -> np.ndarray:
 def read_flip(path: Path) -> bool:
     if not path.is_file():
         return False
-    text = path.read_text().strip()
+    text = read_text(path, "tss", "flip file").strip()
     try:
         return bool(int(float(text.split()[0]))) if text else False
     except ValueError:
