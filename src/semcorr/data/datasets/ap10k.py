@@ -98,9 +98,13 @@ class AP10KConfig(DataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of(self, "mode", MODES)
-        number(self, "pairs_per_category", ge=1, integer=True)
-        number(self, "min_common", ge=1, le=N_KEYPOINTS, integer=True)
-        number(self, "min_visibility", ge=0, le=2, integer=True)
+        number(self, "fold", ge=1, integer=True)
+        number(self, "min_keypoints", ge=1, le=N_KEYPOINTS, integer=True)
+        for key in ("test_per_species", "val_per_species"):
+            number(self, key, ge=0, integer=True)
+        number(self, "train_pairs_per_image", ge=1, integer=True)
+        for key in ("cross_species_pairs", "cross_family_pairs"):
+            number(self, key, ge=1, integer=True, none_ok=True)
 
 
 @dataclass
