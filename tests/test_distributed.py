@@ -92,7 +92,8 @@ def test_two_processes_train_and_resume(tmp_path, capsys):
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["global_step"] == 4 and summary["processes"] == 2
-    assert [r["step"] for r in summary["history"] if r["stage"] == "train"] == [3, 4]
+    # a resumed run's history is the whole run's (the steps before the cut come from the checkpoint)
+    assert [r["step"] for r in summary["history"] if r["stage"] == "train"] == [1, 2, 3, 4]
     val = [r for r in summary["history"] if r["stage"] == "val"]  # epoch end at step 3: 5 val pairs
     assert len(val) == 1 and val[0]["step"] == 3 and summary["best_score"] is not None
     assert again.stdout.count("trained 4 steps") == 1

@@ -258,7 +258,7 @@ LOADER_FILES = [  # (data, fixture, damaged file, damage, read a sample too)
     ("folder", "folder_root", "pairs.json", "truncate-50", False),
     ("tss", "tss_root", "PASCAL/pair001/flip_gt.txt", "binary", False),
     ("tss", "tss_root", "FG3DCar/pair001/flow1.flo", "truncate-100", True),
-    ("tss", "tss_root", "FG3DCar/pair001/mask1.png", "truncate-60", True),
+    ("tss", "tss_root", "JODS/pair001/flow2.flo", "binary", True),
 ]
 
 

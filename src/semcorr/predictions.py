@@ -41,6 +41,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from semcorr.metrics.pck import on_pck_grid
+
 
 def _alpha_key(alpha: float) -> str:
     return f"{float(alpha):g}"
@@ -102,7 +104,8 @@ def read_predictions(path: str | Path) -> List[Dict[str, Any]]:
 
 def pck_from_predictions(rows: Sequence[Mapping[str, Any]], average: str = "per_image",
                          headline: str = "pooled") -> Dict[str, Any]:
-    """PCK in percent from prediction rows, as :class:`semcorr.metrics.PCK` computes it:
+    """PCK in percent from prediction rows, as :class:`semcorr.metrics.PCK` computes it (each
+    pair's PCK on its 2^-32 grid, :func:`semcorr.metrics.pck.on_pck_grid`):
     ``pck``, ``pck_pooled``, ``pck_category_mean``, ``pck_per_image``, ``pck_per_keypoint``,
     ``pck_per_category``, ``n_pairs``, ``n_keypoints``. Pairs without a valid keypoint count
     for nothing."""
@@ -114,8 +117,8 @@ def pck_from_predictions(rows: Sequence[Mapping[str, Any]], average: str = "per_
     def summary(group: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, float]]:
         total = sum(r["n_valid"] for r in group)
         return {
-            "per_image": {a: 100.0 * sum(r["n_correct"][a] / r["n_valid"] for r in group) / len(group)
-                          for a in alphas},
+            "per_image": {a: 100.0 * sum(on_pck_grid(r["n_correct"][a] / r["n_valid"]) for r in group)
+                          / len(group) for a in alphas},
             "per_keypoint": {a: 100.0 * sum(r["n_correct"][a] for r in group) / total for a in alphas},
         }
 

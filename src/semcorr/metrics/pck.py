@@ -28,6 +28,11 @@ from semcorr.metrics.protocol import AVERAGES, THRESHOLD_BY, check_protocol  # n
 _GRID = 2.0 ** 32  # per-pair PCK is summed in steps of 1 / _GRID (see PCK)
 
 
+def on_pck_grid(value: float) -> float:
+    """A pair's PCK (a fraction) rounded to a multiple of 2^-32, as :class:`PCK` sums it."""
+    return round(value * _GRID) / _GRID
+
+
 def pck_thresholds(
     threshold_by: str,
     trg_kps: torch.Tensor,

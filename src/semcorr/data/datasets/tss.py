@@ -48,7 +48,7 @@ import torch
 
 from semcorr.checks import number
 from semcorr.registry import register
-from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord, read_mask
+from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_text, reading
 from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
