@@ -55,7 +55,7 @@ from torch.utils.checkpoint import checkpoint
 from semcorr.matchers.gridfilter import CPU_CHUNK_ELEMS, disc_size
 from semcorr.matchers.gwot.options import GWOTOptions
 from semcorr.matchers.gwot.terms import SymPairs, gw_filter, gw_row_term, sym_gradient, sym_setup, sym_value
-from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn_log, uniform_log_marginals
+from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn, uniform_log_marginals
 
 
 class GWOTResult(NamedTuple):
@@ -124,7 +124,7 @@ def _plan(pb: _Problem, z: torch.Tensor, g: torch.Tensor, need_log: bool = True,
     ``work.plan`` chunk by chunk (softmax and the row mass while the chunk is in cache).
     """
     if pb.balanced:
-        f, g = sinkhorn_log(z, pb.log_p, pb.log_q, pb.trg_valid, pb.sinkhorn_iters, 1.0, g)
+        f, g, _ = sinkhorn(z, pb.log_p, pb.log_q, pb.trg_valid, pb.sinkhorn_iters, 1.0, g)
         log_t = z + f[:, :, None] + g[:, None, :]
         return log_t.exp(), log_t, g
     if not need_log:
