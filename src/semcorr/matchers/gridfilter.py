@@ -31,7 +31,7 @@ from typing import List, Optional, Tuple
 import torch
 
 # Elements per work buffer of the chunked CPU filters: a few such buffers stay in L2 / L3.
-CPU_CHUNK_ELEMS = 1 << 17
+CPU_CHUNK_ELEMS = 1 << 18
 
 
 def disc_rows(delta: float, strict: bool) -> List[Tuple[int, int]]:
