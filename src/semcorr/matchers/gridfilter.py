@@ -15,11 +15,14 @@ rows of the disc by their half-width W gives the exact decomposition
 
 with :math:`B^x_W` the band matrix :math:`1[|x - x'| \\le W]` and :math:`B^y_W` the 0/1 band
 matrix of the vertical offsets whose segment has half-width W. A box (e.g. the strict disc of
-radius 3, which is the 5x5 box) is the single term; the closed disc of radius 5 has four. Each
-term is two small matrix products (used on leading axes, where they are large GEMMs); on the
-trailing axes the same decomposition is applied with shifted-slice sums. Filtering costs
-O(n_W (h + w)) or O(W + R) per element instead of O(h w) for a dense (h*w) x (h*w) matrix, and
-never builds that matrix.
+radius 3, which is the 5x5 box) is the single term; the closed disc of radius 5 has four.
+
+Both filters apply it with shifted sums, O(W + R) adds per element, never an (h*w) x (h*w)
+matrix and no matrix products (with 0/1 band matrices a GEMM does 10-50x the arithmetic), in
+cache-sized blocks (:data:`CPU_CHUNK_ELEMS` values on a CPU; the whole tensor on a GPU): the
+tensor is read and written once from memory, and the 2 R_x + 2 R_y passes of the sums run over a
+block that stays in cache. They record no autograd graph (the GW filter's autograd function,
+:func:`semcorr.matchers.gwot.terms.gw_filter`, uses them for its forward and its backward).
 """
 
 from __future__ import annotations
@@ -72,15 +75,16 @@ def _chunk_elems(x: torch.Tensor) -> int:
 
 def filter_trailing(x: torch.Tensor, grid: Tuple[int, int], delta: float, strict: bool,
                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Disc-filter the trailing grid axis: x (..., h*w) -> (..., h*w) (no autograd; see
-    :func:`disc_filter` for the differentiable form). ``out``: optional contiguous result buffer.
+    """Disc-filter the trailing grid axis: x (..., h*w) -> (..., h*w), without autograd.
+    ``out``: optional contiguous result buffer.
 
     Rows of x are processed in cache-sized chunks. A chunk is copied into a zero-padded flat
     buffer (each cell's grid followed by R_x zero columns per row and R_y zero rows, shared with
     the next cell), in which a grid shift (dy, dx) is a shift of the flat axis by dy*pitch + dx:
     every shifted sum is one contiguous pass, with no edge cases. The horizontal box of each
     half-width is built incrementally (2 adds per unit of width) and each disc row dy adds the
-    box of its width shifted by dy rows: about 2 R_x + 2 R_y + 3 passes per chunk, all in cache.
+    box of its width shifted by dy rows: about 2 R_x + 2 R_y + 1 passes per chunk, all in cache
+    (21 for the closed disc of radius 5), the last one writing the result.
     """
     h, w = grid
     groups = _groups(delta, strict)
@@ -158,7 +162,8 @@ def _trailing_program(pad, box, acc, groups, margin: int, pitch: int):
 
 def filter_leading(x: torch.Tensor, grid: Tuple[int, int], delta: float, strict: bool,
                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Disc-filter axis 1: x (B, h*w, M) -> (B, h*w, M) (no autograd; see :func:`disc_filter`).
+    """Disc-filter axis 1: x (B, h*w, M) -> (B, h*w, M), without autograd. ``out``: optional
+    contiguous result buffer.
 
     One grid row of x is a (B, w, M) block; a shift along the grid is a shift by whole rows of
     M contiguous values. The grid is swept once, row by row: each input row's horizontal boxes

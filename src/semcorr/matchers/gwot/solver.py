@@ -314,7 +314,10 @@ def solve_gwot(
         balanced=balanced,
         sinkhorn_iters=opts.sinkhorn_iters,
     )
-    ctx = torch.no_grad() if opts.grad == "detach" else contextlib.nullcontext()
+    # No graph when none is asked for or nothing requires a gradient (then also the fast path).
+    differentiable = [cost, pb.lam, pb.gw_coef, pb.sym_coef, pb.lam_ub, pb.eps]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
+    ctx = torch.no_grad() if opts.grad == "detach" or not needs_grad else contextlib.nullcontext()
     with ctx:
         if not torch.is_grad_enabled():
             pb = pb._replace(work=_Work.like(cost))
