@@ -128,11 +128,12 @@ def _plan(pb: _Problem, z: torch.Tensor, g: torch.Tensor, need_log: bool = True,
         log_t = z + f[:, :, None] + g[:, None, :]
         return log_t.exp(), log_t, g
     if not need_log:
-        if work is not None:
-            for r in _row_chunks(z):
-                t = work.plan[:, r]
-                torch.ops.aten._softmax.out(z[:, r], 2, False, out=t)
-                t.mul_(pb.p[:, r, None])
+        if work is not None:  # rows of all pairs in one sequence: contiguous chunks (softmax.out)
+            rows, plan, p = z.reshape(1, -1, z.shape[2]), work.plan.view(1, -1, z.shape[2]), pb.p.reshape(1, -1)
+            for r in _row_chunks(rows):
+                t = plan[:, r]
+                torch.ops.aten._softmax.out(rows[:, r], 2, False, out=t)
+                t.mul_(p[:, r, None])
             return work.plan, None, g
         return torch.softmax(z, dim=2) * pb.p[:, :, None], None, g
     log_t = torch.log_softmax(z, dim=2) + pb.log_p[:, :, None]
