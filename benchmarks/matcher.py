@@ -1,7 +1,8 @@
-"""Matcher speed / memory benchmark: nn, ot, gwot (ours), gwot_dense (naive), POT.
+"""Matcher speed / memory benchmark: nn, ot, gwot (ours), gwot_dense (naive), POT, against a
+softmax over the plan.
 
-    python benchmarks/matcher.py --grids 16 32 40 60 --steps 50 --batch 1 --device cpu \
-        --json runs/bench_matcher.json
+    python benchmarks/matcher.py --grids 32 60 --steps 50 --batch 1 --device cpu \
+        --json runs/bench_matcher.json [--dense-steps 10 | --no-dense] [--threads 1]
 
 Every (method, grid) is measured in a fresh subprocess so that peak memory is its own:
 
@@ -10,13 +11,22 @@ Every (method, grid) is measured in a fresh subprocess so that peak memory is it
   an upper bound of the extra memory, including allocator slack.
 - CUDA: ``torch.cuda.max_memory_allocated`` during the calls, minus the memory allocated before.
 
+**Ratio** (``x_softmax``): each child also times ``torch.softmax`` over a (B, Ns, Nt) tensor
+(the plan's size), three times before and three times after the method (median), in the same
+process, and reports the method's time per iteration (``ot``: Sinkhorn iteration; ``gwot*``:
+mirror-descent step, setup and output included; ``nn``: the whole call) in units of that
+softmax. Absolute times depend on the machine and its load; the ratio is the claim.
+
 Methods (same random features, L2-normalised, cost C = 1 - cos; paper TSS preset
 λ=0.2, λ_gw=0.2, λ_ub=0.05, ε=0.01, δ=(3, 5)):
 
+- ``softmax``: the reference, ``torch.softmax(C, -1)`` (x_softmax = 1 by construction);
 - ``nn``: cosine similarity; ``ot``: semi-unbalanced Sinkhorn (``steps`` iterations);
 - ``gwot``: :func:`semcorr.matchers.gwot.solve_gwot` (unbalanced, automatic step; backward in
   ``checkpoint`` mode) and ``gwot_dense``: the dense reference on the same problem; the diff
-  column is max |T_gwot - T_dense| over the plan;
+  column is max |T_gwot - T_dense| over the plan. The dense reference costs O(N^3) per step
+  (minutes at 60x60): ``--dense-steps K`` runs it for K steps only (the diff is then taken
+  against ``gwot`` solved for K steps, untimed, in the same child), ``--no-dense`` skips it;
 - ``gwot_bal`` and ``pot``: the POT-comparable problem (balanced marginals, η = 1/ε, no symmetry):
   ours with 10 warm-started Sinkhorn iterations per step, and POT's
   ``entropic_fused_gromov_wasserstein`` (PGD, ``steps`` outer iterations, torch backend), both
@@ -39,7 +49,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the dense reference
 
 LAM, LAM_GW, LAM_UB, EPS, DMIN, DMAX = 0.2, 0.2, 0.05, 0.01, 3.0, 5.0
-METHODS = ("nn", "ot", "gwot", "gwot_dense", "gwot_bal", "pot")
+METHODS = ("softmax", "nn", "ot", "gwot", "gwot_dense", "gwot_bal", "pot")
+PER_STEP = ("ot", "gwot", "gwot_dense", "gwot_bal", "gwot_bal_dense", "pot")
 
 
 def _rss_mb() -> float:
@@ -71,7 +82,9 @@ def _run_method(method, grid, steps, cost, backward):
     g = (grid, grid)
     cost = cost.detach().requires_grad_(backward)
     nu = grid * grid / 3600  # λ_gw normalisation (n_s / ref_cells), explicit for POT
-    if method == "nn":
+    if method == "softmax":
+        out = torch.log_softmax(cost, -1) if backward else torch.softmax(cost, -1)
+    elif method == "nn":
         out = -cost
     elif method == "ot":
         out = solve_ot(cost, lam=LAM, eps=EPS, lam_ub=LAM_UB, n_steps=steps)
@@ -121,13 +134,29 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _softmax_ms(cost, device, n=3):
+    """Median time of ``n`` softmax passes over a tensor of the plan's size."""
+    times = []
+    for _ in range(n):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.softmax(cost, -1)
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def child(args) -> dict:
     device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     f1, f2 = _inputs(args.grid, args.batch, device)
     cost = _cost(f1, f2)
-    rec = dict(method=args.method, grid=args.grid, batch=args.batch, device=device, ms_forward=None,
-               ms_forward_backward=None, peak_mb=None, max_abs_diff_vs_dense=None)
+    rec = dict(method=args.method, grid=args.grid, batch=args.batch, device=device, steps=args.steps,
+               threads=torch.get_num_threads(), ms_forward=None, ms_forward_backward=None, peak_mb=None,
+               max_abs_diff_vs_dense=None, ms_softmax=None, x_softmax=None,
+               load_avg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
     import semcorr.matchers.gwot  # noqa: F401  (imports outside the measurement)
 
     if args.method == "pot":
@@ -142,11 +171,19 @@ def child(args) -> dict:
     rss0 = _rss_mb()
     if args.grid <= 32:  # untimed warm-up (lazy initialisation); too slow to repeat at 40+
         _run_method(args.method, args.grid, args.steps, cost, backward=False)
-    _sync(device)
-    t0 = time.perf_counter()
-    out = _run_method(args.method, args.grid, args.steps, cost, backward=False)
-    _sync(device)
-    rec["ms_forward"] = (time.perf_counter() - t0) * 1000
+    soft = _softmax_ms(cost, device)
+    forward = []
+    for _ in range(max(args.repeats, 1)):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = _run_method(args.method, args.grid, args.steps, cost, backward=False)
+        _sync(device)
+        forward.append((time.perf_counter() - t0) * 1000)
+    soft += _softmax_ms(cost, device)
+    rec["ms_forward"] = min(forward)
+    rec["ms_softmax"] = sorted(soft)[len(soft) // 2]
+    per = rec["ms_forward"] / args.steps if args.method in PER_STEP and args.steps else rec["ms_forward"]
+    rec["x_softmax"] = per / rec["ms_softmax"]
     if args.backward and args.method not in ("pot",):
         _sync(device)
         t0 = time.perf_counter()
@@ -159,15 +196,22 @@ def child(args) -> dict:
         rec["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
     if args.reference:
         ref = torch.load(args.reference)
+        if args.ref_steps and args.ref_steps != args.steps:  # a shorter reference: compare at its length
+            out = _run_method(args.method, args.grid, args.ref_steps, cost, backward=False)
+            rec["note"] = f"diff at {args.ref_steps} steps"
         rec["max_abs_diff_vs_dense"] = float((out.exp().cpu() - ref.exp()).abs().max())
     if args.save_plan:
         torch.save(out.cpu(), args.save_plan)
     return rec
 
 
-def _spawn(method, grid, a, backward, reference=None, save_plan=None):
-    cmd = [sys.executable, __file__, "--_child", method, "--grid", str(grid), "--steps", str(a.steps),
-           "--batch", str(a.batch), "--device", a.device]
+def _spawn(method, grid, a, backward, reference=None, save_plan=None, steps=None):
+    cmd = [sys.executable, __file__, "--_child", method, "--grid", str(grid), "--steps", str(steps or a.steps),
+           "--batch", str(a.batch), "--device", a.device, "--repeats", str(a.repeats)]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    if reference and a.dense_steps:
+        cmd += ["--_ref_steps", str(a.dense_steps)]
     if backward:
         cmd.append("--_backward")
     if reference:
@@ -191,12 +235,18 @@ def main(argv=None):
     ap.add_argument("--pot-max-grid", type=int, default=32, help="skip POT above this grid")
     ap.add_argument("--dense-backward-max-grid", type=int, default=32,
                     help="skip the dense reference's backward above this grid (memory: O(steps N^2))")
+    ap.add_argument("--dense-steps", type=int, default=None,
+                    help="run the dense references for this many steps only (diffs taken at that length)")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense references (no diff column)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every child")
+    ap.add_argument("--repeats", type=int, default=1, help="timed forward runs per child (the minimum is kept)")
     ap.add_argument("--timeout", type=int, default=3600)
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--grid", type=int, default=16, help=argparse.SUPPRESS)
     ap.add_argument("--_backward", dest="backward", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_reference", dest="reference", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_save_plan", dest="save_plan", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_ref_steps", dest="ref_steps", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a._child:
         a.method = a._child
@@ -209,11 +259,14 @@ def main(argv=None):
     for grid in a.grids:
         refs = {}
         need_bal = any(m in a.methods for m in ("gwot_bal", "pot"))
-        for ref_method in ["gwot_dense"] + (["gwot_bal_dense"] if need_bal else []):
+        ref_methods = [] if a.no_dense else ["gwot_dense"] + (["gwot_bal_dense"] if need_bal else [])
+        for ref_method in ref_methods:
             path = os.path.join(tmp, f"{ref_method}_{grid}.pt")
             rec = _spawn(ref_method, grid, a, backward=(ref_method == "gwot_dense"
                                                          and grid <= a.dense_backward_max_grid),
-                         save_plan=path)
+                         save_plan=path, steps=a.dense_steps)
+            if a.dense_steps:
+                rec["note"] = f"{a.dense_steps} steps"
             refs[ref_method] = (path, rec)
         for method in a.methods:
             if method == "pot" and grid > a.pot_max_grid:
@@ -222,19 +275,26 @@ def main(argv=None):
                                     note=f"skipped (grid > --pot-max-grid {a.pot_max_grid})"))
                 continue
             if method == "gwot_dense":
+                if a.no_dense:
+                    continue
                 rec = refs["gwot_dense"][1]
                 rec["max_abs_diff_vs_dense"] = 0.0
                 if grid > a.dense_backward_max_grid:
-                    rec["note"] = "backward skipped (memory)"
+                    rec["note"] = (rec.get("note", "") + "; backward skipped (memory)").lstrip("; ")
             else:
-                ref = refs["gwot_dense"][0] if method == "gwot" else (
-                    refs["gwot_bal_dense"][0] if method in ("gwot_bal", "pot") else None)
-                rec = _spawn(method, grid, a, backward=True, reference=ref)
+                ref = None
+                if not a.no_dense:
+                    ref = refs["gwot_dense"][0] if method == "gwot" else (
+                        refs["gwot_bal_dense"][0] if method in ("gwot_bal", "pot") else None)
+                rec = _spawn(method, grid, a, backward=method != "softmax", reference=ref)
             records.append(rec)
             print(_fmt(rec), flush=True)
             _write(a.json, records)  # after every record, so a long run leaves partial results
     print()
     print(_table(records))
+    loads = [r["load_avg"] for r in records if r.get("load_avg") is not None]
+    if loads:
+        print(f"1-min load average during the children: {min(loads):.1f} - {max(loads):.1f}")
     _write(a.json, records)
     return 0
 
@@ -247,18 +307,19 @@ def _write(path, records):
 
 
 def _num(v, fmt):
-    return "-" if v is None else format(v, fmt)
+    return format(v, fmt) if v is not None else format("-", ">" + fmt.split(".")[0])
 
 
 def _fmt(r):
     return (f"{r['method']:<11} {r['grid']:>4} {r['batch']:>5} {r['device']:>6} {_num(r['ms_forward'], '12.1f')} "
+            f"{_num(r.get('ms_softmax'), '10.2f')} {_num(r.get('x_softmax'), '9.2f')} "
             f"{_num(r['ms_forward_backward'], '14.1f')} {_num(r['peak_mb'], '9.1f')} "
             f"{_num(r['max_abs_diff_vs_dense'], '12.2e')}  {r.get('note', '')}")
 
 
 def _table(records):
-    head = (f"{'method':<11} {'grid':>4} {'batch':>5} {'device':>6} {'ms_forward':>12} {'ms_fwd+bwd':>14} "
-            f"{'peak_mb':>9} {'diff_vs_ref':>12}")
+    head = (f"{'method':<11} {'grid':>4} {'batch':>5} {'device':>6} {'ms_forward':>12} {'ms_softmax':>10} "
+            f"{'x_softmax':>9} {'ms_fwd+bwd':>14} {'peak_mb':>9} {'diff_vs_ref':>12}")
     return "\n".join([head, "-" * len(head)] + [_fmt(r) for r in records])
 
 

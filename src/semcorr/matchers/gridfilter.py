@@ -15,20 +15,26 @@ rows of the disc by their half-width W gives the exact decomposition
 
 with :math:`B^x_W` the band matrix :math:`1[|x - x'| \\le W]` and :math:`B^y_W` the 0/1 band
 matrix of the vertical offsets whose segment has half-width W. A box (e.g. the strict disc of
-radius 3, which is the 5x5 box) is the single term; the closed disc of radius 5 has four. Each
-term is two small matrix products (used on leading axes, where they are large GEMMs); on the
-trailing axes the same decomposition is applied with shifted-slice sums. Filtering costs
-O(n_W (h + w)) or O(W + R) per element instead of O(h w) for a dense (h*w) x (h*w) matrix, and
-never builds that matrix.
+radius 3, which is the 5x5 box) is the single term; the closed disc of radius 5 has four.
+
+Both filters apply it with shifted sums, O(W + R) adds per element, never an (h*w) x (h*w)
+matrix and no matrix products (with 0/1 band matrices a GEMM does 10-50x the arithmetic), in
+cache-sized blocks (:data:`CPU_CHUNK_ELEMS` values on a CPU; the whole tensor on a GPU): the
+tensor is read and written once from memory, and the 2 R_x + 2 R_y passes of the sums run over a
+block that stays in cache. They record no autograd graph (the GW filter's autograd function,
+:func:`semcorr.matchers.gwot.terms.gw_filter`, uses them for its forward and its backward).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from functools import lru_cache
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+
+# Elements per work buffer of the chunked CPU filters: a few such buffers stay in L2 / L3.
+CPU_CHUNK_ELEMS = 1 << 18
 
 
 def disc_rows(delta: float, strict: bool) -> List[Tuple[int, int]]:
@@ -56,81 +62,165 @@ def disc_size(delta: float, strict: bool) -> int:
     return sum(2 * w + 1 for _, w in disc_rows(delta, strict))
 
 
-@lru_cache(maxsize=64)
-def _factors_cpu(h: int, w: int, delta: float, strict: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _groups(delta: float, strict: bool) -> List[Tuple[int, List[int]]]:
+    """Disc rows grouped by half-width, widest last: [(W, [dy, ...]), ...]."""
     rows = disc_rows(delta, strict)
-    widths = sorted({wd for _, wd in rows})
-    n = len(widths)
-    by = torch.zeros(n, h, h, dtype=torch.float64)  # (W, y_out, y_in)
-    bx = torch.zeros(n, w, w, dtype=torch.float64)  # (W, x_out, x_in)
-    xs = torch.arange(w)
-    ys = torch.arange(h)
-    for a, wd in enumerate(widths):
-        bx[a] = ((xs[:, None] - xs[None, :]).abs() <= wd).double()
-        for dy, wr in rows:
-            if wr == wd:
-                by[a] += ((ys[None, :] - ys[:, None]) == dy).double()
-    return by, bx
+    return [(wd, [dy for dy, wr in rows if wr == wd]) for wd in sorted({wd for _, wd in rows})]
 
 
-def disc_factors(
-    grid: Tuple[int, int], delta: float, strict: bool, device=None, dtype=torch.float32
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Separable factors of the disc filter on an (h, w) grid.
-
-    Returns ``by`` (n_W, h, h) and ``bx`` (n_W, w, w) with
-    ``out[y, x] = sum_a sum_{y', x'} by[a, y, y'] bx[a, x, x'] in[y', x']`` (zero padding).
-    """
-    by, bx = _factors_cpu(int(grid[0]), int(grid[1]), float(delta), bool(strict))
-    return by.to(device=device, dtype=dtype), bx.to(device=device, dtype=dtype)
+def _chunk_elems(x: torch.Tensor) -> int:
+    """Elements per work buffer: cache-sized on CPU (L2/L3), everything at once on a GPU."""
+    return CPU_CHUNK_ELEMS if x.device.type == "cpu" else 1 << 62
 
 
-def filter_trailing(x: torch.Tensor, grid: Tuple[int, int], delta: float, strict: bool) -> torch.Tensor:
-    """Disc-filter the trailing grid axis: x (..., h*w) -> (..., h*w).
+def filter_trailing(x: torch.Tensor, grid: Tuple[int, int], delta: float, strict: bool,
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Disc-filter the trailing grid axis: x (..., h*w) -> (..., h*w), without autograd.
+    ``out``: optional contiguous result buffer.
 
-    Shifted-slice sums (cheaper than matrix products here, where w is the innermost axis):
-    horizontal boxes of each half-width W are built incrementally (2 slice-adds per unit of
-    width), then each disc row dy adds its box shifted by dy. About 2 max(W) + 2 R + 1 passes.
+    Rows of x are processed in cache-sized chunks. A chunk is copied into a zero-padded flat
+    buffer (each cell's grid followed by R_x zero columns per row and R_y zero rows, shared with
+    the next cell), in which a grid shift (dy, dx) is a shift of the flat axis by dy*pitch + dx:
+    every shifted sum is one contiguous pass, with no edge cases. The horizontal box of each
+    half-width is built incrementally (2 adds per unit of width) and each disc row dy adds the
+    box of its width shifted by dy rows: about 2 R_x + 2 R_y + 1 passes per chunk, all in cache
+    (21 for the closed disc of radius 5), the last one writing the result.
     """
     h, w = grid
-    rows = disc_rows(delta, strict)
-    if not rows:
-        return torch.zeros_like(x)
-    m = x.reshape(-1, h, w)
-    boxes = {}
-    cur, cur_w = m, 0
-    for wd in sorted({wd for _, wd in rows}):
-        if wd > cur_w:
-            cur = cur.clone()
-            for s in range(cur_w + 1, min(wd, w - 1) + 1):
-                cur[..., s:] += m[..., :-s]
-                cur[..., :-s] += m[..., s:]
-            cur_w = wd
-        boxes[wd] = cur
-    widths = dict(rows)
-    out = boxes[widths[0]].clone()  # every non-empty disc holds dy = 0
-    for dy, wd in rows:
-        if dy == 0 or abs(dy) >= h:
-            continue
-        if dy > 0:
-            out[:, :-dy] += boxes[wd][:, dy:]
-        else:
-            out[:, -dy:] += boxes[wd][:, :dy]
-    return out.reshape(x.shape)
+    groups = _groups(delta, strict)
+    shape = x.shape
+    if out is None:
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    if not groups or x.numel() == 0:
+        return out.zero_()
+    xs = x.reshape(-1, h * w)
+    os_ = out.view(-1, h * w)
+    rx = groups[-1][0]
+    ry = max(abs(dy) for _, dys in groups for dy in dys)
+    pitch, rows = w + rx, h + ry
+    cell = rows * pitch
+    margin = ry * pitch + rx
+    k = max(1, min(xs.shape[0], _chunk_elems(x) // cell))
+    n = k * cell
+    pad = x.new_zeros(2 * margin + n)  # pads stay zero: only data positions are ever written
+    box = torch.empty_like(pad)
+    acc = x.new_empty(n)
+    data_in = pad[margin:margin + n].view(k, rows, pitch)[:, :h, :w]
+    data_out = acc.view(k, rows, pitch)[:, :h, :w]
+    ops = _trailing_program(pad, box, acc, groups, margin, pitch)
+    for r0 in range(0, xs.shape[0], k):
+        kk = min(k, xs.shape[0] - r0)
+        data_in[:kk].copy_(xs[r0:r0 + kk].view(kk, h, w))
+        if kk < k:  # the last, partial chunk: clear the cells left from the previous one
+            data_in[kk:].zero_()
+        for op in ops[:-1]:
+            op()
+        last = ops[-1]  # the last sum writes the data cells straight into the result
+        dst = os_[r0:r0 + kk].view(kk, h, w)
+        if last.func is torch.add:
+            torch.add(*(v.view(k, rows, pitch)[:kk, :h, :w] for v in last.args), out=dst)
+        else:  # acc.add_(v) or acc.copy_(v)
+            last()
+            dst.copy_(data_out[:kk])
+    return out
 
 
-def filter_leading(x: torch.Tensor, grid: Tuple[int, int], delta: float, strict: bool) -> torch.Tensor:
-    """Disc-filter axis 1: x (B, h*w, M) -> (B, h*w, M).
+def _trailing_program(pad, box, acc, groups, margin: int, pitch: int):
+    """The passes of :func:`filter_trailing` on one chunk, as calls on fixed views (built once
+    per call, so the loop over chunks does no slicing)."""
+    n = acc.numel()
+    rx = groups[-1][0]
+    lo, hi = rx, pad.numel() - rx  # the range of the boxes that the disc rows read
+    b = box[lo:hi]
+    ops = []
+    src, cur = pad, 0  # the box of the current half-width (width 0: the data itself)
+    first = True
+    for wd, dys in groups:
+        if wd > cur:
+            if src is pad:  # the first box: the data plus its first two shifts, in one pass
+                ops.append(functools.partial(torch.add, pad[lo - 1:hi - 1], pad[lo + 1:hi + 1], out=b))
+                ops.append(functools.partial(b.add_, pad[lo:hi]))
+                src, cur = box, 1
+            for s in range(cur + 1, wd + 1):
+                ops.append(functools.partial(b.add_, pad[lo - s:hi - s]))
+                ops.append(functools.partial(b.add_, pad[lo + s:hi + s]))
+            cur = wd
+        views = [src[margin + dy * pitch:margin + dy * pitch + n] for dy in dys]
+        if first:  # start the sum with the first one or two rows, without a copy
+            first = False
+            if len(views) >= 2:
+                ops.append(functools.partial(torch.add, views[0], views[1], out=acc))
+                views = views[2:]
+            else:
+                ops.append(functools.partial(acc.copy_, views[0]))
+                views = views[1:]
+        ops.extend(functools.partial(acc.add_, v) for v in views)
+    if ops[-1].func == acc.add_:  # the last sum as acc + v, so that it can write elsewhere
+        ops[-1] = functools.partial(torch.add, acc, ops[-1].args[0], out=acc)
+    return ops
 
-    Each product acts on a leading axis with M contiguous columns, so it is one large GEMM.
+
+def filter_leading(x: torch.Tensor, grid: Tuple[int, int], delta: float, strict: bool,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Disc-filter axis 1: x (B, h*w, M) -> (B, h*w, M), without autograd. ``out``: optional
+    contiguous result buffer.
+
+    One grid row of x is a (B, w, M) block; a shift along the grid is a shift by whole rows of
+    M contiguous values. The grid is swept once, row by row: each input row's horizontal boxes
+    (one per half-width) go into a ring of the last 2 R_y + 1 rows (cache-sized), and each output
+    row is the sum of the ring rows its disc rows name. About 2 R_x + 1 + |disc rows| passes over
+    cached blocks; x is read once and the result written once.
     """
     h, w = grid
     b, _, m = x.shape
-    by, bx = disc_factors(grid, delta, strict, x.device, x.dtype)
-    n = by.shape[0]
-    if n == 0:
-        return torch.zeros_like(x)
-    # (n_W w_out, w_in) @ (B h, w_in, M) -> (B, h_in, n_W, w_out, M) -> (B, h_in n_W, w_out M)
-    y = torch.matmul(bx.reshape(n * w, w), x.reshape(b * h, w, m)).reshape(b, h * n, w * m)
-    out = torch.matmul(by.permute(1, 2, 0).reshape(h, h * n), y)
-    return out.reshape(b, h * w, m)
+    groups = _groups(delta, strict)
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if not groups or x.numel() == 0:
+        return out.zero_()
+    xv = x.reshape(b, h, w, m)
+    ov = out.view(b, h, w, m)
+    ry = max(abs(dy) for _, dys in groups for dy in dys)
+    span = 2 * ry + 1
+    widths = [wd for wd, _ in groups]
+    ring = x.new_empty(len(widths), span, b, w, m)
+    terms = [(dy, a) for a, (_, dys) in enumerate(groups) for dy in dys]
+
+    def boxes(y):
+        row = xv[:, y]
+        cur = -1
+        for a, wd in enumerate(widths):
+            dst = ring[a, y % span]
+            if cur < 0:
+                if wd > 0 and w > 1:  # the row plus its left neighbour, then its right one
+                    torch.add(row[:, 1:], row[:, :-1], out=dst[:, 1:])
+                    dst[:, 0] = row[:, 0]
+                    dst[:, :-1].add_(row[:, 1:])
+                    start = 2
+                else:
+                    dst.copy_(row)
+                    start = 1
+            else:
+                dst.copy_(ring[a - 1, y % span])
+                start = cur + 1
+            for s in range(start, min(wd, w - 1) + 1):
+                dst[:, s:].add_(row[:, :-s])
+                dst[:, :-s].add_(row[:, s:])
+            cur = wd
+
+    for y in range(min(ry, h)):
+        boxes(y)
+    for y in range(h):
+        if y + ry < h:
+            boxes(y + ry)
+        dst = ov[:, y]
+        srcs = [ring[a, (y + dy) % span] for dy, a in terms if 0 <= y + dy < h]
+        if len(srcs) >= 2:
+            torch.add(srcs[0], srcs[1], out=dst)
+        elif srcs:
+            dst.copy_(srcs[0])
+        else:
+            dst.zero_()
+        for src in srcs[2:]:
+            dst.add_(src)
+    return out

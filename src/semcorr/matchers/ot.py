@@ -1,4 +1,4 @@
-"""Entropic optimal transport matcher (balanced or semi-unbalanced Sinkhorn), log domain.
+"""Entropic optimal transport matcher (balanced or semi-unbalanced Sinkhorn).
 
 Problem, with C = 1 - y ŷᵀ the cosine cost between L2-normalised features and p, q uniform over
 the valid source / target cells:
@@ -30,7 +30,7 @@ import torch
 from semcorr.backbones.base import FeatureMap
 from semcorr.matchers.base import (Matcher, MatcherConfig, MatchResult, check_options, masks,
                                    match_cost)
-from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn_log, uniform_log_marginals
+from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn, uniform_log_marginals
 from semcorr.registry import register
 
 
@@ -80,19 +80,17 @@ def solve_ot(
     lam = per_pair(opts.lam, b, cost)
     eps = per_pair(opts.eps, b, cost)
     log_p, log_q, n_s, _ = uniform_log_marginals(src_valid, trg_valid, dt)
-    z = (-lam / eps)[:, None, None] * cost
-    z = z.masked_fill(~trg_valid[:, None, :], NEG)
+    z = ((-lam / eps)[:, None, None] * cost).masked_fill_(~trg_valid[:, None, :], NEG)
     if opts.marginal == "balanced":
         rho = torch.ones_like(eps)
     else:
         lam_ub = per_pair(opts.lam_ub, b, cost)
         rho = lam_ub / (lam_ub + eps)
-    _, g = sinkhorn_log(z, log_p, log_q, trg_valid, opts.n_steps, rho)
+    _, g, row_lse = sinkhorn(z, log_p, log_q, trg_valid, opts.n_steps, rho)
     # Final row update with every row at mass 1 / n_s ("virtual" rows for padded source cells).
-    log_p_all = (-n_s.log())[:, None].expand(b, ns)
-    f = log_p_all - torch.logsumexp(z + g[:, None, :], dim=2)
-    log_plan = z + f[:, :, None] + g[:, None, :]
-    return log_plan.masked_fill(~trg_valid[:, None, :], float("-inf"))
+    f = (-n_s.log())[:, None] - row_lse
+    log_plan = (z + g[:, None, :]).add_(f[:, :, None])
+    return log_plan.masked_fill_(~trg_valid[:, None, :], float("-inf"))
 
 
 @dataclass

@@ -1,13 +1,19 @@
-"""Log-domain (semi-unbalanced) Sinkhorn and the marginals the OT family shares.
+"""(Semi-unbalanced) Sinkhorn and the marginals the OT family shares.
 
-Functional core of :mod:`semcorr.matchers.ot` and of GW-OT's balanced projection. Masses live
-in the log domain; cells outside the support get :data:`NEG` (finite, so ``0 * NEG == 0`` and no
-NaN reaches autograd).
+Functional core of :mod:`semcorr.matchers.ot` and of GW-OT's balanced projection. Potentials
+live in the log domain; cells outside the support get :data:`NEG` (finite, so ``0 * NEG == 0``
+and no NaN reaches autograd).
+
+:func:`sinkhorn` iterates on a stabilised kernel K = exp(Z + s - m) (m the row maxima): each
+iteration is two matrix-vector products over K, one pass each, instead of two log-sum-exps
+over (B, Ns, Nt) of several passes and a temporary each; only (B, Ns) and (B, Nt) vectors stay
+in the log domain. It falls back to :func:`sinkhorn_log`, the plain log-domain iteration, when a
+scaling vector leaves the floating-point range (tiny ε).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -71,3 +77,70 @@ def sinkhorn_log(
         g = torch.where(trg_valid, g, torch.zeros_like(g))
         f = log_p - torch.logsumexp(logits + g[:, None, :], dim=2)
     return f, g
+
+
+class Potentials(NamedTuple):
+    """f (B, Ns), g (B, Nt); row_lse (B, Ns) = lse_j(Z_ij + g_j) of the last row update (so
+    f = log p - row_lse)."""
+
+    f: torch.Tensor
+    g: torch.Tensor
+    row_lse: torch.Tensor
+
+
+def sinkhorn(
+    logits: torch.Tensor,
+    log_p: torch.Tensor,
+    log_q: torch.Tensor,
+    trg_valid: torch.Tensor,
+    n_iters: int,
+    rho=1.0,
+    g: Optional[torch.Tensor] = None,
+) -> Potentials:
+    """Sinkhorn potentials of the kernel ``exp(logits)``: the iteration of :func:`sinkhorn_log`
+    (same arguments, same result), on the kernel.
+
+    With the shift s = g (the warm start, detached) and m_i = max_j (Z_ij + s_j), K = exp(Z + s - m)
+    has entries in [0, 1] and a 1 in every row, and the updates are
+
+    .. math::
+        f = \\log p - m - \\log K e^{g - s}, \\qquad
+        g = \\rho\\,(\\log q + s - \\log K^\\top e^{f + m}).
+
+    s and m only shift the potentials inside the exponentials, so they are exact constants for
+    autograd (detached). If a potential ends non-finite (a row or column of K underflowed, tiny
+    ε), the log-domain iteration is run instead.
+    """
+    if g is None:
+        g = torch.zeros_like(log_q)
+    g_start = g
+    rho_t = torch.as_tensor(rho, dtype=logits.dtype, device=logits.device)
+    if rho_t.ndim == 1:
+        rho_t = rho_t[:, None]
+    shift = g.detach()
+    with torch.no_grad():
+        zs = logits + shift[:, None, :]
+        m = zs.amax(2)  # (B, Ns)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        del zs
+        kernel = (logits + shift[:, None, :] - m[:, :, None]).exp()
+    else:
+        kernel = zs.sub_(m[:, :, None]).exp_()  # in place: no autograd
+    ones = torch.ones_like(log_q)
+
+    def row_lse(g_):  # lse_j(Z_ij + g_j)
+        return m + torch.matmul(kernel, (g_ - shift).exp()[:, :, None])[..., 0].log()
+
+    lse = row_lse(g)
+    f = log_p - lse
+    for _ in range(n_iters):
+        col = torch.matmul((f + m).exp()[:, None, :], kernel)[:, 0]  # K^T e^{f + m}
+        g = rho_t * (log_q + shift - torch.where(trg_valid, col, ones).log())
+        g = torch.where(trg_valid, g, torch.zeros_like(g))
+        lse = row_lse(g)
+        f = log_p - lse
+    if not bool(torch.isfinite(lse).all() & torch.isfinite(g).all()):
+        del kernel
+        f, g = sinkhorn_log(logits, log_p, log_q, trg_valid, n_iters, rho, g_start)
+        lse = torch.logsumexp(logits + g[:, None, :], dim=2)
+    return Potentials(f, g, lse)

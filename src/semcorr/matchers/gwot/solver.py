@@ -54,10 +54,10 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from semcorr.matchers.gridfilter import disc_size
+from semcorr.matchers.gridfilter import CPU_CHUNK_ELEMS, disc_size
 from semcorr.matchers.gwot.options import GWOTOptions
 from semcorr.matchers.gwot.terms import SymPairs, gw_filter, gw_row_term, sym_gradient, sym_setup, sym_value
-from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn_log, uniform_log_marginals
+from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn, uniform_log_marginals
 
 
 class GWOTResult(NamedTuple):
@@ -89,27 +89,63 @@ class _Problem(NamedTuple):
     pairs: Optional[SymPairs]
     balanced: bool
     sinkhorn_iters: int
+    work: Optional["_Work"] = None  # reused buffers, set when no gradient is recorded
 
 
-def _plan(pb: _Problem, z: torch.Tensor, g: torch.Tensor, need_log: bool = True):
+class _Work(NamedTuple):
+    """(B, Ns, Nt) buffers reused by every step when no autograd graph is built: on a CPU, a
+    fresh tensor of the plan's size costs more (page faults) than a pass over it."""
+
+    plan: torch.Tensor
+    filt: torch.Tensor
+    trail: torch.Tensor  # the plan filtered over the target grid
+
+    @staticmethod
+    def like(x: torch.Tensor) -> "_Work":
+        return _Work(*(torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(3)))
+
+
+def _work(pb: _Problem) -> Optional[_Work]:
+    """The buffers, when this step records no gradient (in-place updates are safe)."""
+    return None if torch.is_grad_enabled() else pb.work
+
+
+def _row_chunks(x: torch.Tensor):
+    """Slices of axis 1 of x (B, Ns, Nt) of about ``CPU_CHUNK_ELEMS`` elements (one on a GPU)."""
+    bsz, ns, nt = x.shape
+    rows = ns if x.device.type != "cpu" else max(1, CPU_CHUNK_ELEMS // max(bsz * nt, 1))
+    return [slice(r, min(r + rows, ns)) for r in range(0, ns, rows)]
+
+
+def _plan(pb: _Problem, z: torch.Tensor, g: torch.Tensor, need_log: bool = True,
+          work: Optional[_Work] = None):
     """Project exp(z) (logits, NEG at invalid targets) onto the constraint set.
 
     Returns T (padded source rows at zero mass), log T (None unless ``need_log``; unbalanced) and
-    the column potential (balanced).
+    the column potential (balanced). With ``work`` (no autograd), T is written into
+    ``work.plan`` chunk by chunk (softmax and the row mass while the chunk is in cache).
     """
     if pb.balanced:
-        f, g = sinkhorn_log(z, pb.log_p, pb.log_q, pb.trg_valid, pb.sinkhorn_iters, 1.0, g)
+        f, g, _ = sinkhorn(z, pb.log_p, pb.log_q, pb.trg_valid, pb.sinkhorn_iters, 1.0, g)
         log_t = z + f[:, :, None] + g[:, None, :]
         return log_t.exp(), log_t, g
     if not need_log:
+        if work is not None:  # rows of all pairs in one sequence: contiguous chunks (softmax.out)
+            rows, plan, p = z.reshape(1, -1, z.shape[2]), work.plan.view(1, -1, z.shape[2]), pb.p.reshape(1, -1)
+            for r in _row_chunks(rows):
+                t = plan[:, r]
+                torch.ops.aten._softmax.out(rows[:, r], 2, False, out=t)
+                t.mul_(p[:, r, None])
+            return work.plan, None, g
         return torch.softmax(z, dim=2) * pb.p[:, :, None], None, g
     log_t = torch.log_softmax(z, dim=2) + pb.log_p[:, :, None]
     return log_t.exp(), log_t, g
 
 
-def _parts(pb: _Problem, t: torch.Tensor):
+def _parts(pb: _Problem, t: torch.Tensor, work: Optional[_Work] = None):
     """Pieces shared by the gradient and the objective at plan T."""
-    filt = gw_filter(t, pb.src_grid, pb.trg_grid, pb.delta_min, pb.delta_max)
+    filt = gw_filter(t, pb.src_grid, pb.trg_grid, pb.delta_min, pb.delta_max,
+                     out=None if work is None else work.filt, tmp=None if work is None else work.trail)
     col = t.sum(1)  # (B, Nt)
     log_ratio = torch.where(
         pb.trg_valid, col.clamp_min(torch.finfo(t.dtype).tiny).log() - pb.log_q, torch.zeros_like(col)
@@ -134,16 +170,20 @@ def _objective(pb: _Problem, t, log_t, filt, col, log_ratio) -> torch.Tensor:
 
 
 def _full_gradient(pb: _Problem, t: torch.Tensor) -> torch.Tensor:
-    """(B, Ns, Nt) ∇F(T) (without the entropy term), used for the automatic step size."""
-    filt, _, log_ratio, sym = _parts(pb, t)
+    """(B, Ns, Nt) ∇F(T) (without the entropy term), used for the automatic step size.
+
+    No autograd: the terms are summed in place, into a work buffer when there is one.
+    """
+    work = _work(pb)
+    filt, _, log_ratio, sym = _parts(pb, t, work)
     row_term = gw_row_term(pb.p, pb.src_grid, pb.delta_min)
-    g = pb.lam[:, None, None] * pb.cost + pb.gw_coef[:, None, None] * (row_term[:, :, None] - filt)
-    g = g + pb.lam_ub[:, None, None] * log_ratio[:, None, :]
+    g = torch.mul(pb.cost, pb.lam[:, None, None], **({} if work is None else {"out": work.trail}))
+    g.addcmul_(pb.gw_coef[:, None, None], filt.neg_().add_(row_term[:, :, None]))  # c_gw (row - F)
+    g.add_(pb.lam_ub[:, None, None] * log_ratio[:, None, :])
     if sym is not None:
         idx, vals = sym
         bsz, ns, nt = g.shape
-        g = g.reshape(-1, nt).index_add(0, idx, vals * pb.sym_coef.repeat_interleave(vals.shape[0] // bsz)[:, None])
-        g = g.reshape(bsz, ns, nt)
+        g.view(-1, nt).index_add_(0, idx, vals * pb.sym_coef.repeat_interleave(vals.shape[0] // bsz)[:, None])
     return g
 
 
@@ -165,7 +205,8 @@ def auto_step_size(pb: _Problem, t: torch.Tensor, step: float) -> torch.Tensor:
         g = _full_gradient(pb, t)
         big = torch.finfo(g.dtype).max
         vt = pb.trg_valid[:, None, :]
-        rng = g.masked_fill(~vt, -big).amax(2) - g.masked_fill(~vt, big).amin(2)  # (B, Ns)
+        # in place (g is a temporary): -big at invalid targets for the max, then +big for the min
+        rng = g.masked_fill_(~vt, -big).amax(2) - g.masked_fill_(~vt, big).amin(2)  # (B, Ns)
         rng = torch.where(pb.src_valid, rng, torch.zeros_like(rng)).amax(1)
         cap = step_size_cap(pb.eps, pb.lam_ub)
         eta = torch.where(rng > 0, step / rng.clamp_min(torch.finfo(g.dtype).tiny), cap)
@@ -175,19 +216,34 @@ def auto_step_size(pb: _Problem, t: torch.Tensor, step: float) -> torch.Tensor:
 def _step(pb: _Problem, z, g_pot, eta, a, c_eta, want_obj: bool):
     """One mirror-descent step from logits z. Returns the new logits, the column potential and
     (optionally) the objective of the plan at z."""
-    t, log_t, g_pot = _plan(pb, z, g_pot, need_log=want_obj)
-    filt, col, log_ratio, sym = _parts(pb, t)
+    work = _work(pb)
+    t, log_t, g_pot = _plan(pb, z, g_pot, need_log=want_obj, work=work)
+    filt, col, log_ratio, sym = _parts(pb, t, work)
     obj = _objective(pb, t, log_t, filt, col, log_ratio).detach() if want_obj else None
     beta = (eta * pb.gw_coef)[:, None, None]
     # z' = (1 - ηε) z - η (λC + c_gw (row - F) + λub log(q̃/q) + c_sym U); row constants dropped.
-    z_new = torch.addcmul(torch.addcmul(c_eta, a, z), beta, filt)
-    z_new = z_new - (eta * pb.lam_ub)[:, None, None] * log_ratio[:, None, :]
+    col_step = (eta * pb.lam_ub)[:, None, None] * log_ratio[:, None, :]
+    z_new = _descend(z, a, c_eta, beta, filt, col_step, in_place=work is not None)
     if sym is not None:
         idx, vals = sym
         bsz, ns, nt = z.shape
         w = (eta * pb.sym_coef).repeat_interleave(vals.shape[0] // bsz)[:, None]
-        z_new = z_new.reshape(-1, nt).index_add(0, idx, -w * vals).reshape(bsz, ns, nt)
+        if work is not None:
+            z_new.view(-1, nt).index_add_(0, idx, -w * vals)
+        else:
+            z_new = z_new.reshape(-1, nt).index_add(0, idx, -w * vals).reshape(bsz, ns, nt)
     return z_new, g_pot, obj
+
+
+def _descend(z, a, c_eta, beta, filt, col_step, in_place: bool) -> torch.Tensor:
+    """z' = a z + c_eta + beta filt - col_step; ``in_place`` (no autograd): into z, chunk by
+    chunk, so that the four terms are combined while a chunk is in cache."""
+    if not in_place:
+        return torch.addcmul(torch.addcmul(c_eta, a, z), beta, filt) - col_step
+    for r in _row_chunks(z):
+        zc = z[:, r]
+        torch.addcmul(c_eta[:, r], a, zc, out=zc).addcmul_(beta, filt[:, r]).sub_(col_step)
+    return z
 
 
 def scale_coefficients(opts: GWOTOptions, n_s: torch.Tensor, lam_gw: torch.Tensor,
@@ -274,23 +330,30 @@ def solve_gwot(
         balanced=balanced,
         sinkhorn_iters=opts.sinkhorn_iters,
     )
-    ctx = torch.no_grad() if opts.grad == "detach" else contextlib.nullcontext()
+    # No graph when none is asked for or nothing requires a gradient (then also the fast path).
+    differentiable = [cost, pb.lam, pb.gw_coef, pb.sym_coef, pb.lam_ub, pb.eps]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
+    ctx = torch.no_grad() if opts.grad == "detach" or not needs_grad else contextlib.nullcontext()
     with ctx:
+        if not torch.is_grad_enabled():
+            pb = pb._replace(work=_Work.like(cost))
         return _run(pb, opts, step_size)
 
 
 def _run(pb: _Problem, opts: GWOTOptions, step_size) -> GWOTResult:
     n_steps, grad, tol, want_obj = opts.n_steps, opts.grad, opts.tol, opts.return_objective
     bsz, ns, nt = pb.cost.shape
-    z = pb.cost.new_zeros(bsz, ns, nt).masked_fill(~pb.trg_valid[:, None, :], NEG)
+    z = pb.cost.new_zeros(bsz, ns, nt).masked_fill_(~pb.trg_valid[:, None, :], NEG)
     g_pot = pb.cost.new_zeros(bsz, nt)
     if step_size is None:
-        eta = auto_step_size(pb, _plan(pb, z.detach(), g_pot, need_log=False)[0], opts.step)
+        with torch.no_grad():
+            t0 = _plan(pb, z, g_pot, need_log=False, work=_work(pb))[0]
+        eta = auto_step_size(pb, t0, opts.step)
     else:
         eta = per_pair(step_size, bsz, pb.cost).detach()
     a = (1 - eta * pb.eps)[:, None, None]
     # Constant part of the step: -η λ C, with NEG at invalid targets (keeps them at zero mass).
-    c_eta = (-(eta * pb.lam)[:, None, None] * pb.cost).masked_fill(~pb.trg_valid[:, None, :], NEG)
+    c_eta = (-(eta * pb.lam)[:, None, None] * pb.cost).masked_fill_(~pb.trg_valid[:, None, :], NEG)
 
     def block(z_in, g_in, k):
         objs = []
@@ -346,7 +409,9 @@ def _output_log_plan(pb: _Problem, z: torch.Tensor, g_pot: torch.Tensor) -> torc
     log_p_all = (-pb.n_s.log())[:, None, None]
     if pb.balanced:
         f = -torch.logsumexp(z + g_pot[:, None, :], dim=2, keepdim=True)
-        log_plan = z + g_pot[:, None, :] + f + log_p_all
-    else:
+        log_plan = (z + g_pot[:, None, :]).add_(f + log_p_all)
+    elif torch.is_grad_enabled():
         log_plan = torch.log_softmax(z, dim=2) + log_p_all
-    return log_plan.masked_fill(~pb.trg_valid[:, None, :], float("-inf"))
+    else:  # no autograd: one buffer fewer
+        log_plan = torch.log_softmax(z, dim=2).add_(log_p_all)
+    return log_plan.masked_fill_(~pb.trg_valid[:, None, :], float("-inf"))

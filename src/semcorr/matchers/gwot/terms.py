@@ -9,18 +9,40 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
 from semcorr.matchers.gridfilter import filter_leading, filter_trailing
 
 
-def gw_filter(t: torch.Tensor, src_grid, trg_grid, delta_min: float, delta_max: float) -> torch.Tensor:
+def gw_filter(t: torch.Tensor, src_grid, trg_grid, delta_min: float, delta_max: float,
+              out: Optional[torch.Tensor] = None, tmp: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(C^p T K) for T (B, Ns, Nt): δ_min-disc (strict) over the source grid, δ_max-disc (closed)
-    over the target grid."""
-    out = filter_trailing(t, trg_grid, delta_max, strict=False)
-    return filter_leading(out, src_grid, delta_min, strict=True)
+    over the target grid.
+
+    ``out``, ``tmp``: optional (B, Ns, Nt) buffers for the result and the target-filtered T,
+    reused across steps when no gradient is recorded.
+    """
+    if torch.is_grad_enabled() and t.requires_grad:
+        return _GWFilter.apply(t, tuple(src_grid), tuple(trg_grid), float(delta_min), float(delta_max))
+    mid = filter_trailing(t, trg_grid, delta_max, strict=False, out=tmp)
+    return filter_leading(mid, src_grid, delta_min, strict=True, out=out)
+
+
+class _GWFilter(torch.autograd.Function):
+    """T -> C^p T K as an autograd function: both disc matrices are symmetric, so the backward
+    pass is the same filter applied to the incoming gradient (nothing is saved)."""
+
+    @staticmethod
+    def forward(ctx, t, src_grid, trg_grid, delta_min, delta_max):
+        ctx.args = (src_grid, trg_grid, delta_min, delta_max)
+        with torch.no_grad():
+            return gw_filter(t, src_grid, trg_grid, delta_min, delta_max)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (gw_filter(grad.contiguous(), *ctx.args), None, None, None, None)
 
 
 def gw_row_term(p: torch.Tensor, src_grid, delta_min: float) -> torch.Tensor:
