@@ -73,6 +73,24 @@ def test_small_models_match_the_official_code(official, registers, tmp_path, mon
             assert diff > 1e-3, (hw, diff)
 
 
+@pytest.mark.parametrize("registers", [False, True], ids=["plain", "reg"])
+@pytest.mark.parametrize("arch", ["vitb14", "vitl14"])
+def test_base_and_large_match_the_official_code(official, arch, registers, tmp_path, monkeypatch):
+    """ViT-B/14 and ViT-L/14 (one block: the blocks are the same at every depth), non-square
+    and square sizes, plain from the official .pth, registers through timm's loader."""
+    ref = small_official(official, registers, depth=1, arch=arch)
+    name = arch + ("_reg" if registers else "")
+    if registers:
+        ours = DinoV2(model=name, weights="timm", model_kwargs=timm_weights(
+            name, ref.state_dict(), 1, tmp_path, monkeypatch)).eval()
+    else:
+        ours = DinoV2(model=name, weights=str(save_official(ref, tmp_path / "dinov2_pretrain.pth")),
+                      model_kwargs={"depth": 1}).eval()
+    for hw in [(224, 224), (448, 630)]:
+        x = torch.rand(1, 3, *hw)
+        assert rel(ours_tokens(ours, x), official_tokens(ref, x)) < TOL, hw
+
+
 def test_layer_and_norm_options_match_the_official_intermediate_layers(official, tmp_path):
     ref = small_official(official, registers=False, depth=3)
     path = save_official(ref, tmp_path / "dinov2_pretrain.pth")

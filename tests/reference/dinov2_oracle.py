@@ -61,10 +61,11 @@ def perturb(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def small_official(official: SimpleNamespace, registers: bool, depth: int = 12) -> torch.nn.Module:
-    """The hub's ViT-S/14 (``dinov2_vits14[_reg]``, pretrained=False), cut to ``depth`` blocks."""
+def small_official(official: SimpleNamespace, registers: bool, depth: int = 12,
+                   arch: str = "vits14") -> torch.nn.Module:
+    """The hub's ``dinov2_<arch>[_reg]`` (pretrained=False; ViT-S/B/L), cut to ``depth`` blocks."""
     torch.manual_seed(0)
-    model = (official.hub.dinov2_vits14_reg if registers else official.hub.dinov2_vits14)(pretrained=False)
+    model = getattr(official.hub, f"dinov2_{arch}" + ("_reg" if registers else ""))(pretrained=False)
     assert not model.chunked_blocks  # the hub builds with block_chunks=0
     model.blocks = model.blocks[:depth]
     model.n_blocks = depth
