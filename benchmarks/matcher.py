@@ -46,16 +46,14 @@ from pathlib import Path
 
 import torch
 
+from _common import rss_mb, sync  # benchmarks/_common.py (this script's folder is on sys.path)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the dense reference
 
 LAM, LAM_GW, LAM_UB, EPS, DMIN, DMAX = 0.2, 0.2, 0.05, 0.01, 3.0, 5.0
 METHODS = ("softmax", "nn", "ot", "gwot", "gwot_dense", "gwot_bal", "pot")
 PER_STEP = ("ot", "gwot", "gwot_dense", "gwot_bal", "gwot_bal_dense", "pot")
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _inputs(grid, batch, device, seed=0):
@@ -129,19 +127,15 @@ def _pot(cost, g, steps, nu):
     )
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
 
 def _softmax_ms(cost, device, n=3):
     """Median time of ``n`` softmax passes over a tensor of the plan's size."""
     times = []
     for _ in range(n):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         torch.softmax(cost, -1)
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - t0) * 1000)
     return times
 
@@ -168,16 +162,16 @@ def child(args) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     if args.grid <= 32:  # untimed warm-up (lazy initialisation); too slow to repeat at 40+
         _run_method(args.method, args.grid, args.steps, cost, backward=False)
     soft = _softmax_ms(cost, device)
     forward = []
     for _ in range(max(args.repeats, 1)):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         out = _run_method(args.method, args.grid, args.steps, cost, backward=False)
-        _sync(device)
+        sync(device)
         forward.append((time.perf_counter() - t0) * 1000)
     soft += _softmax_ms(cost, device)
     rec["ms_forward"] = min(forward)
@@ -185,10 +179,10 @@ def child(args) -> dict:
     per = rec["ms_forward"] / args.steps if args.method in PER_STEP and args.steps else rec["ms_forward"]
     rec["x_softmax"] = per / rec["ms_softmax"]
     if args.backward and args.method not in ("pot",):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         _run_method(args.method, args.grid, args.steps, cost, backward=True)
-        _sync(device)
+        sync(device)
         rec["ms_forward_backward"] = (time.perf_counter() - t0) * 1000
     if device == "cuda":
         rec["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20

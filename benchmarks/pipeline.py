@@ -36,14 +36,12 @@ import subprocess
 import sys
 import time
 
+from _common import rss_mb, sync  # benchmarks/_common.py (this script's folder is on sys.path)
+
 BACKBONES = {"s": "dinov2_vits14", "b": "dinov2_vitb14"}
 MATCHERS = ("nn", "ot", "gwot_tss", "gwot_spair")
 STRIDE = 14
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class _Meter:
@@ -60,7 +58,7 @@ class _Meter:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            self.base = _rss_mb()
+            self.base = rss_mb()
 
     def peak_mb(self) -> float:
         import torch
@@ -69,12 +67,6 @@ class _Meter:
             return (torch.cuda.max_memory_allocated() - self.base) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.base
 
-
-def _sync(device):
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def _backbone(name: str, device: str, trainable_blocks: int = 0):
@@ -121,15 +113,15 @@ def run_inference(backbone: str, size: int, matcher: str, pairs: int, device: st
     with torch.inference_mode():
         for i in range(pairs + 1):  # pair 0: untimed warm-up
             images = _images(size, device, i)
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             fm = net(images)
-            _sync(device)
+            sync(device)
             t1 = time.perf_counter()
             src, trg = fm.with_features(fm.features[:1]), fm.with_features(fm.features[1:])
             out = m(src, trg, sym_pairs=sym)
             out.scores.sum().item()  # the result is used
-            _sync(device)
+            sync(device)
             t2 = time.perf_counter()
             if i:
                 feat_ms.append((t1 - t0) * 1000)
@@ -164,7 +156,7 @@ def run_train(backbone: str, size: int, device: str, kps: int = 16) -> dict:
     net.train()
     meter = _Meter(device)
     meter.start()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     fm = net(images)
     src, trg = head(fm.with_features(fm.features[:1]), fm.with_features(fm.features[1:]))
@@ -172,7 +164,7 @@ def run_train(backbone: str, size: int, device: str, kps: int = 16) -> dict:
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    _sync(device)
+    sync(device)
     ms = (time.perf_counter() - t0) * 1000
     return dict(kind="train_step", backbone=BACKBONES[backbone], size=size, grid=size // STRIDE,
                 matcher="gwot_tss (checkpoint)", pairs=1, feat_ms=None, match_ms=None, total_ms=ms,

@@ -157,3 +157,22 @@ def test_eval_runs_an_experiment_preset(tmp_path):
     assert metrics["n_pairs"] == 2 and metrics["config"]["experiment"] == "paper_spair"
     assert metrics["config"]["matcher"]["name"] == "gwot_spair"
     assert metrics["config"]["backbone"]["norm"] is False
+
+
+def test_a_rerun_in_the_same_folder_leaves_no_stale_predictions(tmp_path):
+    out = tmp_path / "run"
+    common = ["data.n_pairs.test=2", "plots.n_pairs=0", f"out_dir={out}", "trainer.enable_progress_bar=false",
+              "logger.wandb=false"]
+    assert main(common) == 0 and (out / "predictions.jsonl").is_file()
+    assert main([*common, "predictions.enabled=false"]) == 0
+    assert (out / "metrics.json").is_file() and not (out / "predictions.jsonl").exists()
+
+
+def test_thumbnails_are_drawn_only_for_wandb(tmp_path, monkeypatch):
+    import semcorr.cli.eval as eval_cli
+
+    drawn = []
+    monkeypatch.setattr(eval_cli, "prediction_table", lambda *a, **k: drawn.append(1) or ([], []))
+    assert main(["data.n_pairs.test=2", "plots.n_pairs=0", f"out_dir={tmp_path / 'run'}",
+                 "trainer.enable_progress_bar=false", "logger.wandb=false", "logger.table_pairs=4"]) == 0
+    assert drawn == []  # CSV logger only: no W&B table, so no thumbnails

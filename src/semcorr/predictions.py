@@ -52,22 +52,30 @@ def _points(t: torch.Tensor) -> List[List[float]]:
     return np.round(t.detach().cpu().double().numpy(), 2).tolist()
 
 
+def spread(mask: torch.Tensor, max_points: Optional[int]) -> np.ndarray:
+    """Indices of the True entries of a (K,) bool mask, at most ``max_points`` of them, evenly
+    spaced over the list (all when ``max_points`` is None): the keypoints a row keeps and a
+    figure draws."""
+    idx = torch.nonzero(mask.bool()).flatten().numpy()
+    if max_points is not None and len(idx) > max_points:
+        idx = idx[np.linspace(0, len(idx) - 1, max_points).round().astype(np.int64)]
+    return idx
+
+
 def prediction_row(record: Mapping[str, Any], alphas: Sequence[float],
                    max_points: Optional[int] = None) -> Dict[str, Any]:
     """One ``predictions.jsonl`` object from a :func:`semcorr.report.pair_records` record that
     holds ``correct`` (K, A)."""
     valid = record["valid"].bool()
     correct = record["correct"].bool()
-    keep = torch.arange(valid.shape[0])
     row: Dict[str, Any] = {
         "index": int(record["index"]), "pair_id": record["pair_id"], "category": record["category"],
         "src_id": record["src_id"], "trg_id": record["trg_id"],
         "direction": record.get("direction", "src_to_trg"),
     }
     n_valid = int(valid.sum())
-    if max_points is not None and n_valid > max_points:
-        idx = torch.nonzero(valid).flatten()
-        keep = idx[torch.from_numpy(np.linspace(0, n_valid - 1, max_points).round().astype(np.int64))]
+    keep = (torch.from_numpy(spread(valid, max_points)) if max_points is not None and n_valid > max_points
+            else torch.arange(valid.shape[0]))
     err = record["norm_error"][keep].double().numpy()
     row.update({
         "src_kps": _points(record["src_kps"][keep]), "trg_kps": _points(record["trg_kps"][keep]),

@@ -17,7 +17,7 @@ The :class:`~semcorr.models.CorrespondenceModule` only computes; these objects o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import lightning as L
 import torch
@@ -36,7 +36,8 @@ def pair_records(batch: Dict[str, Any], pred_orig: torch.Tensor, threshold_by: s
     ``trg_bbox``, ``trg_imsize``, ``threshold`` (L, the length alpha multiplies, in the scoring
     frame: original pixels or ``frame``), ``norm_error`` (K,) = dist / L in that frame (NaN
     where not valid) and, when ``alphas`` are given, ``correct`` (K, A) bool exactly as the PCK
-    metric counts it (``strict``: ``<``). Keypoints are on the CPU in the original frames."""
+    metric counts it (``strict``: ``<``; also kept as ``strict``, for drawings). Keypoints are on
+    the CPU in the original frames."""
     valid = batch["kps_valid"].bool()
     pred_s, gt_s, lengths = pck_inputs(threshold_by, pred_orig, batch["trg_kps_orig"], valid,
                                        batch.get("trg_bbox"), batch.get("trg_imsize"), frame)
@@ -60,7 +61,7 @@ def pair_records(batch: Dict[str, Any], pred_orig: torch.Tensor, threshold_by: s
             "pred": pred[b, :k].float(), "valid": valid[b, :k], "trg_bbox": cpu["trg_bbox"][b],
             "trg_imsize": cpu["trg_imsize"][b], "threshold": float(lengths[b]),
             "norm_error": norm[b, :k],
-            "direction": direction[b] if direction is not None else "src_to_trg",
+            "direction": direction[b] if direction is not None else "src_to_trg", "strict": strict,
             **({"correct": correct[b, :k]} if correct is not None else {}),
         })
     return records
@@ -88,13 +89,13 @@ class EvalReport(L.Callback):
             :func:`semcorr.predictions.prediction_row`); None: all.
     """
 
-    def __init__(self, protocol: Union[str, Mapping[str, Any]], keep: int = 0,
+    def __init__(self, protocol: Mapping[str, Any], keep: int = 0,
                  alphas: Sequence[float] = (), max_points: Optional[int] = None) -> None:
-        proto = {"threshold_by": protocol} if isinstance(protocol, str) else dict(protocol)
-        self.threshold_by, self.keep = proto["threshold_by"], int(keep)
-        self.frame, self.strict = proto.get("frame"), bool(proto.get("strict", False))
+        self.threshold_by, self.keep = protocol["threshold_by"], int(keep)
+        self.frame, self.strict = protocol.get("frame"), bool(protocol.get("strict", False))
         self.alphas, self.max_points = [float(a) for a in alphas], max_points
         self.entries: List[Dict[str, Any]] = []  # per pair: index, errors, row?, record?
+        self._kept = 0  # entries of this rank holding a record
         self.ms: Dict[str, float] = {}
         self.backbone_calls = 0
         self._calls_at_start = 0
@@ -116,7 +117,7 @@ class EvalReport(L.Callback):
         return [e["record"] for e in self.entries if "record" in e][: self.keep]
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.entries, self.ms, self.backbone_calls = [], {}, 0
+        self.entries, self.ms, self.backbone_calls, self._kept = [], {}, 0, 0
         self._calls_at_start = pl_module.extractor.backbone_calls
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -128,8 +129,9 @@ class EvalReport(L.Callback):
             if self.alphas:
                 entry["row"] = prediction_row(record, self.alphas, self.max_points)
             # this rank's first `keep` records hold the first `keep` of all ranks (see gathering)
-            if sum("record" in e for e in self.entries) < self.keep:
+            if self._kept < self.keep:
                 entry["record"] = record
+                self._kept += 1
             self.entries.append(entry)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -154,14 +156,18 @@ class PredictionPanel(L.Callback):
     Args:
         read_image: ``read_image(image_id) -> (3, h, w)`` of the validation dataset.
         out_dir: where ``val_matches/step_<n>.png`` goes.
-        alpha, threshold_by: correct / wrong colouring.
+        alpha: correct / wrong colouring at this alpha.
+        protocol: the run's protocol (:func:`semcorr.builder.run_protocol`): its ``threshold_by``,
+            ``frame`` and ``strict`` colour the keypoints as ``val/pck`` counts them.
         log_image: ``log_image(loggers, key, path)`` (see :mod:`semcorr.cli.loggers`).
     """
 
     def __init__(self, read_image: Callable[[str], torch.Tensor], out_dir: str | Path, alpha: float,
-                 threshold_by: str, log_image, keep: int = 4) -> None:
+                 protocol: Mapping[str, Any], log_image, keep: int = 4) -> None:
         self.read_image, self.out_dir = read_image, Path(out_dir)
-        self.alpha, self.threshold_by, self.log_image = alpha, threshold_by, log_image
+        self.alpha, self.log_image = alpha, log_image
+        self.threshold_by, self.frame = protocol["threshold_by"], protocol.get("frame")
+        self.strict = bool(protocol.get("strict", False))
         self.keep = int(keep)
         self.predictions: List[Dict[str, Any]] = []
 
@@ -170,7 +176,8 @@ class PredictionPanel(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if len(self.predictions) < self.keep:
-            records = pair_records(batch, outputs["pred_orig"], self.threshold_by)
+            records = pair_records(batch, outputs["pred_orig"], self.threshold_by, self.frame,
+                                   strict=self.strict)
             self.predictions.extend(records[: self.keep - len(self.predictions)])
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Optional[Path]:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from typing import Any, Dict, Tuple
 
 import lightning as L
@@ -58,7 +59,9 @@ def check_resume(ckpt_path: str, world_size: int) -> None:
     number of processes than wrote it: the batches already trained on came from the other
     number's shards of the epoch's order, so the rest of that epoch cannot be replayed. Checkpoints
     at an epoch's end resume under any number of processes."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    # the file was checked readable (checkpoint.check_resumable); mapping needs torch's zip format
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False,
+                      mmap=zipfile.is_zipfile(ckpt_path))
     saved = int((ckpt.get("callbacks", {}).get("ResumeDataOrder") or {}).get("world_size", 1))
     if saved == world_size:
         return

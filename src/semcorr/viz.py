@@ -20,6 +20,8 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from semcorr.predictions import spread
+
 
 CORRECT, WRONG, UNKNOWN = "lime", "red", "tab:blue"
 
@@ -104,19 +106,11 @@ def draw_matches(ax, src_img, trg_img, src_kps, pred, gt=None, correct=None, tit
         ax.set_title(title, fontsize=8)
 
 
-def spread(mask: torch.Tensor, max_points: Optional[int]) -> np.ndarray:
-    """Indices of the True entries of a (K,) bool mask, at most ``max_points`` of them, evenly
-    spaced over the list (all when ``max_points`` is None)."""
-    idx = torch.nonzero(mask.bool()).flatten().numpy()
-    if max_points is not None and len(idx) > max_points:
-        idx = idx[np.linspace(0, len(idx) - 1, max_points).round().astype(np.int64)]
-    return idx
-
-
 def _draw_record(ax, p: Dict[str, Any], read_image: Callable[[str], torch.Tensor], alpha: float,
                  threshold_by: str, max_points: Optional[int], legend: bool = False) -> None:
     v = p["valid"].bool()
-    ok = v & (p["norm_error"] <= alpha)
+    err = p["norm_error"]
+    ok = v & ((err < alpha) if p.get("strict", False) else (err <= alpha))  # as the metric counts
     idx = spread(v, max_points)
     shown = "" if len(idx) == int(v.sum()) else f", {len(idx)} drawn"
     draw_matches(ax, read_image(p["src_id"]), read_image(p["trg_id"]), p["src_kps"][idx],

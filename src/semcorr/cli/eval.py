@@ -26,7 +26,7 @@ from semcorr.builder import build_run, config_dict
 from semcorr.cli.common import (check_out_dir, make_out_dir, parse_args, pck_table, quiet_unless,
                                 rate, resolve_config, run_main, share_out_dir, trainer_kwargs,
                                 write_json)
-from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers
+from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers, wandb_loggers
 from semcorr.config import save_config
 from semcorr.figures import prediction_table, write_eval_figures
 from semcorr.metrics import curve_entry
@@ -54,7 +54,8 @@ def evaluate(argv: Sequence[str]) -> int:
     quiet_unless(trainer.is_global_zero)
     if trainer.is_global_zero:
         make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
-        (out_dir / "metrics.json").unlink(missing_ok=True)  # an earlier run's, not this config's
+        for stale in ("metrics.json", "predictions.jsonl"):  # an earlier run's, not this config's
+            (out_dir / stale).unlink(missing_ok=True)
         save_config(cfg, out_dir)
     log.info("evaluating %d pairs of %s (%s) with %s + %s on %d process(es)", len(dataset),
              cfg.data.name, cfg.data.split, cfg.backbone.name, cfg.matcher.name, trainer.world_size)
@@ -110,7 +111,7 @@ def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
         return metrics
     if report.rows:
         write_predictions(report.rows, out_dir / "predictions.jsonl")
-        if cfg.logger.table_pairs > 0 and loggers:
+        if cfg.logger.table_pairs > 0 and wandb_loggers(loggers):  # thumbnails cost seconds
             columns, data = prediction_table(report.rows, dataset.read_image,
                                              cfg.logger.table_pairs, cfg.plots.alpha,
                                              proto["threshold_by"], cfg.plots.max_points)

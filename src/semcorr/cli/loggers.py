@@ -90,11 +90,15 @@ def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name
     return loggers
 
 
+def wandb_loggers(loggers: List[Logger]) -> List[Logger]:
+    """The W&B loggers among ``loggers`` (by class name: wandb is imported only when used)."""
+    return [logger for logger in loggers if type(logger).__name__ == "WandbLogger"]
+
+
 def log_image(loggers: List[Logger], key: str, path: str | Path) -> None:
     """Send an image file to every logger that takes images (W&B)."""
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.log_image(key=key, images=[str(path)])
+    for logger in wandb_loggers(loggers):
+        logger.log_image(key=key, images=[str(path)])
 
 
 def log_table(loggers: List[Logger], key: str, columns: List[str], data: List[List[Any]],
@@ -102,14 +106,12 @@ def log_table(loggers: List[Logger], key: str, columns: List[str], data: List[Li
     """Send a table to every W&B logger; cells of ``image_columns`` (arrays) become images."""
     if not data:
         return
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            import wandb
+    for logger in wandb_loggers(loggers):
+        import wandb
 
-            picked = [columns.index(c) for c in image_columns if c in columns]
-            rows = [[wandb.Image(v) if i in picked else v for i, v in enumerate(row)]
-                    for row in data]
-            logger.log_table(key=key, columns=columns, data=rows)
+        picked = [columns.index(c) for c in image_columns if c in columns]
+        rows = [[wandb.Image(v) if i in picked else v for i, v in enumerate(row)] for row in data]
+        logger.log_table(key=key, columns=columns, data=rows)
 
 
 def finish_loggers(loggers: List[Logger], success: bool) -> None:

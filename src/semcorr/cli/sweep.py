@@ -151,8 +151,8 @@ def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,
         result["steps"] = summary["global_step"]
         if spec.eval_after and summary["best_checkpoint"]:
             eval_dir = run_dir / "eval"
-            # the checkpoint brings its config; the base's trainer.* (devices, strategy, ...) too
-            placement = [t for t in spec.base if t.startswith("trainer.")]
+            # the checkpoint brings its config; the cell's trainer.* (devices, strategy, ...) too
+            placement = [t for t in tokens if t.startswith("trainer.")]
             run_process(command(spec, "eval", [f"ckpt={summary['best_checkpoint']}",
                                                f"out_dir={eval_dir}", f"logger.group={spec.name}",
                                                *placement, *extra]), log_path)

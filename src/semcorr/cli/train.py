@@ -33,7 +33,7 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from semcorr.builder import build_run, config_dict, run_protocol
+from semcorr.builder import build_run, config_dict
 from semcorr.checkpoint import check_resumable, read_checkpoint, typed_config
 from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, quiet_unless,
                                 run_main, share_out_dir, trainer_kwargs, write_json)
@@ -135,10 +135,9 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
                            filename="best-step{step:06d}")
     last = LastCheckpoint(out_dir / "checkpoints", every_n_train_steps=ck.every_n_steps or None)
     history = History()
-    proto = run_protocol(cfg, val)
     all_callbacks: List[L.Callback] = [
         best, last, history, ResumeDataOrder(cfg.data.batch_size),
-        PredictionPanel(val.read_image, out_dir, cfg.plots.alpha, proto["threshold_by"], log_image,
+        PredictionPanel(val.read_image, out_dir, cfg.plots.alpha, run.protocol, log_image,
                         keep=cfg.plots.n_pairs),
         *callbacks,
     ]

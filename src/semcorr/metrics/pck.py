@@ -177,7 +177,7 @@ class PCK(Metric):
         per_pair_correct = correct.sum(1)  # (B, A)
         has = n_valid > 0
         per_pair_pck = per_pair_correct / n_valid.clamp_min(1)[:, None]
-        per_pair_pck = torch.round(per_pair_pck * _GRID) / _GRID  # exact, order-free sums (above)
+        per_pair_pck = torch.round(per_pair_pck * _GRID) / _GRID  # on_pck_grid, batched: exact sums
         self.kp_correct.index_add_(0, category_idx, per_pair_correct)
         self.kp_total.index_add_(0, category_idx, n_valid)
         self.img_pck_sum.index_add_(0, category_idx[has], per_pair_pck[has])

@@ -36,7 +36,7 @@ log p (``balanced`` instead projects onto {T1 = p, Tᵀ1 = q} with warm-started 
 per pair: η = ``step`` / r_0 with r_0 the largest within-row range of g_0 over valid cells
 (row-constant parts of g cancel in the projection, so the range is the step that matters: the
 first step moves any row's log-odds by at most ``step`` nats), capped at 2 / (2ε + λ_ub)
-(1/ε for ``balanced``): the entropy factor 1 - ηε stays in (0, 1), and the KL column term, which
+(1/ε for ``balanced``): the entropy factor 1 - ηε stays in [0, 1), and the KL column term, which
 with the entropy scales a shift of whole target columns by 1 - η(ε + λ_ub) per step, cannot make
 the iteration diverge (it does once η(ε + λ_ub) > 2). ηε = 1 is the classic fixed-point
 iteration of entropic GW (Peyré et al. 2016; POT's ``PGD``).
