@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from semcorr.checkpoint import checkpoint_config, ckpt_token
+from semcorr.checkpoint import PLACEMENT_KEYS, checkpoint_config, ckpt_token
 from semcorr.config import EXPERIMENT, available, load_config, to_yaml
 from semcorr.distributed import DEFAULT_OUT_DIR_ENV, launch_rank_is_zero
 from semcorr.errors import ConfigError, SemcorrError
@@ -183,9 +183,10 @@ def accelerator(cfg: DictConfig) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-# trainer.* keys that evaluation passes to the Trainer (the others are about training)
-EVAL_TRAINER_KEYS = ("devices", "strategy", "num_nodes", "sync_batchnorm", "profiler", "precision",
-                     "limit_test_batches", "deterministic", "enable_progress_bar")
+# trainer.* keys that evaluation passes to the Trainer (the others are about training): where it
+# runs (the keys a checkpoint's config does not carry over) and how
+EVAL_TRAINER_KEYS = (*PLACEMENT_KEYS, "precision", "limit_test_batches", "deterministic",
+                     "enable_progress_bar")
 
 
 def trainer_kwargs(cfg: DictConfig, stage: str = "fit", module: Optional[torch.nn.Module] = None
