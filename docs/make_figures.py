@@ -24,7 +24,7 @@ from semcorr.config import load_config
 from semcorr.data.datasets.pf_willow import PFWillowDataset
 from semcorr.data.schema import collate
 from semcorr.inference import inference_model
-from semcorr.metrics.pck import pck_correct, pck_thresholds
+from semcorr.metrics import Protocol, pck_scores
 from semcorr.warp import warp_match
 
 SUBSET, INDEX, SIZE, ALPHA = "winebottle(M)", 72, 192, 0.1
@@ -37,17 +37,17 @@ def gwot_vs_nn(path: Path) -> Path:
     sample = dataset[INDEX]
     batch = collate([sample])
     src_img, trg_img = dataset.read_image(sample["src_id"]), dataset.read_image(sample["trg_id"])
-    length = pck_thresholds("bbox_kp", batch["trg_kps_orig"], batch["kps_valid"])
     fig = Figure(figsize=(12, 6.4))
     grid = fig.add_gridspec(2, 4, height_ratios=[1.0, 1.05])
     warps = {}
     for col, (name, matcher) in enumerate(MATCHERS.items()):
-        module = inference_model(load_config(["backbone=dsift", f"matcher={matcher}", f"data.image_size={SIZE}"]))
+        net = inference_model(load_config(["backbone=dsift", f"matcher={matcher}", f"data.image_size={SIZE}"]))
         with torch.no_grad():
-            out = module(batch)
-        ok = pck_correct(out["pred_orig"], batch["trg_kps_orig"], batch["kps_valid"], length, [ALPHA])[0, :, 0]
+            out = net(batch)
+        ok = pck_scores(Protocol(threshold_by="bbox_kp"), [ALPHA], out.pred_orig, batch["trg_kps_orig"],
+                        batch["kps_valid"]).correct[0, :, 0]
         ax = fig.add_subplot(grid[0, 2 * col: 2 * col + 2])
-        viz.draw_matches(ax, src_img, trg_img, batch["src_kps_orig"][0], out["pred_orig"][0],
+        viz.draw_matches(ax, src_img, trg_img, batch["src_kps_orig"][0], out.pred_orig[0],
                          batch["trg_kps_orig"][0], ok.numpy(), legend=col == 0,
                          title=f"{name} (dense SIFT): {int(ok.sum())}/{len(ok)} keypoints correct at alpha={ALPHA:g}")
         src_net, trg_net, warps[name] = warp_match(batch, out)

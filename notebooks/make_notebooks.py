@@ -105,8 +105,8 @@ from semcorr.inference import inference_model, match_images
 matches = {}
 for name, matcher in {"NN": "nn", "GW-OT": GWOT}.items():
     cfg = load_config([*BACKBONE, f"matcher={matcher}", f"data.image_size={SIZE}"])
-    module = inference_model(cfg)
-    matches[name] = match_images(module, src_img, trg_img, src_kps, SIZE, cfg.data.resize)
+    net = inference_model(cfg)  # a CorrespondenceNet: backbone, head, matcher, transfer
+    matches[name] = match_images(net, src_img, trg_img, src_kps, SIZE, cfg.data.resize)
     print(f"{name:6s} first matches:", matches[name].trg_points[:3].round().tolist(),
           "scores:", [f"{v:.3f}" for v in matches[name].scores[:3].tolist()])'''),
     ("md", '''\
@@ -114,13 +114,13 @@ Side by side: a line per keypoint, green when the prediction is within alpha = 0
 ground truth (white cross; PF-WILLOW's threshold is 0.1 x the larger side of the box around the
 target keypoints), red otherwise.'''),
     ("code", '''\
-from semcorr.metrics.pck import pck_correct, pck_thresholds
+from semcorr.metrics import Protocol, pck_scores
 
 valid = torch.ones(len(src_kps), dtype=torch.bool)
-length = pck_thresholds("bbox_kp", trg_kps[None], valid[None])
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.4))
-for ax, (name, m) in zip(axes, matches.items()):
-    ok = pck_correct(m.trg_points[None], trg_kps[None], valid[None], length, [0.1])[0, :, 0]
+for ax, (name, m) in zip(axes, matches.items()):  # PF-WILLOW's rule: L = the keypoints' box
+    ok = pck_scores(Protocol(threshold_by="bbox_kp"), [0.1], m.trg_points[None], trg_kps[None],
+                    valid[None]).correct[0, :, 0]
     viz.draw_matches(ax, src_img, trg_img, src_kps, m.trg_points, trg_kps, ok.numpy(), legend=True,
                      title=f"{name}: {int(ok.sum())}/{len(ok)} correct at alpha=0.1")
 plt.show()'''),
@@ -206,8 +206,8 @@ from semcorr.data.schema import collate
 from semcorr.inference import inference_model
 
 cfg = load_config([*BACKBONE, f"matcher={GWOT}", f"data.image_size={SIZE}"])
-module = inference_model(cfg)
-stride = module.backbone.stride
+net = inference_model(cfg)
+stride = net.backbone.stride
 if HAVE_PF_WILLOW:
     from semcorr.data.datasets.pf_willow import PFWillowDataset
 
@@ -223,29 +223,31 @@ n_kps = len(sample["src_kps"])
 sample["sym_pairs"] = torch.tensor([[k, k + 1] for k in range(0, n_kps - 1, 2)])  # (0, 1), (2, 3), ...
 batch = collate([sample])
 with torch.no_grad():
-    src, trg = module.features(batch, use_cache=False)
+    src, trg = net.features(batch, use_cache=False)
 PRESET = section(cfg.matcher, exclude=("kind", "name", "transfer"))
 print(sample["pair_id"], "| grids:", src.grid, trg.grid, "| stride", stride)
 print("preset:", {k: PRESET[k] for k in ("lam", "lam_gw", "lam_sym", "lam_ub", "eps", "delta_min", "delta_max", "n_steps")})'''),
     ("md", '''\
-`solve(**changes)` runs the module's own matching step (matcher, then keypoint transfer) with the
-preset changed by `changes`, and scores the transferred keypoints (PCK@0.1, PF-WILLOW protocol).'''),
+`solve(**changes)` runs the net's own matching step (`net.match`: head, matcher, then keypoint
+transfer) with the preset changed by `changes`, and scores the transferred keypoints (PCK@0.1,
+PF-WILLOW protocol).'''),
     ("code", '''\
 from semcorr.matchers.gwot import GWOTMatcher
 from semcorr.matchers.transfer import cell_index
-from semcorr.metrics.pck import pck_correct, pck_thresholds
+from semcorr.metrics import Protocol, pck_scores
 
-length = pck_thresholds("bbox_kp", batch["trg_kps_orig"], batch["kps_valid"])
 cells = cell_index(batch["src_kps"], src.grid, stride)[0]  # the source cell of each keypoint
 
 
 def solve(**changes):
-    module.matcher = GWOTMatcher(**{**PRESET, "grad": "detach", "return_objective": True, **changes})
+    net.matcher = GWOTMatcher(**{**PRESET, "grad": "detach", "return_objective": True, **changes})
     with torch.no_grad():
-        out = module.match(batch, src, trg)
-    out["ok"] = pck_correct(out["pred_orig"], batch["trg_kps_orig"], batch["kps_valid"], length, [0.1])[0, :, 0]
-    out["rows"] = out["result"].scores[0, cells].exp().reshape(-1, *trg.grid)  # plan rows, (K, h, w)
-    return out
+        out = net.match(batch, src, trg)  # a MatchOutput
+    scores = pck_scores(Protocol(threshold_by="bbox_kp"), [0.1], out.pred_orig,
+                        batch["trg_kps_orig"], batch["kps_valid"])
+    return {"result": out.result, "pred": out.pred, "pred_orig": out.pred_orig,
+            "ok": scores.correct[0, :, 0],
+            "rows": out.scores[0, cells].exp().reshape(-1, *trg.grid)}  # plan rows, (K, h, w)
 
 
 def report(name, out):
@@ -284,7 +286,7 @@ side). Under `scale: fraction` its gradient is of the order of the feature cost,
 above the presets (several units) let it override appearance.'''),
     ("code", '''\
 from semcorr.matchers.gwot.terms import sym_setup, sym_value
-from semcorr.models.module import symmetric_cells
+from semcorr.net import symmetric_cells
 
 sym_cells = symmetric_cells(batch, src.grid, stride)  # the pairs' source cells
 

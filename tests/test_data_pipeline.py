@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from semcorr.backbones.base import valid_cells
 from semcorr.data.datasets.synthetic import SyntheticPairs
 from semcorr.data.schema import collate
-from semcorr.models.module import symmetric_cells
+from semcorr.net import symmetric_cells
 
 
 def _sample(k, s=0, hw=(32, 32)):

@@ -94,7 +94,7 @@ def _pairs(ds):
 
 def test_intra_species_test_pairs_hand_counted(ap10k_root):
     ds = _dataset(ap10k_root)
-    assert ds.default_protocol == "geoaware" and ds.protocol["threshold_by"] == "bbox"
+    assert ds.default_protocol == "geoaware" and ds.protocol.threshold_by == "bbox"
     assert ds.categories == ["antelope", "buffalo", "cat", "dog", "fox"]
     assert _pairs(ds) == [(5, 6), (5, 7),                      # antelope: 6L-7R share nothing
                           (12, 13), (12, 14), (13, 14),        # buffalo (14: its first animal)

@@ -39,7 +39,7 @@ def _dataset(root, *overrides):
 def test_json_pairs(folder_root):
     ds = _dataset(folder_root)
     assert len(ds) == 2 and ds.default_protocol == "folder"
-    assert (ds.protocol["threshold_by"], ds.protocol["average"]) == ("bbox", "per_image")
+    assert (ds.protocol.threshold_by, ds.protocol.average) == ("bbox", "per_image")
     s = ds[0]
     assert s["kps_valid"].tolist() == [True, False, True] and s["kps_ids"].tolist() == [-1, -1, -1]
     assert ds[1]["kps_ids"].tolist() == [4, 5, 6]
@@ -53,9 +53,9 @@ def test_json_pairs(folder_root):
 def test_csv_pairs_and_protocol(folder_root):
     ds = _dataset(folder_root, "data.pairs=pairs.csv")
     assert len(ds) == 1 and ds.categories == ["other"]
-    assert ds.protocol["threshold_by"] == "bbox_kp"  # no boxes in the CSV
+    assert ds.protocol.threshold_by == "bbox_kp"  # no boxes in the CSV
     assert ds[0]["kps_valid"].tolist() == [True, False, True]
-    assert _dataset(folder_root, "data.threshold_by=image").protocol["threshold_by"] == "image"
+    assert _dataset(folder_root, "data.threshold_by=image").protocol.threshold_by == "image"
 
 
 def test_errors_name_the_file(folder_root):

@@ -10,6 +10,7 @@ from dataset_fixtures import assert_on_colours, painted, sample_on_colours, save
 from semcorr.cli.eval import main as eval_main
 from semcorr.config import load_config
 from semcorr.data.datamodule import dataset_from_config
+from semcorr.metrics import Protocol
 from semcorr.predictions import pck_from_predictions, read_predictions
 
 KPS = {
@@ -50,8 +51,8 @@ def test_pairs_classes_and_invalid_keypoints(pascal_root):
     ds = _dataset(pascal_root)
     assert len(ds) == 2 and ds.categories == ["cat", "dog"]
     assert ds.default_protocol == "zero_shot" and set(ds.protocols) == {"zero_shot", "ncnet", "cats"}
-    assert ds.protocol["threshold_by"] == "image" and ds.protocol["frame"] is None
-    assert ds.protocol["direction"] == "src_to_trg"
+    assert ds.protocol.threshold_by == "image" and ds.protocol.frame is None
+    assert ds.protocol.direction == "src_to_trg"
     s = ds[0]
     assert s["category"] == "cat" and s["kps_valid"].tolist() == [True, True, True, False]
     assert torch.allclose(s["src_kps_orig"][0], torch.tensor([10.0, 10.0]))  # 1-based -> 0-based
@@ -140,7 +141,7 @@ def test_eval_protocols(pascal_root, tmp_path, name, frame):
             d = (((p[0] - g[0]) * sx) ** 2 + ((p[1] - g[1]) * sy) ** 2) ** 0.5
             if v and abs(d - 0.1 * row["threshold"]) > 0.05:
                 assert c == (d <= 0.1 * row["threshold"])
-    assert pck_from_predictions(rows)["pck"] == pytest.approx(metrics["pck"], abs=1e-9)
+    assert pck_from_predictions(rows, Protocol.from_dict(proto))["pck"] == metrics["pck"]
 
 
 def test_errors_name_the_file(pascal_root):

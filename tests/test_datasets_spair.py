@@ -10,6 +10,7 @@ from dataset_fixtures import assert_on_colours, painted, sample_on_colours, save
 from semcorr.config import load_config
 from semcorr.data.datamodule import dataset_from_config
 from semcorr.data.schema import collate
+from semcorr.metrics import Protocol
 from semcorr.predictions import pck_from_predictions, read_predictions
 
 # cat kps ids 0..5; symmetric: (0,1), (2,3), (4,5) in the packaged table
@@ -71,7 +72,7 @@ def test_records_schema_and_colours(spair_root):
     ds = _dataset(spair_root)
     assert len(ds) == 3 and ds.categories == ["cat", "dog"]
     assert ds.default_protocol == "hpf"
-    assert ds.protocol["threshold_by"] == "bbox" and ds.protocol["average"] == "per_image"
+    assert ds.protocol.threshold_by == "bbox" and ds.protocol.average == "per_image"
     s = ds[0]
     assert s["src_img"].shape == (3, 64, 64) and s["src_kps"].shape == (4, 2)
     assert s["kps_ids"].tolist() == [0, 1, 2, 3] and s["kps_valid"].all()
@@ -141,9 +142,9 @@ def test_eval_cli_reports_both_averages(spair_root, tmp_path):
     assert metrics["pck"] == metrics["pck_per_image"] == metrics["pck_pooled"]
     assert "0.1" in metrics["pck_per_keypoint"]
     rows = read_predictions(out / "predictions.jsonl")
-    again = pck_from_predictions(rows)
-    assert again["pck_per_image"] == pytest.approx(metrics["pck_per_image"], abs=1e-9)
-    assert again["pck_per_keypoint"] == pytest.approx(metrics["pck_per_keypoint"], abs=1e-9)
+    again = pck_from_predictions(rows, Protocol.from_dict(metrics["protocol"]))
+    assert again["pck_per_image"] == metrics["pck_per_image"]
+    assert again["pck_per_keypoint"] == metrics["pck_per_keypoint"]
     assert [r["threshold"] for r in rows] == [59.0, 79.0, 59.0]  # max side of each target box
     assert rows[1]["valid"] == [True, False, True, True] and rows[1]["trg_bbox"] == [0, 0, 79, 59]
 

@@ -21,6 +21,7 @@ from semcorr.config import load_config
 from semcorr.data.datamodule import dataset_from_config
 from semcorr.data.datasets.tss import FLO_MAGIC, read_flo
 from semcorr.matchers.transfer import cell_index, transfer_keypoints, transfer_rows
+from semcorr.metrics import Protocol
 from semcorr.predictions import pck_from_predictions, read_predictions
 from semcorr.viz import plot_predictions
 
@@ -91,7 +92,7 @@ def test_both_directions_groups_and_query_count(tss_root):
     ds = _dataset(tss_root)
     assert len(ds) == 6 and ds.categories == ["FG3DCar", "JODS", "PASCAL"]
     assert ds.default_protocol == "tss_kit"
-    assert ds.protocol["threshold_by"] == "image" and ds.protocol["headline"] == "category_mean"
+    assert ds.protocol.threshold_by == "image" and ds.protocol.headline == "category_mean"
     s = ds[0]  # FG3DCar 1 -> 2: every pixel with known flow (26 x 36 minus the unknown one)
     y0, y1, x0, x1 = FG1
     assert s["src_kps"].shape == ((y1 - y0) * (x1 - x0) - 1, 2) and s["kps_valid"].all()
@@ -199,7 +200,7 @@ def test_eval_cli_headline_is_the_mean_of_the_groups(tss_root, tmp_path):
     rows = read_predictions(out / "predictions.jsonl")
     assert all(len(r["pred"]) == 100 and r["n_queries"] == r["n_valid"] > 100 for r in rows)
     assert all(r["kps_index"] == sorted(r["kps_index"]) for r in rows)
-    again = pck_from_predictions(rows, "per_image", "category_mean")
+    again = pck_from_predictions(rows, Protocol.from_dict(metrics["protocol"]))
     assert again["pck"] == pytest.approx(metrics["pck"], abs=1e-9)
     assert (out / "keypoints.png").is_file()
 
@@ -210,7 +211,8 @@ def test_dense_figures_draw_a_bounded_sample(tss_root):
     k = s["src_kps"].shape[0]
     record = {"src_id": s["src_id"], "trg_id": s["trg_id"], "category": s["category"],
               "src_kps": s["src_kps_orig"], "trg_kps": s["trg_kps_orig"], "pred": s["trg_kps_orig"],
-              "valid": s["kps_valid"], "norm_error": torch.zeros(k)}
+              "valid": s["kps_valid"], "norm_error": torch.zeros(k), "dist_sq": torch.zeros(k),
+              "threshold": 1.0}
     fig = plot_predictions([record], ds.read_image, max_points=50)
     lines = len(fig.axes[0].lines)
     assert 100 <= lines <= 4 * 50 < k  # a line and two markers (and a cross) per drawn match

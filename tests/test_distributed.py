@@ -21,8 +21,8 @@ from semcorr.cli.train import main as train_main
 from semcorr.config import load_config
 from semcorr.data.samplers import EpochShuffleSampler, ShardSampler
 from semcorr.distributed import DEFAULT_OUT_DIR_ENV, launch_out_dir, launch_rank_is_zero
-from semcorr.metrics import PCK
-from semcorr.training import check_resume
+from semcorr.metrics import PCK, Protocol
+from semcorr.resume import read_resume_point
 
 ROOT = Path(__file__).resolve().parents[1]
 # 7 pairs: odd, so a padding sampler would score one pair twice under two processes
@@ -127,7 +127,8 @@ def test_pck_is_the_same_bits_however_the_pairs_are_split():
     pred = gt + torch.randn(b, k, 2) * 8
     valid = torch.rand(b, k) > 0.3
     cat = torch.randint(0, 3, (b,))
-    args = dict(alphas=(0.05, 0.1, 0.15), threshold_by="bbox_kp", categories=("a", "b", "c"))
+    args = dict(alphas=(0.05, 0.1, 0.15), protocol=Protocol(threshold_by="bbox_kp"),
+                categories=("a", "b", "c"))
 
     def run(*parts):
         metrics = []
@@ -193,18 +194,22 @@ def test_one_default_out_dir_per_launch(monkeypatch):
 
 
 def test_resume_with_another_number_of_processes(tmp_path):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+
     def ckpt(world, ready, last):
-        path = tmp_path / f"{world}-{ready}-{last}.ckpt"
-        torch.save({"epoch": 1, "callbacks": {"ResumeDataOrder": {"world_size": world}},
+        path = tmp_path / "checkpoints" / f"{world}-{ready}-{last}.ckpt"
+        path.parent.mkdir(exist_ok=True)
+        torch.save({"epoch": 1, "global_step": 3, "optimizer_states": [], "state_dict": {},
+                    "callbacks": {"ResumeDataOrder": {"world_size": world}},
                     "loops": {"fit_loop": {"epoch_loop.batch_progress": {
                         "current": {"ready": ready, "completed": max(ready - 1, 0)},
                         "is_last_batch": last}}}}, path)
-        return str(path)
+        return read_resume_point(path)
 
-    check_resume(ckpt(2, 3, False), 2)  # same number: exact
-    check_resume(ckpt(2, 3, True), 1)  # at an epoch's end: any number
+    ckpt(2, 3, False).check_world_size(2)  # same number: exact
+    ckpt(2, 3, True).check_world_size(1)  # at an epoch's end: any number
     with pytest.raises(ValueError, match="part-way into epoch 1 by 2 process"):
-        check_resume(ckpt(2, 1, False), 4)
+        ckpt(2, 1, False).check_world_size(4)
 
 
 def test_sweep_is_one_process_and_runs_cells_as_processes(tmp_path, monkeypatch, capsys):

@@ -188,7 +188,7 @@ def test_match_uses_the_checkpoints_weights(shifted_pair, tmp_path, capsys):
     module = build_run(cfg, stage="predict").module
     torch.manual_seed(3)
     with torch.no_grad():  # a "trained" head: far from the identity it starts as
-        for p in module.head.parameters():
+        for p in module.net.head.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -206,6 +206,6 @@ def test_match_uses_the_checkpoints_weights(shifted_pair, tmp_path, capsys):
     initial = matched(*tokens[:-1])
     trained = matched(f"ckpt={run}")
     assert np.abs(initial - trained).max() > 1.0  # the checkpoint's head moved predictions
-    direct = match_images(module.eval(), load_image(src), load_image(trg), torch.tensor(
+    direct = match_images(module.net.eval(), load_image(src), load_image(trg), torch.tensor(
         [[float(v) for v in p.split(",")] for p in points.split(";")]), 160, "longer_side")
     np.testing.assert_allclose(trained, direct.trg_points.numpy(), atol=0.01)

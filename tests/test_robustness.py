@@ -69,13 +69,13 @@ def test_non_finite_features_are_refused_naming_the_image(matcher, side, value):
     """One bad value in one channel of one cell of a (1, 32, 12, 12) map: a clear error naming the
     image (before, every GW-OT / OT score went NaN and every keypoint to cell 0, silently)."""
     extra = ["matcher.n_steps=3"] if matcher != "nn" else []
-    module = build_run(load_config(["backbone=dsift", f"matcher={matcher}", *extra]), "predict").module
+    net = build_run(load_config(["backbone=dsift", f"matcher={matcher}", *extra]), "predict").net
     src, trg = _maps()
-    assert torch.isfinite(module.match(_pair_batch(), src, trg)["result"].scores).all()
+    assert torch.isfinite(net.match(_pair_batch(), src, trg).scores).all()
     bad = trg if side == "trg" else src
     bad.features[0, 5, 7, 3] = value
     with pytest.raises(NumericalError) as err:
-        module.match(_pair_batch(), src, trg)
+        net.match(_pair_batch(), src, trg)
     name = "target image 'b.png'" if side == "trg" else "source image 'a.png'"
     assert f"in 1 of 144 cells of {name}" in str(err.value) and "\n" not in str(err.value)
 
@@ -88,11 +88,11 @@ class NaNMatcher(Matcher):
 
 
 def test_a_non_finite_plan_is_refused_naming_the_pair():
-    module = build_run(load_config(["backbone=dsift"]), "predict").module
-    module.matcher = NaNMatcher()
+    net = build_run(load_config(["backbone=dsift"]), "predict").net
+    net.matcher = NaNMatcher()
     with pytest.raises(NumericalError, match=r"matcher NaNMatcher returned non-finite scores .* "
                                              r"for pair 'a.png->b.png'"):
-        module.match(_pair_batch(), *_maps())
+        net.match(_pair_batch(), *_maps())
 
 
 def _nan_row_result(src, trg):

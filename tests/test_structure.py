@@ -101,6 +101,37 @@ def test_the_registry_is_a_leaf():
     assert graph["semcorr.registry"] <= {"semcorr.errors"}
 
 
+def test_the_pipeline_imports_no_lightning():
+    """``semcorr.net`` (the whole pipeline) loads no Lightning: a fresh interpreter that imports it
+    has no ``lightning`` / ``pytorch_lightning`` module afterwards, and no semcorr module it
+    reaches names Lightning in an import."""
+    code = ("import sys; import semcorr.net; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout[:500]
+    graph = module_graph(SRC)
+    reach, todo = set(), ["semcorr.net"]
+    while todo:
+        m = todo.pop()
+        if m not in reach:
+            reach.add(m)
+            todo.extend(graph[m])
+
+    def imports_lightning(module: str) -> bool:
+        path = SRC / module.replace(".", "/")
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] in ("lightning", "pytorch_lightning") for n in names):
+                return True
+        return False
+
+    assert len(reach) > 10 and not [m for m in sorted(reach) if imports_lightning(m)]
+
+
 def test_group_list_has_one_source():
     """The group names are written once (semcorr.registry.GROUPS); nowhere else in the package."""
     literal = '"data", "backbone", "matcher", "head", "loss"'

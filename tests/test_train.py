@@ -66,7 +66,7 @@ class CheckFrozen(L.Callback):
         self.checked = 0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        vit = module.backbone.vit
+        vit = module.net.backbone.vit
         assert not vit.patch_embed.training and not vit.blocks[0].training
         assert not vit.blocks[1].training and vit.blocks[2].training
         self.checked += 1
@@ -83,7 +83,7 @@ def test_frozen_blocks_do_not_change(tmp_path):
     summary = fit(cfg, callbacks=[check])
     after = read_checkpoint(summary["last_checkpoint"])["state_dict"]
     assert check.checked == 3
-    prefix = "extractor.backbone.vit."
+    prefix = "net.extractor.backbone.vit."
     frozen = [k for k in before if k.startswith((prefix + "blocks.0.", prefix + "blocks.1.",
                                                  prefix + "patch_embed", prefix + "pos_embed"))]
     trained = [k for k in before if k.startswith(prefix + "blocks.2.")]

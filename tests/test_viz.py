@@ -8,21 +8,33 @@ import numpy as np
 import pytest
 import torch
 
+from semcorr.metrics import Protocol, pck_scores
 from semcorr.metrics.curve import pck_curve
+from semcorr.metrics.functional import pck_curve_counts
 from semcorr.viz import plot_dense_warps, plot_matches, plot_pck_curves, position_colours
 from semcorr.warp import warp_to_source
 
 
 def test_pck_curve_by_hand():
-    errors = [torch.tensor([0.0, 0.09, 0.3]), torch.tensor([0.04]), torch.tensor([])]
-    alphas, per_image = pck_curve(errors, alphas=[0.0, 0.05, 0.1, 0.2], average="per_image")
+    # three pairs, L = 100: keypoint distances (0, 9, 30), (4,) and none valid
+    gt = torch.zeros(3, 3, 2)
+    pred = gt.clone()
+    pred[0, :, 0] = torch.tensor([0.0, 9.0, 30.0])
+    pred[1, 0, 0] = 4.0
+    valid = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    box = torch.tensor([[0.0, 0.0, 100.0, 10.0]]).repeat(3, 1)
+    alphas = [0.0, 0.05, 0.1, 0.2]
+    scores = pck_scores(Protocol(), alphas, pred, gt, valid, box)
+    counts, n_valid = pck_curve_counts(scores, alphas), valid.sum(1)
+    assert counts.tolist() == [[1, 1, 2, 2], [0, 1, 1, 1], [0, 0, 0, 0]]
+    _, per_image = pck_curve(counts, n_valid, alphas, average="per_image")
     # pair 1: 1/3, 1/3, 2/3, 2/3; pair 2: 0, 1, 1, 1; the empty pair is skipped
     np.testing.assert_allclose(per_image, 100 * np.array([1 / 6, 2 / 3, 5 / 6, 5 / 6]))
-    _, per_kp = pck_curve(errors, alphas=[0.0, 0.05, 0.1, 0.2], average="per_keypoint")
+    _, per_kp = pck_curve(counts, n_valid, alphas, average="per_keypoint")
     np.testing.assert_allclose(per_kp, [25.0, 50.0, 75.0, 75.0])
-    assert np.isnan(pck_curve([], alphas=[0.1])[1]).all()
+    assert np.isnan(pck_curve(torch.zeros(0, 1), torch.zeros(0), [0.1])[1]).all()
     with pytest.raises(ValueError):
-        pck_curve(errors, average="mean")
+        pck_curve(counts, n_valid, alphas, average="mean")
 
 
 def _scores_for_shift(grid, dc, dr):
@@ -84,9 +96,9 @@ def test_eval_writes_figures_and_curve(tmp_path, monkeypatch):
     metrics = json.loads((out / "metrics.json").read_text())
     curve = metrics["pck_curve"]
     assert curve["n_pairs"] == 4 and curve["alphas"][0] == 0 and curve["alphas"][-1] == pytest.approx(0.2)
-    for alpha, value in metrics["pck"].items():
+    for alpha, value in metrics["pck"].items():  # the same rule: the same value at alpha
         i = int(np.argmin(np.abs(np.array(curve["alphas"]) - float(alpha))))
-        assert curve["pck"][i] == pytest.approx(value, abs=1e-6)
+        assert curve["pck"][i] == value
     assert np.all(np.diff(curve["pck"]) >= 0)
     for name in ("keypoints", "pck_curve", "dense_warp"):
         assert (out / f"{name}.png").stat().st_size > 5_000

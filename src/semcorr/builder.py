@@ -19,8 +19,11 @@ from semcorr.errors import ConfigError, DataError, SemcorrError
 from semcorr.heads import build_head
 from semcorr.losses import build_loss
 from semcorr.matchers import build_matcher
-from semcorr.metrics.protocol import metric_kwargs, resolve_protocol
+from semcorr.matchers.transfer import TransferConfig
+from semcorr.metrics import PCK
+from semcorr.metrics.protocol import Protocol, resolve_protocol
 from semcorr.models import CorrespondenceModule
+from semcorr.net import CorrespondenceNet
 from semcorr.stores import DiskCache, FeatureStore, MemoryCache
 
 
@@ -31,7 +34,7 @@ def config_dict(cfg: DictConfig) -> Dict[str, Any]:
     return out
 
 
-def run_protocol(cfg: DictConfig, dataset: Optional[PairDataset] = None) -> Dict[str, Any]:
+def run_protocol(cfg: DictConfig, dataset: Optional[PairDataset] = None) -> Protocol:
     """The evaluation protocol of a run (:mod:`semcorr.metrics.protocol`): the dataset's protocol
     named by ``metric.protocol`` (None: its default), with ``metric.threshold_by``,
     ``metric.average`` and ``metric.strict`` on top when set."""
@@ -93,7 +96,30 @@ class Run:
     module: CorrespondenceModule
     datamodule: Optional[CorrespondenceDataModule] = None
     dataset: Optional[PairDataset] = None
-    protocol: Optional[Dict[str, Any]] = None  # run_protocol(cfg, dataset)
+    protocol: Optional[Protocol] = None  # run_protocol(cfg, dataset)
+
+    @property
+    def net(self) -> CorrespondenceNet:
+        return self.module.net
+
+
+def build_net(cfg: DictConfig, training: bool = False) -> CorrespondenceNet:
+    """The pipeline of a run config: backbone (with the feature caches :func:`feature_stores`
+    allows), head, matcher and ``matcher.transfer``. With ``cfg.ckpt`` set (and not ``training``:
+    ``--resume`` restores its own state), the checkpoint's weights are loaded; they must fit
+    exactly."""
+    backbone = _built(f"backbone={cfg.backbone.name}", lambda: build_backbone(cfg.backbone))
+    check_image_size(cfg, backbone.stride)
+    head = _built(f"head={cfg.head.name}", lambda: build_head(cfg.head, dim=backbone.dim))
+    matcher = _built(f"matcher={cfg.matcher.name}", lambda: build_matcher(cfg.matcher))
+    trainable = any(p.requires_grad for p in backbone.parameters())
+    transfer = OmegaConf.to_object(cfg.matcher.transfer)
+    assert isinstance(transfer, TransferConfig)
+    net = CorrespondenceNet(backbone, matcher, head=head, transfer=transfer,
+                            stores=feature_stores(cfg, trainable, training))
+    if cfg.ckpt and not training:
+        load_weights(net, cfg.ckpt)
+    return net
 
 
 def build_run(cfg: DictConfig, stage: str = "test") -> Run:
@@ -105,22 +131,19 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
             settings and training augmentation; scored on the validation split) or ``predict``
             (match images without ground truth: no data).
     When ``cfg.ckpt`` is set and the stage is not ``fit`` (``--resume`` restores its own state),
-    the checkpoint's weights are loaded into the model; they must fit it exactly.
+    the checkpoint's weights are loaded into the net (:func:`build_net`).
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     training = stage == "fit"
-    backbone = _built(f"backbone={cfg.backbone.name}", lambda: build_backbone(cfg.backbone))
-    check_image_size(cfg, backbone.stride)
-    head = _built(f"head={cfg.head.name}", lambda: build_head(cfg.head, dim=backbone.dim))
-    matcher = _built(f"matcher={cfg.matcher.name}", lambda: build_matcher(cfg.matcher))
+    net = build_net(cfg, training)
     loss = _built(f"loss={cfg.loss.name}", lambda: build_loss(cfg.loss)) if training else None
     if training and loss is None:
         raise ConfigError("training needs a loss: loss=none only evaluates; pick loss=gaussian_ce, "
                           "loss=ot_nll or loss=combined")
     datamodule = dataset = None
     if stage != "predict":
-        datamodule = build_datamodule(cfg, backbone.stride, training)
+        datamodule = build_datamodule(cfg, net.backbone.stride, training)
         try:
             if training:
                 datamodule.dataset("train")
@@ -137,18 +160,12 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
                                 "data.categories / data.max_pairs)")
     protocol = run_protocol(cfg, dataset)
     if dataset is not None:  # target -> source protocols serve every pair swapped
-        dataset.set_direction(protocol["direction"])
-    trainable = any(p.requires_grad for p in backbone.parameters())
-    module = CorrespondenceModule(
-        backbone, matcher, head=head, loss=loss, transfer=dict(cfg.matcher.transfer),
-        alphas=list(cfg.metric.alphas),
-        categories=dataset.categories if dataset is not None else ("all",),
-        stores=feature_stores(cfg, trainable, training),
-        optim=config_dict(cfg)["optim"] if training else None, run_config=config_dict(cfg),
-        **metric_kwargs(protocol),
-    )
-    if cfg.ckpt and not training:
-        load_weights(module, cfg.ckpt)
+        dataset.set_direction(protocol.direction)
+    metric = PCK(list(cfg.metric.alphas), protocol,
+                 categories=dataset.categories if dataset is not None else ("all",))
+    optim = OmegaConf.to_object(cfg.optim) if training else None
+    module = CorrespondenceModule(net, loss=loss, metric=metric, optim=optim,
+                                  run_config=config_dict(cfg))
     return Run(module, datamodule, dataset, protocol)
 
 

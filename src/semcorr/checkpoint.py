@@ -63,18 +63,6 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> Dict[str, Any]:
     return ckpt
 
 
-def check_resumable(path: str | Path) -> Path:
-    """``path`` (a run folder or a ``.ckpt``) as the checkpoint ``--resume`` continues from,
-    checked before anything starts: a readable Lightning training checkpoint with its loop state."""
-    ckpt_path = resolve_checkpoint(path, prefer="last")
-    ckpt = read_checkpoint(ckpt_path, mmap=True)
-    missing = [k for k in ("global_step", "loops", "optimizer_states") if k not in ckpt]
-    if missing:
-        raise DataError(f"{ckpt_path} cannot be resumed: it lacks {', '.join(missing)} "
-                        "(a weights-only file? evaluate it with ckpt= instead)")
-    return ckpt_path
-
-
 def typed_config(saved: Dict[str, Any]) -> DictConfig:
     """A saved (plain) run config as a typed, struct-mode config of the current schemas."""
     plain = dict(saved)
@@ -117,17 +105,23 @@ def checkpoint_config(path: str | Path) -> DictConfig:
 PLACEMENT_KEYS = ("devices", "num_nodes", "strategy", "sync_batchnorm", "profiler")
 
 
-def load_weights(module: torch.nn.Module, path: str | Path) -> Path:
-    """Load a checkpoint's ``state_dict`` into ``module``; model keys must match exactly.
+NET_PREFIX = "net."
+_LEGACY_PREFIXES = ("extractor.", "head.", "matcher.")  # before the net: the module held these
 
-    Keys of the training loss (``loss_fn.*``) are ignored, so an evaluation module without a loss
-    loads a training checkpoint.
-    """
+
+def upgrade_state_dict(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A module ``state_dict`` with the net's weights under ``net.`` (checkpoints written before
+    :class:`~semcorr.net.CorrespondenceNet` existed held them at the top level)."""
+    return {(NET_PREFIX + k if k.startswith(_LEGACY_PREFIXES) else k): v for k, v in state.items()}
+
+
+def load_weights(net: torch.nn.Module, path: str | Path) -> Path:
+    """Load a training checkpoint's net weights into a :class:`~semcorr.net.CorrespondenceNet`;
+    keys must match exactly. The training loss's keys (``loss_fn.*``) are not the net's."""
     path = resolve_checkpoint(path)
-    state = read_checkpoint(path)["state_dict"]
-    state = {k: v for k, v in state.items() if not k.startswith("loss_fn.")}
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("loss_fn.")]
+    state = upgrade_state_dict(read_checkpoint(path)["state_dict"])
+    state = {k[len(NET_PREFIX):]: v for k, v in state.items() if k.startswith(NET_PREFIX)}
+    missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"{path} does not fit the model built from its config: missing "
                           f"{missing[:5]}, unexpected {unexpected[:5]}")

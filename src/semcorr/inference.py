@@ -2,9 +2,9 @@
 the notebooks.
 
 Both images are resized with :func:`semcorr.data.resize.resize_image` (``data.image_size``,
-``data.resize``, the backbone's stride as divisor) and run through
-:meth:`semcorr.models.CorrespondenceModule.forward` (backbone, head, matcher,
-``matcher.transfer``); predictions go back to the original target frame.
+``data.resize``, the backbone's stride as divisor) and run through a
+:class:`~semcorr.net.CorrespondenceNet` (backbone, head, matcher, ``matcher.transfer``);
+predictions go back to the original target frame.
 
 **Scores.** The row maximum of the matcher's scores for the source point's cell: the cosine
 similarity for ``matcher=nn``, the log of the transport-plan entry for the OT family (at most
@@ -19,16 +19,16 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from omegaconf import DictConfig
 
-from semcorr.builder import build_run
+from semcorr.builder import build_net
 from semcorr.data.resize import resize_image, to_network
 from semcorr.errors import InputError
-from semcorr.models import CorrespondenceModule
+from semcorr.net import CorrespondenceNet, MatchOutput
 
 
-def inference_model(cfg: DictConfig, device: str = "cpu") -> CorrespondenceModule:
-    """The run's model (:func:`semcorr.builder.build_run`, stage ``predict``: with ``cfg.ckpt``'s
-    weights when set) on ``device``, in eval mode."""
-    return build_run(cfg, stage="predict").module.to(device).eval()
+def inference_model(cfg: DictConfig, device: str = "cpu") -> CorrespondenceNet:
+    """The run's net (:func:`semcorr.builder.build_net`: with ``cfg.ckpt``'s weights when set) on
+    ``device``, in eval mode."""
+    return build_net(cfg).to(device).eval()
 
 
 @dataclass
@@ -39,14 +39,14 @@ class PairMatch:
         src_points, trg_points: (K, 2) source points and their matches, original frames.
         scores: (K,) the matcher's score of each match (see the module docstring).
         batch: the one-pair batch in the network frame (schema keys, batch size 1).
-        out: :meth:`CorrespondenceModule.forward`'s output (``result`` holds the full scores).
+        out: the net's :class:`~semcorr.net.MatchOutput` (``out.scores`` holds the full scores).
     """
 
     src_points: torch.Tensor
     trg_points: torch.Tensor
     scores: torch.Tensor
     batch: Dict[str, Any]
-    out: Dict[str, Any]
+    out: MatchOutput
 
 
 def check_points(points: torch.Tensor, hw: Sequence[int], what: str = "source image") -> None:
@@ -64,7 +64,8 @@ def pair_batch(src_img: torch.Tensor, trg_img: torch.Tensor, src_points: torch.T
                image_size: int, resize: str, stride: int, factors: Tuple[int, int] = (1, 1),
                sizes: Optional[Tuple[Sequence[int], Sequence[int]]] = None,
                names: Tuple[str, str] = ("src", "trg")) -> Dict[str, Any]:
-    """A one-pair batch with the schema keys the module's pipeline reads (network frame).
+    """A one-pair batch with the schema keys :class:`~semcorr.net.CorrespondenceNet` reads
+    (network frame).
 
     ``factors``: each image was decoded at 1/k of its original size
     (:func:`semcorr.data.base.load_image_reduced`); the frames then map the *original* pixels,
@@ -89,7 +90,7 @@ def pair_batch(src_img: torch.Tensor, trg_img: torch.Tensor, src_points: torch.T
 
 
 @torch.no_grad()
-def match_images(module, src_img: torch.Tensor, trg_img: torch.Tensor, points: torch.Tensor,
+def match_images(net: CorrespondenceNet, src_img: torch.Tensor, trg_img: torch.Tensor, points: torch.Tensor,
                  image_size: int = 224, resize: str = "longer_side_pad",
                  factors: Tuple[int, int] = (1, 1),
                  sizes: Optional[Tuple[Sequence[int], Sequence[int]]] = None,
@@ -97,7 +98,7 @@ def match_images(module, src_img: torch.Tensor, trg_img: torch.Tensor, points: t
     """Transfer ``points`` (K, 2), original source frame, into the target.
 
     Args:
-        module: a :class:`~semcorr.models.CorrespondenceModule` (see :func:`build_module`).
+        net: a :class:`~semcorr.net.CorrespondenceNet` (see :func:`inference_model`).
         src_img, trg_img: (3, h, w) float RGB in [0, 1] (:func:`semcorr.data.base.load_image`),
             or images decoded at 1/k of their size (:func:`semcorr.data.base.load_image_reduced`)
             with ``factors`` (k_src, k_trg) and the original ``sizes`` ((h, w), (h, w)): points
@@ -107,10 +108,10 @@ def match_images(module, src_img: torch.Tensor, trg_img: torch.Tensor, points: t
     """
     sizes = sizes or (src_img.shape[-2:], trg_img.shape[-2:])
     check_points(points, sizes[0])
-    stride = module.backbone.stride
+    stride = net.backbone.stride
     batch = pair_batch(src_img, trg_img, points.float(), image_size, resize, stride, factors, sizes,
                        names)
-    batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    out = module(batch)
-    return PairMatch(src_points=points.float().cpu(), trg_points=out["pred_orig"][0].cpu(),
-                     scores=out["score"][0].float().cpu(), batch=batch, out=out)
+    batch = {k: v.to(net.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    out = net(batch)
+    return PairMatch(src_points=points.float().cpu(), trg_points=out.pred_orig[0].cpu(),
+                     scores=out.score[0].float().cpu(), batch=batch, out=out)

@@ -28,8 +28,11 @@ kps_index        TSS flow): the per-keypoint lists hold that many valid queries,
                  ``kps_index`` their positions in the full list of ``n_queries``
 ===============  =================================================================================
 
-PCK follows from ``n_valid`` / ``n_correct`` (:func:`pck_from_predictions`); with no sampling the
-per-keypoint lists give the same counts.
+Coordinates are written on the 0.0001-px grid that the PCK rule decides on
+(:mod:`semcorr.metrics.functional`), so :func:`pck_from_predictions` recomputes every keypoint's
+verdict from ``pred``, ``trg_kps``, ``trg_bbox`` and ``trg_imsize`` under the run's protocol and
+gets ``metrics.json`` to the last bit; a sampled row (``kps_index``) contributes its exact
+``n_valid`` / ``n_correct`` instead.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from semcorr.metrics.pck import on_pck_grid
+from semcorr.metrics.functional import pck_scores, summarize_pairs
+from semcorr.metrics.protocol import Protocol
 
 
 def _alpha_key(alpha: float) -> str:
@@ -49,7 +53,8 @@ def _alpha_key(alpha: float) -> str:
 
 
 def _points(t: torch.Tensor) -> List[List[float]]:
-    return np.round(t.detach().cpu().double().numpy(), 2).tolist()
+    """Coordinates already on the 0.0001 grid (float64): their shortest decimal form has at most 4 decimals."""
+    return t.detach().cpu().double().tolist()
 
 
 def spread(mask: torch.Tensor, max_points: Optional[int]) -> np.ndarray:
@@ -62,12 +67,11 @@ def spread(mask: torch.Tensor, max_points: Optional[int]) -> np.ndarray:
     return idx
 
 
-def prediction_row(record: Mapping[str, Any], alphas: Sequence[float],
-                   max_points: Optional[int] = None) -> Dict[str, Any]:
-    """One ``predictions.jsonl`` object from a :func:`semcorr.report.pair_records` record that
-    holds ``correct`` (K, A)."""
+def prediction_row(record: Mapping[str, Any], max_points: Optional[int] = None) -> Dict[str, Any]:
+    """One ``predictions.jsonl`` object from a :func:`semcorr.report.pair_records` record."""
     valid = record["valid"].bool()
     correct = record["correct"].bool()
+    alphas = record["alphas"]
     row: Dict[str, Any] = {
         "index": int(record["index"]), "pair_id": record["pair_id"], "category": record["category"],
         "src_id": record["src_id"], "trg_id": record["trg_id"],
@@ -77,6 +81,7 @@ def prediction_row(record: Mapping[str, Any], alphas: Sequence[float],
     keep = (torch.from_numpy(spread(valid, max_points)) if max_points is not None and n_valid > max_points
             else torch.arange(valid.shape[0]))
     err = record["norm_error"][keep].double().numpy()
+    box = record["trg_bbox"]
     row.update({
         "src_kps": _points(record["src_kps"][keep]), "trg_kps": _points(record["trg_kps"][keep]),
         "pred": _points(record["pred"][keep]), "valid": valid[keep].tolist(),
@@ -86,8 +91,7 @@ def prediction_row(record: Mapping[str, Any], alphas: Sequence[float],
         "n_valid": n_valid,
         "n_correct": {_alpha_key(a): int(correct[:, i].sum()) for i, a in enumerate(alphas)},
         "trg_imsize": [int(v) for v in record["trg_imsize"].tolist()],
-        "trg_bbox": None if torch.isnan(record["trg_bbox"]).any() else
-        [round(float(v), 2) for v in record["trg_bbox"].tolist()],
+        "trg_bbox": None if torch.isnan(box).any() else [float(v) for v in box.double().tolist()],
     })
     if len(keep) < valid.shape[0]:
         row["n_queries"] = int(valid.shape[0])
@@ -110,52 +114,65 @@ def read_predictions(path: str | Path) -> List[Dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def pck_from_predictions(rows: Sequence[Mapping[str, Any]], average: str = "per_image",
-                         headline: str = "pooled") -> Dict[str, Any]:
-    """PCK in percent from prediction rows, as :class:`semcorr.metrics.PCK` computes it (each
-    pair's PCK on its 2^-32 grid, :func:`semcorr.metrics.pck.on_pck_grid`):
-    ``pck``, ``pck_pooled``, ``pck_category_mean``, ``pck_per_image``, ``pck_per_keypoint``,
-    ``pck_per_category``, ``n_pairs``, ``n_keypoints``. Pairs without a valid keypoint count
-    for nothing."""
+def row_counts(row: Mapping[str, Any], protocol: Protocol,
+               alphas: Sequence[float]) -> tuple[torch.Tensor, int]:
+    """(A,) correct keypoints of a row at ``alphas`` and its number of valid keypoints, recomputed
+    from its coordinates by the PCK rule (:func:`semcorr.metrics.pck_scores`); a sampled row
+    (``kps_index``: only some queries written) gives its stored exact counts."""
+    if "kps_index" in row:
+        return (torch.tensor([float(row["n_correct"][_alpha_key(a)]) for a in alphas],
+                             dtype=torch.float64), int(row["n_valid"]))
+    def pts(key: str) -> torch.Tensor:
+        return torch.tensor(row[key], dtype=torch.float64).reshape(1, -1, 2)
+
+    box = row.get("trg_bbox")
+    scores = pck_scores(protocol, alphas, pts("pred"), pts("trg_kps"),
+                        torch.tensor(row["valid"], dtype=torch.bool).reshape(1, -1),
+                        None if box is None else torch.tensor([box], dtype=torch.float64),
+                        torch.tensor([row["trg_imsize"]], dtype=torch.long))
+    n_correct, n_valid = scores.counts()
+    return n_correct[0], int(n_valid[0])
+
+
+def pck_from_predictions(rows: Sequence[Mapping[str, Any]], protocol: Protocol,
+                         alphas: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """PCK in percent from prediction rows, recomputed from their coordinates under ``protocol``
+    (the one PCK rule, :mod:`semcorr.metrics.functional`): the same dict as
+    :meth:`semcorr.metrics.PCK.compute` (categories in first-seen order). ``alphas``: default the
+    rows' own."""
     rows = [r for r in rows if r["n_valid"] > 0]
     if not rows:
         return {"n_pairs": 0, "n_keypoints": 0}
-    alphas = list(rows[0]["n_correct"])
-
-    def summary(group: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, float]]:
-        total = sum(r["n_valid"] for r in group)
-        return {
-            "per_image": {a: 100.0 * sum(on_pck_grid(r["n_correct"][a] / r["n_valid"]) for r in group)
-                          / len(group) for a in alphas},
-            "per_keypoint": {a: 100.0 * sum(r["n_correct"][a] for r in group) / total for a in alphas},
-        }
-
-    overall = summary(rows)
-    categories = list(dict.fromkeys(r["category"] for r in rows))
-    per_cat = {c: summary([r for r in rows if r["category"] == c])[average] for c in categories}
-    cat_mean = {a: sum(v[a] for v in per_cat.values()) / len(per_cat) for a in alphas}
-    pooled = overall[average]
-    return {
-        "pck": pooled if headline == "pooled" else cat_mean,
-        "pck_pooled": pooled, "pck_category_mean": cat_mean,
-        "pck_per_image": overall["per_image"], "pck_per_keypoint": overall["per_keypoint"],
-        "pck_per_category": per_cat,
-        "n_pairs": len(rows), "n_keypoints": sum(r["n_valid"] for r in rows),
-    }
+    alphas = [float(a) for a in (alphas if alphas is not None else rows[0]["n_correct"])]
+    counts = [row_counts(r, protocol, alphas) for r in rows]
+    n_correct = torch.stack([c for c, _ in counts])
+    n_valid = torch.tensor([n for _, n in counts], dtype=torch.float64)
+    return summarize_pairs(n_correct, n_valid, [r["category"] for r in rows], protocol, alphas)
 
 
-def row_record(row: Mapping[str, Any]) -> Dict[str, Any]:
-    """A row as the tensors a pair drawing needs (``semcorr.viz``): ``src_id``, ``trg_id``,
-    ``category``, ``src_kps``, ``trg_kps``, ``pred`` (K, 2), ``valid`` (K,), ``norm_error`` (K,)."""
+def row_record(row: Mapping[str, Any], protocol: Protocol) -> Dict[str, Any]:
+    """A row as the record a pair drawing needs (``semcorr.viz``, as :func:`semcorr.report.pair_records`
+    makes it): ``src_id``, ``trg_id``, ``category``, ``src_kps``, ``trg_kps``, ``pred`` (K, 2),
+    ``valid`` (K,), ``dist_sq`` (K,) and ``threshold`` (recomputed from the coordinates under
+    ``protocol``), ``norm_error`` (K,), ``correct`` (K, A), ``alphas`` and ``strict``."""
     def pts(key: str) -> torch.Tensor:
-        return torch.tensor(row[key], dtype=torch.float32).reshape(-1, 2)
+        return torch.tensor(row[key], dtype=torch.float64).reshape(-1, 2)
 
+    valid = torch.tensor(row["valid"], dtype=torch.bool).reshape(-1)
+    box = row.get("trg_bbox")
+    scores = pck_scores(protocol, (), pts("pred")[None], pts("trg_kps")[None], valid[None],
+                        None if box is None else torch.tensor([box], dtype=torch.float64),
+                        torch.tensor([row["trg_imsize"]], dtype=torch.long))
+    alphas = tuple(float(a) for a in row["correct"])
+    correct = [row["correct"][k] for k in row["correct"]]
     return {
         "src_id": row["src_id"], "trg_id": row["trg_id"], "category": row["category"],
-        "src_kps": pts("src_kps"), "trg_kps": pts("trg_kps"), "pred": pts("pred"),
-        "valid": torch.tensor(row["valid"], dtype=torch.bool).reshape(-1),
+        "src_kps": pts("src_kps"), "trg_kps": pts("trg_kps"), "pred": pts("pred"), "valid": valid,
+        "dist_sq": scores.dist_sq[0], "threshold": float(row["threshold"]),
         "norm_error": torch.tensor([float("nan") if e is None else e for e in row["error"]],
                                    dtype=torch.float64).reshape(-1),
+        "correct": torch.tensor(correct, dtype=torch.bool).reshape(len(alphas), len(valid)).T,
+        "alphas": alphas, "strict": protocol.strict,
     }
 
 

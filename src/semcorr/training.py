@@ -3,7 +3,8 @@
 - :class:`ResumeDataOrder`: points the training sampler
   (:class:`semcorr.data.samplers.EpochShuffleSampler`) at the restored trainer's progress, so
   ``--resume`` replays exactly the batches an uninterrupted run would have seen (with the same
-  number of processes; :func:`check_resume` refuses a mid-epoch checkpoint under another);
+  number of processes; :meth:`semcorr.resume.ResumePoint.check_world_size` refuses a mid-epoch
+  checkpoint under another);
 - :class:`History`: the learning curves, for ``train_summary.json`` (kept in checkpoints, so a
   resumed run's history is the whole run's);
 - :class:`LastCheckpoint`: ``last.ckpt``, always holding the final state of the run.
@@ -13,14 +14,11 @@
 
 from __future__ import annotations
 
-import zipfile
 from typing import Any, Dict, Tuple
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from semcorr.errors import ConfigError
 
 
 class ResumeDataOrder(L.Callback):
@@ -28,7 +26,8 @@ class ResumeDataOrder(L.Callback):
 
     When a run resumes mid-epoch the sampler skips the batches already trained on, and every
     epoch (resumed or not) uses its own seeded order. Its checkpoint state records the number of
-    processes, whose shards of the order the skipped batches came from (:func:`check_resume`).
+    processes, whose shards of the order the skipped batches came from
+    (:meth:`semcorr.resume.ResumePoint.check_world_size`).
     """
 
     def __init__(self, batch_size: int) -> None:
@@ -52,26 +51,6 @@ class ResumeDataOrder(L.Callback):
             return trainer.current_epoch, progress.completed * self.batch_size
 
         trainer.datamodule.train_position = position
-
-
-def check_resume(ckpt_path: str, world_size: int) -> None:
-    """Refuse (:class:`ConfigError`) to resume a checkpoint taken part-way into an epoch with another
-    number of processes than wrote it: the batches already trained on came from the other
-    number's shards of the epoch's order, so the rest of that epoch cannot be replayed. Checkpoints
-    at an epoch's end resume under any number of processes."""
-    # the file was checked readable (checkpoint.check_resumable); mapping needs torch's zip format
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False,
-                      mmap=zipfile.is_zipfile(ckpt_path))
-    saved = int((ckpt.get("callbacks", {}).get("ResumeDataOrder") or {}).get("world_size", 1))
-    if saved == world_size:
-        return
-    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-    started = int(progress.get("current", {}).get("ready", 0))  # batches of this epoch begun
-    if started and not progress.get("is_last_batch", False):
-        raise ConfigError(
-            f"--resume: {ckpt_path} was saved part-way into epoch {ckpt.get('epoch', '?')} by "
-            f"{saved} process(es); resume it with {saved} (trainer.devices x trainer.num_nodes), "
-            f"not {world_size}, or from a checkpoint at an epoch's end")
 
 
 class History(L.Callback):

@@ -20,6 +20,8 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from semcorr.metrics.functional import correct_at
+from semcorr.metrics.protocol import Protocol
 from semcorr.predictions import spread
 
 
@@ -106,11 +108,20 @@ def draw_matches(ax, src_img, trg_img, src_kps, pred, gt=None, correct=None, tit
         ax.set_title(title, fontsize=8)
 
 
+def record_correct(p: Mapping[str, Any], alpha: float) -> torch.Tensor:
+    """(K,) bool: which keypoints of a pair record are correct at ``alpha``, as the metric counts
+    them (its column of ``correct`` when the metric had this alpha, else the same PCK rule on the
+    record's distances: :func:`semcorr.metrics.functional.correct_at`)."""
+    alphas = [float(a) for a in p.get("alphas", ())]
+    if float(alpha) in alphas:
+        return p["correct"][:, alphas.index(float(alpha))].bool()
+    return correct_at(p["dist_sq"], p["threshold"], p["valid"], alpha, bool(p.get("strict", False)))
+
+
 def _draw_record(ax, p: Dict[str, Any], read_image: Callable[[str], torch.Tensor], alpha: float,
                  threshold_by: str, max_points: Optional[int], legend: bool = False) -> None:
     v = p["valid"].bool()
-    err = p["norm_error"]
-    ok = v & ((err < alpha) if p.get("strict", False) else (err <= alpha))  # as the metric counts
+    ok = record_correct(p, alpha)
     idx = spread(v, max_points)
     shown = "" if len(idx) == int(v.sum()) else f", {len(idx)} drawn"
     draw_matches(ax, read_image(p["src_id"]), read_image(p["trg_id"]), p["src_kps"][idx],
@@ -121,13 +132,14 @@ def _draw_record(ax, p: Dict[str, Any], read_image: Callable[[str], torch.Tensor
 
 def plot_predictions(predictions: List[Dict[str, Any]], read_image: Callable[[str], torch.Tensor],
                      path: Optional[Union[str, Path]] = None, alpha: float = 0.1,
-                     threshold_by: str = "bbox_kp", cols: int = 2, max_points: Optional[int] = 50):
+                     protocol: Optional[Protocol] = None, cols: int = 2,
+                     max_points: Optional[int] = 50):
     """A grid of evaluated pairs: prediction, ground truth and a line per match coloured correct /
     wrong at ``alpha`` (keypoints in the original frames). None when there is nothing to draw.
 
-    ``predictions``: per-pair records (:func:`semcorr.report.pair_records`) with ``src_id``,
-    ``trg_id``, ``category``, ``src_kps``, ``trg_kps``, ``pred``, ``valid`` and ``norm_error``
-    (dist / L; ``threshold_by`` names L in the titles). At most ``max_points`` matches are drawn
+    ``predictions``: per-pair records (:func:`semcorr.report.pair_records`,
+    :func:`semcorr.predictions.row_record`); ``protocol`` names L in the titles. At most
+    ``max_points`` matches are drawn
     per pair, evenly spaced over its valid keypoints (dense TSS queries number tens of
     thousands); the counts in the titles are over all of them."""
     if not predictions:
@@ -138,6 +150,7 @@ def plot_predictions(predictions: List[Dict[str, Any]], read_image: Callable[[st
     fig, axes = _subplots(path, rows, cols, figsize=(7 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
+    threshold_by = protocol.threshold_by if protocol is not None else "L"
     for i, (ax, p) in enumerate(zip(axes.ravel(), predictions)):
         _draw_record(ax, p, read_image, alpha, threshold_by, max_points, legend=i == 0)
     fig.tight_layout()
@@ -145,7 +158,8 @@ def plot_predictions(predictions: List[Dict[str, Any]], read_image: Callable[[st
 
 
 def pair_thumbnail(record: Dict[str, Any], read_image: Callable[[str], torch.Tensor],
-                   alpha: float = 0.1, threshold_by: str = "", max_points: Optional[int] = 50,
+                   alpha: float = 0.1, protocol: Optional[Protocol] = None,
+                   max_points: Optional[int] = 50,
                    width_in: float = 5.0, dpi: int = 72) -> np.ndarray:
     """(h, w, 3) uint8 picture of one evaluated pair (as :func:`plot_predictions` draws it), for a
     W&B table cell."""
@@ -154,7 +168,7 @@ def pair_thumbnail(record: Dict[str, Any], read_image: Callable[[str], torch.Ten
     fig = Figure(figsize=(width_in, width_in * 0.5), dpi=dpi)
     canvas = FigureCanvasAgg(fig)
     ax = fig.subplots()
-    _draw_record(ax, record, read_image, alpha, threshold_by, max_points)
+    _draw_record(ax, record, read_image, alpha, protocol.threshold_by if protocol else "L", max_points)
     fig.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

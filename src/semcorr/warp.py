@@ -44,14 +44,14 @@ def warp_to_source(trg_img: torch.Tensor, scores: torch.Tensor, src_grid: Tuple[
     return out * torch.isfinite(best)[cell].view(1, h, w)
 
 
-def warp_match(batch: Mapping[str, Any], out: Mapping[str, Any], scores: Optional[torch.Tensor] = None,
+def warp_match(batch: Mapping[str, Any], out: Any, scores: Optional[torch.Tensor] = None,
                index: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source, target and warped target of pair ``index`` of a pipeline output, cropped to the
-    image content (no padding). ``batch``/``out``: ``CorrespondenceModule`` input and output
-    (``out["src"]``, ``out["trg"]``, ``out["result"]``); ``scores`` (Ns, Nt) replaces the output's.
+    image content (no padding). ``batch`` / ``out``: a :class:`~semcorr.net.CorrespondenceNet`'s
+    input and :class:`~semcorr.net.MatchOutput`; ``scores`` (Ns, Nt) replaces the output's.
     """
-    src, trg = out["src"], out["trg"]
-    scores = out["result"].scores[index] if scores is None else scores
+    src, trg = out.src, out.trg
+    scores = out.result.scores[index] if scores is None else scores
     sh, sw = (int(v) for v in batch["src_content_hw"][index])
     th, tw = (int(v) for v in batch["trg_content_hw"][index])
     warped = warp_to_source(batch["trg_img"][index], scores, src.grid, src.stride, trg.grid,

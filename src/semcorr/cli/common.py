@@ -217,8 +217,8 @@ def may_leave_parameters_unused(module: torch.nn.Module) -> bool:
     λ of a term the batch has no data for, e.g. ``lam_sym`` without symmetric keypoints). DDP
     then needs ``find_unused_parameters=True``; heads and backbones use all their trainable
     parameters in every step."""
-    matcher = getattr(module, "matcher", None)
-    return matcher is not None and any(p.requires_grad for p in matcher.parameters())
+    net = getattr(module, "net", None)
+    return net is not None and any(p.requires_grad for p in net.matcher.parameters())
 
 
 def several_processes(kwargs: Dict[str, Any]) -> bool:

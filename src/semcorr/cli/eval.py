@@ -27,11 +27,12 @@ from semcorr.cli.common import (check_out_dir, make_out_dir, parse_args, pck_tab
                                 rate, resolve_config, run_main, share_out_dir, trainer_kwargs,
                                 write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers, wandb_loggers
-from semcorr.config import save_config
+from semcorr.config import group_config, save_config
 from semcorr.figures import prediction_table, write_eval_figures
-from semcorr.metrics import curve_entry
+from semcorr.matchers import build_matcher
+from semcorr.metrics import alpha_grid, curve_entry
 from semcorr.predictions import write_predictions
-from semcorr.report import EvalReport
+from semcorr.report import EvalReport, EvalTiming
 
 log = logging.getLogger("semcorr.eval")
 
@@ -43,53 +44,55 @@ def evaluate(argv: Sequence[str]) -> int:
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
     run = build_run(cfg, stage="test")
-    dataset = run.dataset
-    proto = run.protocol
-    report = EvalReport(proto, keep=cfg.plots.n_pairs,
-                        alphas=list(cfg.metric.alphas) if cfg.predictions.enabled else (),
-                        max_points=cfg.predictions.max_points)
+    plots = cfg.plots
+    compare = {name: build_matcher(group_config("matcher", name)) for name in plots.warp_compare}
+    report = EvalReport(alpha_grid(plots.curve_max_alpha), keep=plots.n_pairs,
+                        rows=cfg.predictions.enabled, max_points=cfg.predictions.max_points,
+                        dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare)
+    timing = EvalTiming()
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
-    trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False, callbacks=[report],
-                        default_root_dir=str(out_dir), enable_checkpointing=False)
+    trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,
+                        callbacks=[report, timing], default_root_dir=str(out_dir),
+                        enable_checkpointing=False)
     quiet_unless(trainer.is_global_zero)
     if trainer.is_global_zero:
         make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
         for stale in ("metrics.json", "predictions.jsonl"):  # an earlier run's, not this config's
             (out_dir / stale).unlink(missing_ok=True)
         save_config(cfg, out_dir)
-    log.info("evaluating %d pairs of %s (%s) with %s + %s on %d process(es)", len(dataset),
+    log.info("evaluating %d pairs of %s (%s) with %s + %s on %d process(es)", len(run.dataset),
              cfg.data.name, cfg.data.split, cfg.backbone.name, cfg.matcher.name, trainer.world_size)
     success = False
     try:
         with share_out_dir(cfg):
-            metrics = _evaluate(cfg, trainer, run, report, proto, loggers, out_dir)
+            metrics = _evaluate(cfg, trainer, run, report, timing, loggers, out_dir)
         success = True
     finally:
         finish_loggers(loggers, success)
     if not trainer.is_global_zero:
         return 0
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
-                                        f"protocol {protocol_summary(proto)}") + "\n")
+                                        f"protocol {run.protocol.summary()}") + "\n")
     sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, "
                      f"{rate(metrics['n_pairs'], metrics['timing']['seconds'])}; "
                      f"wrote {out_dir / 'metrics.json'}\n")
     return 0
 
 
-def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
+def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers, out_dir: Path) -> dict:
     """Test the run's model; return the metrics (all ranks). Rank 0 writes ``predictions.jsonl``,
     the figures, then ``metrics.json`` (last, atomically: it exists only for a run that finished)."""
-    module, datamodule, dataset = run.module, run.datamodule, run.dataset
+    dataset, proto = run.dataset, run.protocol
     t0 = time.perf_counter()
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    trainer.test(run.module, datamodule=run.datamodule, verbose=False)
     seconds = time.perf_counter() - t0
-    result = module.last_test_result
+    result = report.result
     metrics = {
         "dataset": cfg.data.name,
         "split": cfg.data.split,
         "n_pairs": result["n_pairs"],
         "n_keypoints": result["n_keypoints"],
-        "protocol": proto,
+        "protocol": proto.as_dict(),
         "pck": result["pck"],
         "pck_pooled": result["pck_pooled"],
         "pck_category_mean": result["pck_category_mean"],
@@ -99,39 +102,28 @@ def _evaluate(cfg, trainer, run, report, proto, loggers, out_dir: Path) -> dict:
         "timing": {
             "seconds": seconds,
             "pairs_per_s": result["n_pairs"] / max(seconds, 1e-9),
-            **report.timing(),
+            **timing.timing(),
             "processes": trainer.world_size,
             "distinct_images": len(dataset.image_ids()),
         },
         "config": config_dict(cfg),
     }
-    metrics["pck_curve"] = curve_entry(report.errors, cfg.plots.curve_max_alpha, proto["average"],
-                                       proto["strict"])
+    metrics["pck_curve"] = curve_entry(*report.curve_counts(), report.curve_alphas, proto.average)
     if not trainer.is_global_zero:
         return metrics
     if report.rows:
         write_predictions(report.rows, out_dir / "predictions.jsonl")
         if cfg.logger.table_pairs > 0 and wandb_loggers(loggers):  # thumbnails cost seconds
             columns, data = prediction_table(report.rows, dataset.read_image,
-                                             cfg.logger.table_pairs, cfg.plots.alpha,
-                                             proto["threshold_by"], cfg.plots.max_points)
+                                             cfg.logger.table_pairs, cfg.plots.alpha, proto,
+                                             cfg.plots.max_points)
             log_table(loggers, "predictions", columns, data)
-    figures = write_eval_figures(module, report, dataset, out_dir, cfg.plots, proto["threshold_by"],
+    figures = write_eval_figures(report, dataset.read_image, out_dir, cfg.plots, proto,
                                  metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}")
     for key, path in figures.items():
         log_image(loggers, key, path)
     write_json(out_dir / "metrics.json", metrics)
     return metrics
-
-
-def protocol_summary(proto: dict) -> str:
-    """One line naming a protocol and its settings, e.g. ``ncnet (L: image in a 224 frame,
-    trg_to_src, per_image, <=)``."""
-    frame = f" in a {proto['frame']} frame" if proto.get("frame") else ""
-    head = ", mean of categories" if proto.get("headline") == "category_mean" else ""
-    changed = f"; overridden: {', '.join(proto['overrides'])}" if proto.get("overrides") else ""
-    return (f"{proto['name']} (L: {proto['threshold_by']}{frame}, {proto['direction']}, "
-            f"{proto['average']}{head}, {'<' if proto['strict'] else '<='}{changed})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from semcorr.resume import ResumePoint
+
 log = logging.getLogger(__name__)
 
 
@@ -57,21 +59,20 @@ def earlier_csv_rows(path: str | Path, before_step: int, validated: bool = False
 
 
 def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name: str,
-                 log_model: bool = False, resume_step: Optional[int] = None,
-                 resume_validated: bool = False) -> List[Logger]:
+                 log_model: bool = False, resume: Optional[ResumePoint] = None) -> List[Logger]:
     """Loggers for a run in ``out_dir`` (``cfg`` is the ``logger`` config section).
 
     ``log_model``: upload checkpoints to W&B as artifacts (online runs only).
-    ``resume_step``: the run resumes from a checkpoint of this step (written after that step's
-    validation: ``resume_validated``); ``csv/metrics.csv`` keeps the rows logged before it
+    ``resume``: the run resumes from this point (:mod:`semcorr.resume`); ``csv/metrics.csv`` keeps
+    the rows logged before its step (and its validation, if it had one)
     (Lightning's CSV logger would start the file afresh), so a resumed run's CSV log is the
     whole run's.
     """
     out_dir = Path(out_dir)
     loggers: List[Logger] = []
     if cfg.csv:
-        earlier = (earlier_csv_rows(out_dir / "csv" / "metrics.csv", resume_step, resume_validated)
-                   if resume_step is not None else [])
+        earlier = (earlier_csv_rows(out_dir / "csv" / "metrics.csv", resume.global_step,
+                                    resume.validated) if resume is not None else [])
         csv_logger = CSVLogger(save_dir=str(out_dir), name="csv", version="")
         if earlier:
             csv_logger.experiment.metrics.extend(earlier)  # written first, at the next save

@@ -215,8 +215,8 @@ def run(argv: Sequence[str]) -> int:
     for path in (margs.src, margs.trg):  # fail on a missing file before building the model
         if not Path(path).is_file():
             raise FileNotFoundError(f"image not found: {path}")
-    module = inference_model(cfg, "cuda" if accelerator(cfg) == "gpu" else "cpu")
-    stride = module.backbone.stride
+    net = inference_model(cfg, "cuda" if accelerator(cfg) == "gpu" else "cpu")
+    stride = net.backbone.stride
     keep = 2 * int(cfg.data.image_size)
     src_img, src_k, src_hw = read_image_checked(margs.src, stride, "source image", keep)
     trg_img, trg_k, trg_hw = read_image_checked(margs.trg, stride, "target image", keep)
@@ -224,7 +224,7 @@ def run(argv: Sequence[str]) -> int:
         points = dense_points(src_img, stride, cfg.data.image_size, cfg.data.resize, margs.mask,
                               factor=src_k, original_hw=src_hw)
     assert points is not None
-    match = match_images(module, src_img, trg_img, points, cfg.data.image_size, cfg.data.resize,
+    match = match_images(net, src_img, trg_img, points, cfg.data.image_size, cfg.data.resize,
                          factors=(src_k, trg_k), sizes=(src_hw, trg_hw),
                          names=(str(margs.src), str(margs.trg)))
     make_out_dir(out_dir)

@@ -27,23 +27,24 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from semcorr.builder import build_run, config_dict
-from semcorr.checkpoint import check_resumable, read_checkpoint, typed_config
+from semcorr.builder import Run, build_run, config_dict
+from semcorr.checkpoint import typed_config
 from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, quiet_unless,
                                 run_main, share_out_dir, trainer_kwargs, write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
 from semcorr.config import expand_experiment, group_file, load_config, save_config, to_yaml
 from semcorr.distributed import launch_rank_is_zero
-from semcorr.errors import ConfigError, DataError, NumericalError, TrainingDiverged
+from semcorr.errors import ConfigError, NumericalError, TrainingDiverged
 from semcorr.registry import GROUPS
 from semcorr.report import PredictionPanel
-from semcorr.training import History, LastCheckpoint, ResumeDataOrder, check_resume
+from semcorr.resume import ResumePoint, read_resume_point
+from semcorr.training import History, LastCheckpoint, ResumeDataOrder
 
 log = logging.getLogger("semcorr.train")
 
@@ -82,7 +83,7 @@ def apply_train_defaults(cfg: DictConfig, tokens: Sequence[str],
     return cfg
 
 
-def train_config(tokens: Sequence[str], resume: Optional[str] = None,
+def train_config(tokens: Sequence[str], resume: Optional[ResumePoint] = None,
                  extra_dirs: Sequence[str] = ()) -> DictConfig:
     """The run config: a new run from ``tokens``, or the resumed run's saved config + ``tokens``.
 
@@ -91,99 +92,84 @@ def train_config(tokens: Sequence[str], resume: Optional[str] = None,
         cfg = load_config(tokens, default_groups=TRAIN_DEFAULT_GROUPS, extra_dirs=extra_dirs)
         # what an experiment file sets counts as given, like the command line's own tokens
         return apply_train_defaults(cfg, expand_experiment(tokens, extra_dirs)[1], extra_dirs)
-    ckpt = check_resumable(resume)  # a garbage last.ckpt fails here, before anything starts
-    saved = Path(resume) / "config.yaml" if Path(resume).is_dir() else ckpt.parent.parent / "config.yaml"
-    if not saved.is_file():
-        raise FileNotFoundError(f"--resume: no config.yaml beside {ckpt} (expected {saved})")
-    try:
-        plain = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-    except Exception as err:  # noqa: BLE001  (a damaged YAML file)
-        raise DataError(f"--resume: cannot read {saved} ({type(err).__name__})") from None
-    if not isinstance(plain, dict):
-        raise DataError(f"--resume: {saved} is not a run config")
-    return load_config(tokens, base=typed_config(plain), extra_dirs=extra_dirs)
+    return load_config(tokens, base=typed_config(resume.config), extra_dirs=extra_dirs)
 
 
-def fit(cfg: DictConfig, resume: Optional[str] = None,
+def training_callbacks(cfg: DictConfig, run: Run, out_dir: Path, with_loggers: bool
+                       ) -> Dict[str, L.Callback]:
+    """The callbacks of a training run, by name: ``best`` (``checkpoints/best-*.ckpt`` by
+    ``checkpointing.monitor``), ``last`` (``last.ckpt``), ``history`` (learning curves),
+    ``data_order`` (exact resume), ``panel`` (validation figure) and, with loggers, ``lr``."""
+    ck = cfg.checkpointing
+    callbacks: Dict[str, L.Callback] = {
+        "best": ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=ck.monitor, mode="max",
+                                save_top_k=ck.save_top_k, auto_insert_metric_name=False,
+                                filename="best-step{step:06d}"),
+        "last": LastCheckpoint(out_dir / "checkpoints", every_n_train_steps=ck.every_n_steps or None),
+        "history": History(),
+        "data_order": ResumeDataOrder(cfg.data.batch_size),
+        "panel": PredictionPanel(run.dataset.read_image, out_dir, cfg.plots.alpha, run.protocol,
+                                 log_image, keep=cfg.plots.n_pairs),
+    }
+    if with_loggers:
+        callbacks["lr"] = LearningRateMonitor(logging_interval="step")
+    return callbacks
+
+
+def diverged(err: NumericalError, trainer: L.Trainer, last: LastCheckpoint,
+             resume: Optional[ResumePoint]) -> TrainingDiverged:
+    """The one-line error of a run stopped by a non-finite value: where, and the last good checkpoint."""
+    step = trainer.global_step
+    where = (f"in the validation after step {step}" if trainer.validating or trainer.sanity_checking
+             else f"at step {step + 1}")
+    step_saved = last.saved_step or (resume.global_step if resume else None)
+    good = (f"{last.last_model_path} (step {step_saved})" if last.last_model_path
+            else "none (no checkpoint was written)")
+    return TrainingDiverged(f"training diverged {where}: {err}; the run stopped; last good "
+                            f"checkpoint: {good}")
+
+
+def fit(cfg: DictConfig, resume: Optional[ResumePoint] = None,
         callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
-    """Train one run; returns (and writes to ``train_summary.json``) its summary.
-
-    ``train_summary.json`` is written whatever the outcome, with ``status`` ``finished``,
-    ``interrupted`` or ``failed`` (and ``error``). A non-finite loss, gradient, feature or plan stops the run with
+    """Train one run (continuing ``resume`` when given); returns its summary, also written to
+    ``train_summary.json`` whatever the outcome: ``status`` ``finished``, ``interrupted`` or
+    ``failed`` (and ``error``). A non-finite loss, gradient, feature or plan stops the run with
     :class:`~semcorr.errors.TrainingDiverged` naming the step and the last good checkpoint.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
-    ckpt_path = str(check_resumable(resume)) if resume else None
-    resume_step, resume_validated = None, False
-    if ckpt_path:
-        state = read_checkpoint(ckpt_path, mmap=True)
-        resume_step = int(state["global_step"])
-        records = (state.get("callbacks") or {}).get("History", {}).get("records", [])
-        resume_validated = any(r.get("stage") == "val" and r.get("step") == resume_step for r in records)
     run = build_run(cfg, stage="fit")
     make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
-    module, datamodule, val = run.module, run.datamodule, run.dataset
     # Lightning keeps the modes modules are in when fit starts; train() lets the backbone put its
     # frozen blocks in eval mode (DinoV2.train) before the first step.
-    module.train()
+    run.module.train()
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name, log_model=True,
-                           resume_step=resume_step, resume_validated=resume_validated)
-    ck = cfg.checkpointing
-    best = ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=ck.monitor, mode="max",
-                           save_top_k=ck.save_top_k, auto_insert_metric_name=False,
-                           filename="best-step{step:06d}")
-    last = LastCheckpoint(out_dir / "checkpoints", every_n_train_steps=ck.every_n_steps or None)
-    history = History()
-    all_callbacks: List[L.Callback] = [
-        best, last, history, ResumeDataOrder(cfg.data.batch_size),
-        PredictionPanel(val.read_image, out_dir, cfg.plots.alpha, run.protocol, log_image,
-                        keep=cfg.plots.n_pairs),
-        *callbacks,
-    ]
-    if loggers:
-        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer = L.Trainer(**trainer_kwargs(cfg, "fit", module), logger=loggers or False,
-                        callbacks=all_callbacks, default_root_dir=str(out_dir))
+                           resume=resume)
+    named = training_callbacks(cfg, run, out_dir, bool(loggers))
+    trainer = L.Trainer(**trainer_kwargs(cfg, "fit", run.module), logger=loggers or False,
+                        callbacks=[*named.values(), *callbacks], default_root_dir=str(out_dir))
     quiet_unless(trainer.is_global_zero)
-    if ckpt_path:
-        check_resume(ckpt_path, trainer.world_size)
+    if resume is not None:
+        resume.check_world_size(trainer.world_size)
     if trainer.is_global_zero:
         save_config(cfg, out_dir)
     log.info("training %s + %s + %s on %s (%d train / %d val pairs), loss %s, %d process(es), "
              "out_dir %s", cfg.backbone.name, cfg.head.name, cfg.matcher.name, cfg.data.name,
-             len(datamodule.dataset("train")), len(val), cfg.loss.name, trainer.world_size, out_dir)
+             len(run.datamodule.dataset("train")), len(run.dataset), cfg.loss.name,
+             trainer.world_size, out_dir)
     t0 = time.perf_counter()
     error: Optional[BaseException] = None
     try:
         with share_out_dir(cfg):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(run.module, datamodule=run.datamodule,
+                        ckpt_path=str(resume.ckpt_path) if resume else None)
     except NumericalError as err:
-        step = trainer.global_step
-        where = (f"in the validation after step {step}" if trainer.validating or trainer.sanity_checking
-                 else f"at step {step + 1}")
-        good = (f"{last.last_model_path} (step {last.saved_step or resume_step})"
-                if last.last_model_path else "none (no checkpoint was written)")
-        error = TrainingDiverged(f"training diverged {where}: {err}; the run stopped; last good "
-                                 f"checkpoint: {good}")
+        error = diverged(err, trainer, named["last"], resume)
     except BaseException as err:  # noqa: BLE001  (recorded in the summary, then raised again)
         error = err
     status = "failed" if error is not None else "interrupted" if trainer.interrupted else "finished"
     finish_loggers(loggers, status == "finished")
-    summary = {
-        "status": status,
-        "error": None if error is None else f"{type(error).__name__}: {error}",
-        "out_dir": str(out_dir),
-        "global_step": trainer.global_step,
-        "seconds": time.perf_counter() - t0,
-        "monitor": ck.monitor,
-        "best_score": None if best.best_model_score is None else float(best.best_model_score),
-        "best_checkpoint": best.best_model_path or None,
-        "last_checkpoint": last.last_model_path or None,
-        "last_checkpoint_step": (last.saved_step or resume_step) if last.last_model_path else None,
-        "history": history.records,
-        "processes": trainer.world_size,
-    }
+    summary = run_summary(cfg, trainer, named, status, error, time.perf_counter() - t0, resume)
     if trainer.is_global_zero:
         write_json(out_dir / "train_summary.json", summary)
     if isinstance(error, TrainingDiverged):
@@ -193,13 +179,37 @@ def fit(cfg: DictConfig, resume: Optional[str] = None,
     return summary
 
 
+def run_summary(cfg: DictConfig, trainer: L.Trainer, named: Dict[str, L.Callback], status: str,
+                error: Optional[BaseException], seconds: float,
+                resume: Optional[ResumePoint]) -> Dict[str, Any]:
+    """The content of ``train_summary.json``."""
+    best, last = named["best"], named["last"]
+    saved_step = last.saved_step or (resume.global_step if resume else None)
+    return {
+        "status": status,
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+        "out_dir": str(cfg.out_dir),
+        "global_step": trainer.global_step,
+        "seconds": seconds,
+        "monitor": cfg.checkpointing.monitor,
+        "best_score": None if best.best_model_score is None else float(best.best_model_score),
+        "best_checkpoint": best.best_model_path or None,
+        "last_checkpoint": last.last_model_path or None,
+        "last_checkpoint_step": saved_step if last.last_model_path else None,
+        "history": named["history"].records,
+        "processes": trainer.world_size,
+    }
+
+
 def train(argv: Sequence[str]) -> int:
     args = parse_args(argv, "train.py", flags=("--resume",))
-    cfg = train_config(args.tokens, args.resume, args.config_dirs)
+    # a garbage last.ckpt or a missing config.yaml fails here, before anything starts
+    resume = read_resume_point(args.resume) if args.resume else None
+    cfg = train_config(args.tokens, resume, args.config_dirs)
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return 0
-    summary = fit(cfg, resume=args.resume)
+    summary = fit(cfg, resume=resume)
     if not launch_rank_is_zero():
         return 0
     best = summary["best_score"]

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from semcorr.checks import number, one_of
 from semcorr.registry import GroupConfig
 from semcorr.errors import ConfigError, DataError
-from semcorr.metrics.protocol import DIRECTIONS, protocol
+from semcorr.metrics.protocol import DIRECTIONS, Protocol, protocol
 from semcorr.stores import MemoryCache
 from semcorr.data.resize import RESIZE_MODES, resize_image, to_network
 from semcorr.data.schema import swap_sides
@@ -177,16 +177,16 @@ class PairDataset(Dataset):
     Subclasses fill ``self.records`` and ``self.categories`` and may override :meth:`read_image`
     (images are addressed by the record's ``src`` / ``trg`` ids, relative to ``self.image_root``).
 
-    Class attributes ``protocols`` (name -> protocol dict, see :mod:`semcorr.metrics.protocol`):
-    the evaluation protocols of the dataset's literature, ``default_protocol`` the one used unless
-    ``metric.protocol`` names another; ``protocol`` is the default's dict.
+    Class attributes ``protocols`` (name -> :class:`~semcorr.metrics.protocol.Protocol`): the
+    evaluation protocols of the dataset's literature, ``default_protocol`` the one used unless
+    ``metric.protocol`` names another; ``protocol`` is the default one.
 
     ``direction`` (set by the run builder from the protocol): ``trg_to_src`` serves every pair
     with the roles of its images swapped (:func:`semcorr.data.schema.swap_sides`), so the whole
     pipeline predicts target keypoints in the source and PCK scores them against the source.
     """
 
-    protocols: Dict[str, Dict[str, Any]] = {"default": protocol(threshold_by="bbox")}
+    protocols: Dict[str, Protocol] = {"default": protocol(threshold_by="bbox")}
     default_protocol: str = "default"
 
     def __init__(
@@ -211,8 +211,8 @@ class PairDataset(Dataset):
         self.direction = "src_to_trg"
 
     @property
-    def protocol(self) -> Dict[str, Any]:
-        """The default protocol's settings."""
+    def protocol(self) -> Protocol:
+        """The default protocol."""
         return self.protocols[self.default_protocol]
 
     def set_direction(self, direction: str) -> None:

@@ -1,178 +1,101 @@
-"""The LightningModule: backbone -> head -> matcher -> keypoint transfer -> PCK (and a loss).
+"""The LightningModule: a :class:`~semcorr.net.CorrespondenceNet`, a loss, a PCK metric and an
+optimiser, wired into one shared step for train / val / test.
 
-Pure-torch parts are built elsewhere (:func:`semcorr.builder.build_model`) and passed in; this
-module only wires one shared step for train / val / test, the per-stage metrics and the
-optimisers. What a run reports beyond the metrics (per-pair errors, kept predictions, timing) is
-collected by callbacks from the step outputs (:mod:`semcorr.report`).
+Everything is built elsewhere (:func:`semcorr.builder.build_run`) and passed in. What a run
+reports beyond the logged metrics (per-pair rows, figures, timing) is collected by callbacks
+(:mod:`semcorr.report`) from what the steps return: :class:`StepOutput`.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional, Sequence
+import math
+from typing import Any, Callable, Dict, Optional, TypedDict
 
 import lightning as L
 import torch
 
-from semcorr.backbones.base import Backbone, FeatureMap, valid_cells
-from semcorr.data.resize import to_original
-from semcorr.features import FeatureExtractor
-from semcorr.heads.base import Head, NoHead
+from semcorr.checkpoint import upgrade_state_dict
+from semcorr.config import OptimConfig
 from semcorr.errors import NumericalError
-from semcorr.matchers.base import (Matcher, MatchResult, check_finite_inputs, check_finite_scores,
-                                   cosine_similarity)
-from semcorr.matchers.transfer import cell_index, transfer_keypoints
-from semcorr.metrics import PCK
-from semcorr.stores import FeatureStore
+from semcorr.metrics import PCK, KeypointScores
+from semcorr.net import CorrespondenceNet, MatchOutput
+
+LossFn = Callable[..., Any]  # loss(batch, src, trg, result) -> (loss, logs), see semcorr.losses
 
 
-def symmetric_cells(batch: Dict[str, Any], grid: tuple[int, int], stride: int) -> Optional[torch.Tensor]:
-    """(B, S, 2) source-cell indices of the batch's symmetric keypoint pairs (-1 = padding)."""
-    pairs = batch.get("sym_pairs")
-    if pairs is None or pairs.numel() == 0:
-        return None
-    cells = cell_index(batch["src_kps"], grid, stride)  # (B, K)
-    ok = (pairs >= 0).all(-1)
-    safe = pairs.clamp_min(0)
-    out = torch.gather(cells, 1, safe.flatten(1)).view_as(pairs)
-    valid = batch["kps_valid"]
-    both = torch.gather(valid, 1, safe.flatten(1)).view_as(pairs).all(-1)
-    return torch.where((ok & both)[..., None], out, torch.full_like(out, -1))
+class StepOutput(TypedDict, total=False):
+    """What ``validation_step`` / ``test_step`` return (``training_step`` returns the loss).
+
+    Keys: ``match``: the net's :class:`~semcorr.net.MatchOutput`; ``pck``: the batch's
+    :class:`~semcorr.metrics.KeypointScores` under the run's protocol (what the metric added);
+    ``loss``: the scalar loss, when the module has one.
+    """
+
+    match: MatchOutput
+    pck: KeypointScores
+    loss: torch.Tensor
 
 
 class CorrespondenceModule(L.LightningModule):
-    """Semantic correspondence model with one shared step.
+    """Train / validate / test a :class:`~semcorr.net.CorrespondenceNet`.
 
     Args:
-        backbone: a :class:`~semcorr.backbones.Backbone`.
-        matcher: a :class:`~semcorr.matchers.Matcher`.
-        head: optional :class:`~semcorr.heads.Head` (feature head and / or score refiner).
-        loss: optional callable ``loss(batch, src, trg, result) -> (loss, logs)``; needed to train.
-        transfer: keypoint-transfer options (``method``, ``window``, ``temperature``).
-        alphas, threshold_by, average, strict, frame, headline, categories: the PCK protocol
-            (:mod:`semcorr.metrics.protocol`).
-        stores: feature caches used in val/test (see :mod:`semcorr.stores`).
-        optim: ``lr``, ``backbone_lr``, ``weight_decay``, ``scheduler``, ``warmup_steps``.
+        net: the pipeline (backbone, head, matcher, keypoint transfer).
+        loss: ``loss(batch, src, trg, result) -> (loss, logs)`` (:mod:`semcorr.losses`); needed to
+            train, optional for evaluation (then validation / test also log it).
+        metric: the PCK metric (protocol, alphas, categories); the module keeps one copy per
+            evaluation stage. Default: ``PCK()``.
+        optim: optimiser and schedule settings (:class:`~semcorr.config.OptimConfig`); default
+            ``OptimConfig()``.
         run_config: the resolved run config, saved in checkpoints so ``eval.py ckpt=`` rebuilds.
-
-    ``validation_step`` / ``test_step`` return the step's output (:meth:`match` plus ``ms``, the
-    milliseconds spent in the backbone and in matching) for reporting callbacks.
     """
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        matcher: Matcher,
-        head: Optional[Head] = None,
-        loss: Optional[Any] = None,
-        transfer: Optional[Dict[str, Any]] = None,
-        alphas: Sequence[float] = (0.05, 0.1, 0.15),
-        threshold_by: str = "bbox",
-        average: str = "per_image",
-        categories: Sequence[str] = ("all",),
-        strict: bool = False,
-        frame: Optional[int] = None,
-        headline: str = "pooled",
-        stores: Sequence[FeatureStore] = (),
-        optim: Optional[Dict[str, Any]] = None,
-        run_config: Optional[Dict[str, Any]] = None,
-    ) -> None:
+    def __init__(self, net: CorrespondenceNet, loss: Optional[LossFn] = None,
+                 metric: Optional[PCK] = None, optim: Optional[OptimConfig] = None,
+                 run_config: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "matcher", "head", "loss", "stores"])
-        self.extractor = FeatureExtractor(backbone, stores)
-        self.head = head if head is not None else NoHead()
-        self.matcher = matcher
+        self.save_hyperparameters({"run_config": run_config})
+        self.net = net
         self.loss_fn = loss
-        self.transfer = dict(transfer or {})
-        self.optim_cfg = dict(optim or {})
-        protocol = dict(alphas=alphas, threshold_by=threshold_by, average=average, strict=strict,
-                        frame=frame, headline=headline)
-        self.test_pck = PCK(categories=categories, **protocol)
-        self.val_pck = PCK(categories=categories, **protocol)
+        metric = metric if metric is not None else PCK()
+        self.val_metric = metric.clone()
+        self.test_metric = metric.clone()
+        self.optim = optim if optim is not None else OptimConfig()
 
-    @property
-    def backbone(self) -> Backbone:
-        return self.extractor.backbone
-
-    @contextmanager
-    def _timed(self, ms: Dict[str, float], name: str) -> Iterator[None]:
-        """Adds the wall-clock milliseconds of the block to ``ms[name]`` (synchronising CUDA)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        ms[name] = ms.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
-
-    # ------------------------------------------------------------------ the pipeline
-    def features(self, batch: Dict[str, Any], use_cache: bool) -> tuple[FeatureMap, FeatureMap]:
-        src = self.extractor(batch["src_img"], batch.get("src_id"), use_cache)
-        trg = self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache)
-        src.valid = valid_cells(batch["src_content_hw"], src.grid, src.stride)
-        trg.valid = valid_cells(batch["trg_content_hw"], trg.grid, trg.stride)
-        return src, trg
-
-    def match(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap) -> Dict[str, Any]:
-        """Head, matcher and keypoint transfer. Returns scores, predictions (both frames).
-
-        Non-finite features entering the matcher, or non-finite scores coming out of it, raise
-        :class:`~semcorr.errors.NumericalError` naming the image or pair (never a silently NaN
-        plan, see :func:`semcorr.matchers.base.check_finite_inputs`).
-        """
-        src, trg = self.head(src, trg)
-        check_finite_inputs(src, trg, batch.get("src_id"), batch.get("trg_id"))
-        sym = symmetric_cells(batch, src.grid, src.stride)
-        similarity = None
-        if self.head.refines_similarity:  # e.g. neighbourhood consensus, see semcorr.heads.base
-            similarity = self.head.refine(cosine_similarity(src, trg), src, trg)
-            check_finite_inputs(src, trg, batch.get("src_id"), batch.get("trg_id"), similarity)
-        result: MatchResult = self.matcher(src, trg, sym_pairs=sym, similarity=similarity)
-        check_finite_scores(result, type(self.matcher).__name__, batch.get("pair_id"))
-        pred, score = transfer_keypoints(
-            result.scores, batch["src_kps"], src.grid, src.stride, trg.grid, trg.stride,
-            **self.transfer,
-        )
-        pred_orig = to_original(pred, batch["trg_frame"])
-        return {"src": src, "trg": trg, "result": result, "pred": pred, "pred_orig": pred_orig,
-                "score": score}
-
-    def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        src, trg = self.features(batch, use_cache=not self.training)
-        return self.match(batch, src, trg)
-
-    def _step(self, batch: Dict[str, Any], stage: str) -> Dict[str, Any]:
-        ms: Dict[str, float] = {}
-        with self._timed(ms, "backbone"):
-            src, trg = self.features(batch, use_cache=stage != "train")
-        with self._timed(ms, "match"):
-            out = self.match(batch, src, trg)
-        out["ms"] = ms
-        bs = batch["src_img"].shape[0]
+    # ------------------------------------------------------------------ the shared step
+    def _step(self, batch: Dict[str, Any], stage: str) -> StepOutput:
+        out: StepOutput = {"match": self.net(batch, use_cache=stage != "train")}
+        match = out["match"]
         if stage != "train":
-            metric = self.test_pck if stage == "test" else self.val_pck
-            metric.update(out["pred_orig"], batch["trg_kps_orig"], batch["kps_valid"],
-                          batch["category_idx"], batch["trg_bbox"], batch["trg_imsize"])
+            metric = self.test_metric if stage == "test" else self.val_metric
+            scores = metric.score(match.pred_orig, batch["trg_kps_orig"], batch["kps_valid"],
+                                  batch.get("trg_bbox"), batch.get("trg_imsize"))
+            metric.update(category_idx=batch["category_idx"], scores=scores)
+            out["pck"] = scores
         if self.loss_fn is None:
             if stage == "train":
                 raise RuntimeError("training needs a loss: set loss=gaussian_ce or loss=ot_nll")
             return out
-        loss, logs = self.loss_fn(batch, out["src"], out["trg"], out["result"])
+        loss, logs = self.loss_fn(batch, match.src, match.trg, match.result)
         if stage == "train" and not bool(torch.isfinite(loss.detach()).all()):
             raise NumericalError(f"non-finite loss (train/loss = {float(loss.detach()):g})")
-        # validation / test values are epoch means: over all ranks' pairs (sync_dist); the training
-        # loss is logged per step, as this rank's
-        sync = stage != "train"
+        # validation / test values are epoch means over all ranks' pairs (sync_dist); the
+        # training loss is logged per step, as this rank's
+        sync, bs = stage != "train", batch["src_img"].shape[0]
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs, sync_dist=sync)
         for key, value in logs.items():
             self.log(f"{stage}/{key}", value, batch_size=bs, sync_dist=sync)
         out["loss"] = loss
         return out
 
-    # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._step(batch, "test")
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Refuse a step on non-finite gradients (they would make every weight NaN, and the next
@@ -186,13 +109,17 @@ class CorrespondenceModule(L.LightningModule):
             raise NumericalError(f"non-finite gradient of {names[0] if names else 'a parameter'}"
                                  + (f" and {len(names) - 1} more" if len(names) > 1 else ""))
 
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
+    # ------------------------------------------------------------------ metrics per epoch
+    # A metric is reset when its epoch starts, not when it ends, so that callbacks reading the
+    # epoch's result in their own epoch-end hooks (semcorr.report.EvalReport) get it whichever
+    # hook Lightning calls first; compute() caches, so computing twice syncs ranks once.
+    def on_validation_epoch_start(self) -> None:
+        self.val_metric.reset()
 
-    def test_step(self, batch, batch_idx):
-        return self._step(batch, "test")
+    def on_test_epoch_start(self) -> None:
+        self.test_metric.reset()
 
-    def _log_pck(self, metric: PCK, stage: str) -> Dict[str, Any]:
+    def _log_pck(self, metric: PCK, stage: str) -> None:
         # compute() sums the metric's states over all ranks, so every rank logs the same values;
         # synced with max, which keeps them bit-exact (a mean over 3 ranks could round)
         result = metric.compute()
@@ -202,39 +129,35 @@ class CorrespondenceModule(L.LightningModule):
         for cat, values in result["pck_per_category"].items():
             for alpha, value in values.items():
                 self.log(f"{stage}/pck@{alpha}/{cat}", value, **same)
-        metric.reset()
-        return result
 
     def on_validation_epoch_end(self) -> None:
-        self.last_val_result = self._log_pck(self.val_pck, "val")
+        self._log_pck(self.val_metric, "val")
 
     def on_test_epoch_end(self) -> None:
-        self.last_test_result = self._log_pck(self.test_pck, "test")
+        self._log_pck(self.test_metric, "test")
 
+    # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        cfg = self.optim_cfg
-        lr = float(cfg.get("lr", 1e-4))
-        backbone_lr = cfg.get("backbone_lr") or lr * 0.1
-        backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
+        cfg = self.optim
+        backbone_lr = cfg.backbone_lr or cfg.lr * 0.1
+        backbone_params = [p for p in self.net.backbone.parameters() if p.requires_grad]
         # learnable matcher weights (log lambdas / epsilon) get no weight decay: it would pull them to 1
-        matcher_params = [p for p in self.matcher.parameters() if p.requires_grad]
+        matcher_params = [p for p in self.net.matcher.parameters() if p.requires_grad]
         ids = {id(p) for p in backbone_params + matcher_params}
         other = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [g for g in ({"params": other, "lr": lr},
+        groups = [g for g in ({"params": other, "lr": cfg.lr},
                               {"params": backbone_params, "lr": backbone_lr},
-                              {"params": matcher_params, "lr": lr, "weight_decay": 0.0})
+                              {"params": matcher_params, "lr": cfg.lr, "weight_decay": 0.0})
                   if g["params"]]
         if not groups:
             raise RuntimeError("nothing to train: no head, no learnable matcher and a frozen backbone")
-        optimizer = torch.optim.AdamW(groups, weight_decay=float(cfg.get("weight_decay", 0.05)))
-        total = self.trainer.estimated_stepping_batches if self.trainer else 1
-        warmup = int(cfg.get("warmup_steps", 0))
-        if cfg.get("scheduler", "cosine") == "constant":
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "constant":
             return optimizer
+        total = self.trainer.estimated_stepping_batches if self.trainer else 1
+        warmup = cfg.warmup_steps
 
         def factor(step: int) -> float:
-            import math
-
             if step < warmup:
                 return (step + 1) / max(warmup, 1)
             progress = (step - warmup) / max(total - warmup, 1)
@@ -242,3 +165,8 @@ class CorrespondenceModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Checkpoints written before the net existed name its weights without ``net.``."""
+        checkpoint["state_dict"] = upgrade_state_dict(checkpoint["state_dict"])
