@@ -17,9 +17,9 @@ def test_argmax_and_soft_argmax_by_hand():
     rows = torch.full((1, 1, 9), -10.0)
     rows[0, 0, 4] = 1.0  # centre cell, centre (14.5, 14.5)
     rows[0, 0, 5] = 1.0 - 0.02 * torch.log(torch.tensor(3.0))  # right neighbour, 1/3 the weight
-    pts, score = transfer_rows(rows, grid, stride, "argmax")
+    pts, score = transfer_rows(rows, grid, stride, method="argmax")
     assert pts.tolist() == [[[14.5, 14.5]]] and score.item() == 1.0
-    pts, _ = transfer_rows(rows, grid, stride, "soft_argmax", temperature=0.02)
+    pts, _ = transfer_rows(rows, grid, stride, method="soft_argmax", temperature=0.02)
     # weights 3/4 at x=14.5, 1/4 at x=24.5 (the rest ~e^-550)
     assert torch.allclose(pts, torch.tensor([[[14.5 + 2.5, 14.5]]]), atol=1e-4)
 
@@ -29,8 +29,8 @@ def test_window_soft_argmax_ignores_far_cells():
     rows = torch.zeros(1, 1, 9)
     rows[0, 0, 1] = 5.0
     rows[0, 0, 8] = 4.9  # far away: inside a global soft-argmax, outside a 3-wide window
-    glob, _ = transfer_rows(rows, grid, stride, "soft_argmax", temperature=1.0)
-    win, _ = transfer_rows(rows, grid, stride, "window_soft_argmax", window=3, temperature=1.0)
+    glob, _ = transfer_rows(rows, grid, stride, method="soft_argmax", temperature=1.0)
+    win, _ = transfer_rows(rows, grid, stride, method="window_soft_argmax", window=3, temperature=1.0)
     assert glob[0, 0, 0] > 3.0
     assert 0.0 < win[0, 0, 0] < 2.0
 

@@ -189,10 +189,8 @@ class CorrespondenceNet(nn.Module):
         sym = symmetric_cells(batch, src.grid, src.stride)
         result = self.matcher(src, trg, sym_pairs=sym, similarity=similarity)
         check_finite_scores(result, type(self.matcher).__name__, batch.get("pair_id"))
-        t = self.transfer
         pred, score = transfer_keypoints(result.scores, batch["src_kps"], src.grid, src.stride,
-                                         trg.grid, trg.stride, method=t.method, window=t.window,
-                                         temperature=t.temperature)
+                                         trg.grid, trg.stride, self.transfer)
         return MatchOutput(src=src, trg=trg, result=result, pred=pred,
                            pred_orig=to_original(pred, batch["trg_frame"]), score=score)
 

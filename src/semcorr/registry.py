@@ -4,19 +4,27 @@ A leaf module (it imports no other semcorr module but :mod:`semcorr.errors`): co
 register into it with :func:`register`, and :mod:`semcorr.components` imports every component
 package once, which fills it (the layout of timm's ``_registry.py`` and ``models/__init__.py``).
 
+A component's defaults and checks live in its schema dataclass only: the builder receives the
+typed config object (:func:`build`), and a constructor called from Python takes the same object or
+keyword overrides of its fields (:func:`configured`), never defaults of its own.
+
 Example::
 
     @dataclass
-    class NNConfig(MatcherConfig): ...
+    class DSiftConfig(GroupConfig):
+        stride: int = 8
 
-    @register("matcher", "nn", NNConfig)
-    class NearestNeighbourMatcher(Matcher): ...
+    @register("backbone", "dsift", DSiftConfig)
+    class DenseSift(Backbone):
+        def __init__(self, cfg: DSiftConfig | None = None, **overrides):
+            cfg = configured(DSiftConfig, cfg, **overrides)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Type, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,8 +45,12 @@ class GroupConfig:
     name: str = ""
 
 
+T = TypeVar("T")
+
+
 def register(group: str, kind: str, schema: type) -> Callable[[Any], Any]:
-    """Decorator: ``obj(**section)`` builds a ``group`` component of ``kind`` typed by ``schema``."""
+    """Decorator: ``obj(config, **extra)`` builds a ``group`` component of ``kind`` from its typed
+    ``schema`` object (see :func:`build`)."""
     if group not in _SCHEMAS:
         raise KeyError(f"unknown config group {group!r}; valid: {', '.join(GROUPS)}")
 
@@ -55,20 +67,35 @@ def schemas(group: str) -> Dict[str, type]:
     return dict(_SCHEMAS[group])
 
 
+def configured(schema: Type[T], cfg: Optional[Any] = None, **overrides: Any) -> T:
+    """The config object a component is built from: ``cfg`` (an instance of ``schema``, a mapping
+    or ``DictConfig`` of its fields, or None for its defaults) with ``overrides`` (field values)
+    on top. The schema's ``__post_init__`` checks every value (raising ``ValueError``)."""
+    if cfg is None:
+        obj = schema()
+    elif isinstance(cfg, schema):
+        obj = cfg
+    elif isinstance(cfg, DictConfig):
+        obj = OmegaConf.to_object(cfg)
+    elif isinstance(cfg, Mapping):
+        obj = schema(**cfg)
+    else:
+        raise TypeError(f"expected a {schema.__name__}, got {type(cfg).__name__}")
+    return dataclasses.replace(obj, **overrides) if overrides else obj
+
+
 def section(cfg: DictConfig, exclude: Sequence[str] = ("kind", "name")) -> Dict[str, Any]:
-    """A group section as a plain dict of constructor keyword arguments."""
+    """A group section as a plain dict of its fields (e.g. overrides for :func:`configured`)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     return {k: v for k, v in data.items() if k not in exclude}
 
 
-def build(group: str, cfg: DictConfig, exclude: Sequence[str] = (), **extra: Any) -> Any:
-    """Build the component that ``cfg`` (a group section with ``kind``) describes.
-
-    Keys in ``exclude`` are not passed on; ``extra`` keyword arguments are.
-    """
+def build(group: str, cfg: DictConfig, **extra: Any) -> Any:
+    """Build the component that ``cfg`` (a group section with ``kind``) describes: its builder gets
+    the section as its typed schema object, and ``extra`` keyword arguments (what is not config:
+    a dataset's split, a head's input dimension)."""
     builders = _BUILDERS[group]
     if cfg.kind not in builders:
         raise ConfigError(f"no {group} of kind {cfg.kind!r}; valid: {', '.join(sorted(builders))}")
-    kwargs = section(cfg, exclude=("kind", "name", *exclude))
-    return builders[cfg.kind](**kwargs, **extra)
+    return builders[cfg.kind](OmegaConf.to_object(cfg), **extra)

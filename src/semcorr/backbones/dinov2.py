@@ -28,7 +28,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import timm
 import torch
@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from semcorr.backbones.base import Backbone, FeatureMap
 from semcorr.checks import number, one_of
-from semcorr.registry import GroupConfig, register
+from semcorr.registry import GroupConfig, configured, register
 from semcorr.errors import ConfigError, DataError, SemcorrError, first_sentence
 
 log = logging.getLogger(__name__)
@@ -225,28 +225,25 @@ class DinoV2(Backbone):
     (:meth:`frozen_modules`) are in eval mode from construction on, and :meth:`train` keeps them so.
     """
 
-    def __init__(self, model: str = "vit_base_patch14_dinov2", weights: str = "timm",
-                 layer: int = -1, norm: bool = True, trainable_blocks: int = 0,
-                 model_kwargs: Dict[str, Any] | None = None, pos_embed: str = "official") -> None:
+    def __init__(self, cfg: Optional[DinoV2Config] = None, **overrides) -> None:
         super().__init__()
-        if pos_embed not in POS_EMBED_MODES:
-            raise ValueError(f"backbone.pos_embed={pos_embed!r}; valid: {', '.join(POS_EMBED_MODES)}")
-        self.pos_embed_mode = pos_embed
+        cfg = configured(DinoV2Config, cfg, **overrides)
+        self.pos_embed_mode = cfg.pos_embed
         self._pos_cache: Dict[tuple, torch.Tensor] = {}
-        self.model_name = MODELS.get(model, model)
-        self.weights = weights
-        self.model_kwargs = dict(model_kwargs or {})
+        self.model_name = MODELS.get(cfg.model, cfg.model)
+        self.weights = cfg.weights
+        self.model_kwargs = dict(cfg.model_kwargs or {})
         self._instance = uuid.uuid4().hex[:12]
-        self.vit = create_vit(self.model_name, weights, self.model_kwargs)
+        self.vit = create_vit(self.model_name, cfg.weights, self.model_kwargs)
         self.stride = int(self.vit.patch_embed.patch_size[0])
         self.dim = int(self.vit.embed_dim)
         depth = len(self.vit.blocks)
-        self.layer = layer % depth
-        self.norm = norm
-        if not -1 <= trainable_blocks <= depth:
-            raise ValueError(f"trainable_blocks={trainable_blocks} must be in [0, {depth}], or -1 "
+        self.layer = cfg.layer % depth
+        self.norm = cfg.norm
+        if cfg.trainable_blocks > depth:  # the schema checks >= -1; the depth is known only here
+            raise ValueError(f"trainable_blocks={cfg.trainable_blocks} must be in [0, {depth}], or -1 "
                              f"(the whole ViT, embeddings included, trains)")
-        self.trainable_blocks = trainable_blocks
+        self.trainable_blocks = cfg.trainable_blocks
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._freeze()

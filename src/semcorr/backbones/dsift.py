@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from semcorr.backbones.base import Backbone, FeatureMap
 from semcorr.checks import number
-from semcorr.registry import GroupConfig, register
+from semcorr.registry import GroupConfig, configured, register
 
 
 @dataclass
@@ -34,11 +35,12 @@ class DenseSift(Backbone):
 
     dim = 128
 
-    def __init__(self, stride: int = 8, keypoint_size: float = 16.0, root_sift: bool = False) -> None:
+    def __init__(self, cfg: Optional[DSiftConfig] = None, **overrides) -> None:
         super().__init__()
-        self.stride = int(stride)
-        self.keypoint_size = float(keypoint_size)
-        self.root_sift = root_sift
+        cfg = configured(DSiftConfig, cfg, **overrides)
+        self.stride = int(cfg.stride)
+        self.keypoint_size = float(cfg.keypoint_size)
+        self.root_sift = cfg.root_sift
         self._sift = None
 
     def cache_key(self) -> str:

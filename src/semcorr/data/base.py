@@ -189,24 +189,20 @@ class PairDataset(Dataset):
     protocols: Dict[str, Protocol] = {"default": protocol(threshold_by="bbox")}
     default_protocol: str = "default"
 
-    def __init__(
-        self,
-        image_size: int = 224,
-        resize: str = "longer_side_pad",
-        divisor: int = 1,
-        max_pairs: Optional[int] = None,
-        categories: Sequence[str] = (),
-        image_cache_mb: float = 512,
-    ) -> None:
-        self.image_size = image_size
-        self.resize = resize
+    def __init__(self, cfg: DataConfig, divisor: int = 1) -> None:
+        """``cfg``: the dataset's config (:class:`DataConfig` or its subclass; the network frame
+        ``image_size`` / ``resize``, ``max_pairs``, ``categories``, ``image_cache_mb``);
+        ``divisor``: the backbone's stride (network-frame sizes are its multiples)."""
+        self.cfg = cfg
+        self.image_size = cfg.image_size
+        self.resize = cfg.resize
         self.divisor = divisor
-        self.max_pairs = max_pairs
-        self.category_filter = list(categories)
+        self.max_pairs = cfg.max_pairs
+        self.category_filter = list(cfg.categories)
         self.records: List[PairRecord] = []
         self.categories: List[str] = []
         self.image_root = Path(".")
-        self.image_cache = MemoryCache(image_cache_mb)
+        self.image_cache = MemoryCache(cfg.image_cache_mb)
         self.transform = None  # optional paired augmentation (training), see semcorr.data.transforms
         self.direction = "src_to_trg"
 

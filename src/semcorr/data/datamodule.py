@@ -106,5 +106,4 @@ class CorrespondenceDataModule(L.LightningDataModule):
 
 def dataset_from_config(data_cfg, split: str, divisor: int) -> PairDataset:
     """Build the dataset that the ``data`` config section describes, for one split."""
-    return build("data", data_cfg, exclude=("batch_size", "num_workers", "split", "augment"),
-                 split=split, divisor=divisor)
+    return build("data", data_cfg, split=split, divisor=divisor)

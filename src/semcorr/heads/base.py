@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -21,7 +22,8 @@ class Head(nn.Module):
       (``neighbourhood_consensus``); such heads set ``refines_similarity = True``, and the
       pipeline then hands the refined volume to the matcher's ``similarity`` argument.
 
-    Every head's ``__init__`` takes ``dim``, the backbone's feature dimension (passed by
+    Every head's ``__init__`` takes its config object (or keyword overrides of its fields, see
+    :func:`semcorr.registry.configured`) and ``dim``, the backbone's feature dimension (passed by
     :func:`semcorr.heads.build_head`), whether or not it uses it.
     """
 
@@ -43,5 +45,5 @@ class NoHeadConfig(GroupConfig):
 class NoHead(Head):
     """No head: backbone features go straight to the matcher."""
 
-    def __init__(self, dim: int = 0) -> None:
+    def __init__(self, cfg: Optional[NoHeadConfig] = None, dim: int = 0) -> None:
         super().__init__()

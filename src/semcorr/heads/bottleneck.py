@@ -9,13 +9,14 @@ features). The same weights process source and target (a Siamese head). ``n_bloc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
 from semcorr.checks import number
-from semcorr.registry import GroupConfig, register
+from semcorr.registry import GroupConfig, configured, register
 from semcorr.heads.base import Head
 
 
@@ -40,7 +41,7 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
 class Bottleneck(nn.Module):
     """One residual bottleneck: (B, D, h, w) -> (B, D, h, w)."""
 
-    def __init__(self, dim: int, reduction: int = 4, groups: int = 32, zero_init: bool = True):
+    def __init__(self, dim: int, reduction: int, groups: int, zero_init: bool):
         super().__init__()
         mid = max(dim // reduction, 1)
         self.body = nn.Sequential(
@@ -59,13 +60,14 @@ class Bottleneck(nn.Module):
 class ResNetBottleneckHead(Head):
     """Residual bottleneck(s) applied to both maps; keeps stride and ``valid``."""
 
-    def __init__(self, dim: int, reduction: int = 4, n_blocks: int = 1, groups: int = 32,
-                 zero_init: bool = True) -> None:
+    def __init__(self, cfg: Optional[ResNetBottleneckConfig] = None, dim: int = 0,
+                 **overrides) -> None:
         super().__init__()
+        cfg = configured(ResNetBottleneckConfig, cfg, **overrides)
         if dim <= 0:
             raise ValueError("resnet_bottleneck needs the backbone's feature dimension (dim > 0)")
-        self.blocks = nn.Sequential(*[Bottleneck(dim, reduction, groups, zero_init)
-                                      for _ in range(n_blocks)])
+        self.blocks = nn.Sequential(*[Bottleneck(dim, cfg.reduction, cfg.groups, cfg.zero_init)
+                                      for _ in range(cfg.n_blocks)])
 
     def forward(self, src: FeatureMap, trg: FeatureMap):
         """(B, D, h, w) maps in, the same shapes out."""

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from semcorr.errors import ConfigError
-from semcorr.registry import GroupConfig, build, register, schemas
+from semcorr.registry import GroupConfig, build, configured, register, schemas
 from semcorr.heads.base import Head
 
 
@@ -26,16 +26,16 @@ class ComposeConfig(GroupConfig):
 
 @register("head", "compose", ComposeConfig)
 class ComposeHead(Head):
-    def __init__(self, dim: int = 0, heads: Optional[List[str]] = None,
-                 options: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, cfg: Optional[ComposeConfig] = None, dim: int = 0, **overrides) -> None:
         super().__init__()
-        options = dict(options or {})
+        cfg = configured(ComposeConfig, cfg, **overrides)
+        options = dict(cfg.options or {})
         kinds = {k: v for k, v in schemas("head").items() if k not in ("compose", "none")}
-        unknown = [k for k in list(heads or []) + list(options) if k not in kinds]
+        unknown = [k for k in list(cfg.heads) + list(options) if k not in kinds]
         if unknown:
             raise ConfigError(f"head compose: unknown heads {unknown}; valid: {', '.join(sorted(kinds))}")
         built = []
-        for kind in heads or []:
+        for kind in cfg.heads:
             node = OmegaConf.merge(OmegaConf.structured(kinds[kind]),
                                    {"kind": kind, **dict(options.get(kind) or {})})
             built.append(build("head", node, dim=dim))

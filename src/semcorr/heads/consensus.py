@@ -25,7 +25,7 @@ from torch import nn
 
 from semcorr.backbones.base import FeatureMap
 from semcorr.checks import numbers
-from semcorr.registry import GroupConfig, register
+from semcorr.registry import GroupConfig, configured, register
 from semcorr.heads.base import Head
 
 
@@ -95,20 +95,22 @@ def mutual_filter(corr: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 def nc_activation_bytes(src_grid: Sequence[int], trg_grid: Sequence[int],
-                        channels: Sequence[int] = (16, 8), kernel_sizes: Sequence[int] = (3, 3, 3),
-                        symmetric: bool = True, bytes_per_value: int = 4) -> int:
-    """Estimated bytes of the activations the 4-D convolutions keep for backward, per pair.
+                        cfg: Optional[NeighbourhoodConsensusConfig] = None,
+                        bytes_per_value: int = 4) -> int:
+    """Estimated bytes of the activations the 4-D convolutions keep for backward, per pair, for
+    the head ``cfg`` describes (default: the schema's defaults).
 
     Each layer keeps its input padded along the first source axis (C_in N (h1 + 2p) / h1 values,
     N = h1 w1 h2 w2) and its ReLU output (C_out N); twice with ``symmetric``. The mutual filters
     add a few single-channel volumes on top (measured: see ``tests/test_heads.py``).
     """
+    cfg = configured(NeighbourhoodConsensusConfig, cfg)
     h1 = src_grid[0]
     n = src_grid[0] * src_grid[1] * trg_grid[0] * trg_grid[1]
-    chans = [1, *channels, 1]
+    chans = [1, *cfg.channels, 1]
     values = sum(chans[i] * n * (h1 + 2 * (k // 2)) / h1 + chans[i + 1] * n
-                 for i, k in enumerate(kernel_sizes))
-    return int(values * bytes_per_value * (2 if symmetric else 1))
+                 for i, k in enumerate(cfg.kernel_sizes))
+    return int(values * bytes_per_value * (2 if cfg.symmetric else 1))
 
 
 @register("head", "neighbourhood_consensus", NeighbourhoodConsensusConfig)
@@ -117,19 +119,16 @@ class NeighbourhoodConsensus(Head):
 
     refines_similarity = True
 
-    def __init__(self, dim: int = 0, channels: Sequence[int] = (16, 8),
-                 kernel_sizes: Sequence[int] = (3, 3, 3), mutual: bool = True,
-                 symmetric: bool = True) -> None:
+    def __init__(self, cfg: Optional[NeighbourhoodConsensusConfig] = None, dim: int = 0,
+                 **overrides) -> None:
         super().__init__()
-        chans = [1, *channels, 1]
-        if len(kernel_sizes) != len(chans) - 1:
-            raise ValueError(f"neighbourhood_consensus: {len(chans) - 1} layers need as many "
-                             f"kernel_sizes, got {list(kernel_sizes)}")
+        cfg = configured(NeighbourhoodConsensusConfig, cfg, **overrides)
+        chans = [1, *cfg.channels, 1]
         layers: List[nn.Module] = []
-        for i, k in enumerate(kernel_sizes):
+        for i, k in enumerate(cfg.kernel_sizes):
             layers += [Conv4d(chans[i], chans[i + 1], k), nn.ReLU(inplace=False)]
         self.net = nn.Sequential(*layers)
-        self.mutual, self.symmetric = mutual, symmetric
+        self.mutual, self.symmetric = cfg.mutual, cfg.symmetric
 
     def refine(self, similarity: torch.Tensor, src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
         """(B, Ns, Nt) similarity (-inf at padded target cells) -> refined (B, Ns, Nt)."""

@@ -25,7 +25,7 @@ class NoLossConfig(GroupConfig):
 
 
 @register("loss", "none", NoLossConfig)
-def no_loss() -> None:
+def no_loss(cfg: NoLossConfig | None = None) -> None:
     """``loss=none``: evaluation only (``train.py`` refuses to train without a loss)."""
     return None
 

@@ -8,7 +8,7 @@ logs are logged under ``<kind>/...``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -16,7 +16,7 @@ from torch import nn
 
 from semcorr.backbones.base import FeatureMap
 from semcorr.errors import ConfigError
-from semcorr.registry import GroupConfig, build, register, schemas
+from semcorr.registry import GroupConfig, build, configured, register, schemas
 from semcorr.matchers.base import MatchResult
 
 
@@ -46,9 +46,10 @@ class CombinedConfig(GroupConfig):
 class CombinedLoss(nn.Module):
     """``sum_t weight_t * loss_t(batch, src, trg, result)``."""
 
-    def __init__(self, terms: Dict[str, float], options: Dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: Optional[CombinedConfig] = None, **overrides) -> None:
         super().__init__()
-        options = dict(options or {})
+        cfg = configured(CombinedConfig, cfg, **overrides)
+        terms, options = dict(cfg.terms), dict(cfg.options or {})
         kinds = {k: v for k, v in schemas("loss").items() if k not in ("none", "combined")}
         unknown = [k for k in list(terms) + list(options) if k not in kinds]
         if unknown or not terms:

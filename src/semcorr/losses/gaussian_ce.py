@@ -14,7 +14,7 @@ Gaussian of std ``sigma`` cells around the ground-truth target point, truncated 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from torch import nn
 
 from semcorr.backbones.base import FeatureMap, grid_rows_cols
 from semcorr.checks import number, one_of
-from semcorr.registry import GroupConfig, register
+from semcorr.registry import GroupConfig, configured, register
 from semcorr.losses.common import gather_rows, keypoint_cells, masked_mean, sample_features
 from semcorr.matchers.base import MatchResult
 
@@ -72,15 +72,11 @@ def gaussian_targets(trg_kps: torch.Tensor, trg: FeatureMap, sigma: float,
 class GaussianCELoss(nn.Module):
     """See the module docstring. ``forward(batch, src, trg, result) -> (loss, logs)``."""
 
-    def __init__(self, temperature: float = 0.03, sigma: float = 1.5, window: int = 7,
-                 logits_from: str = "features") -> None:
+    def __init__(self, cfg: Optional[GaussianCEConfig] = None, **overrides) -> None:
         super().__init__()
-        if logits_from not in ("features", "scores"):
-            raise ValueError(f"gaussian_ce: logits_from={logits_from!r}; valid: features, scores")
-        if window < 1 or window % 2 == 0:
-            raise ValueError(f"gaussian_ce: window={window} must be a positive odd number")
-        self.temperature, self.sigma, self.window = temperature, sigma, window
-        self.logits_from = logits_from
+        cfg = configured(GaussianCEConfig, cfg, **overrides)
+        self.temperature, self.sigma, self.window = cfg.temperature, cfg.sigma, cfg.window
+        self.logits_from = cfg.logits_from
 
     def logits(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap,
                result: MatchResult, src_idx: torch.Tensor) -> torch.Tensor:

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap, grid_rows_cols
 from semcorr.checks import number, one_of
-from semcorr.registry import GroupConfig, register
+from semcorr.registry import GroupConfig, configured, register
 from semcorr.losses.common import gather_rows, keypoint_cells, masked_mean
 from semcorr.matchers.base import MatchResult
 
@@ -77,16 +77,13 @@ def _batch_generator(batch: Dict[str, Any], device: torch.device) -> torch.Gener
 class OTNLLLoss(nn.Module):
     """See the module docstring. ``forward(batch, src, trg, result) -> (loss, logs)``."""
 
-    def __init__(self, pos_weight: float = 1.0, neg_weight: float = 1.0, n_negatives: int = 16,
-                 negatives: str = "hardest", neg_radius: int = 1, pos_radius: int = 0,
-                 temperature: float = 1.0, eps: float = 1e-6) -> None:
+    def __init__(self, cfg: Optional[OTNLLConfig] = None, **overrides) -> None:
         super().__init__()
-        if negatives not in NEGATIVES:
-            raise ValueError(f"ot_nll: negatives={negatives!r}; valid: {', '.join(NEGATIVES)}")
-        self.pos_weight, self.neg_weight = pos_weight, neg_weight
-        self.n_negatives, self.negatives = n_negatives, negatives
-        self.neg_radius, self.pos_radius = neg_radius, pos_radius
-        self.temperature, self.eps = temperature, eps
+        cfg = configured(OTNLLConfig, cfg, **overrides)
+        self.pos_weight, self.neg_weight = cfg.pos_weight, cfg.neg_weight
+        self.n_negatives, self.negatives = cfg.n_negatives, cfg.negatives
+        self.neg_radius, self.pos_radius = cfg.neg_radius, cfg.pos_radius
+        self.temperature, self.eps = cfg.temperature, cfg.eps
 
     def forward(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap,
                 result: MatchResult) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

@@ -11,7 +11,7 @@ from semcorr.registry import build
 
 def build_matcher(cfg) -> Matcher:
     """The matcher of a ``matcher`` config section."""
-    return build("matcher", cfg, exclude=("transfer",))
+    return build("matcher", cfg)
 
 
 __all__ = ["Matcher", "MatchResult", "MatcherConfig", "build_matcher", "cosine_similarity"]

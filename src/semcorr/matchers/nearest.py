@@ -22,6 +22,9 @@ class NearestNeighbourMatcher(Matcher):
     """scores[b, i, j] = <y_i, ŷ_j> / (|y_i| |ŷ_j|) (or the given ``similarity``, e.g. one refined
     by neighbourhood consensus); the transfer step takes the row argmax."""
 
+    def __init__(self, cfg: Optional[NNConfig] = None) -> None:
+        super().__init__()
+
     def forward(
         self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None,
         similarity: Optional[torch.Tensor] = None,

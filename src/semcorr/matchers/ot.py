@@ -22,7 +22,7 @@ alternating exact updates (Sinkhorn; Chizat et al. 2018 for the unbalanced colum
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import torch
@@ -31,7 +31,7 @@ from semcorr.backbones.base import FeatureMap
 from semcorr.matchers.base import (Matcher, MatcherConfig, MatchResult, check_options, masks,
                                    match_cost)
 from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn, uniform_log_marginals
-from semcorr.registry import register
+from semcorr.registry import configured, register
 
 
 @dataclass
@@ -102,9 +102,10 @@ class OTConfig(MatcherConfig, OTOptions):
 class OTMatcher(Matcher):
     """Entropic OT between patch grids; ``scores`` = log of the plan (see :func:`solve_ot`)."""
 
-    def __init__(self, **options) -> None:
+    def __init__(self, cfg: Optional[OTConfig] = None, **overrides) -> None:
         super().__init__()
-        self.options = OTOptions(**options)
+        cfg = configured(OTConfig, cfg, **overrides)
+        self.options = OTOptions(**{f.name: getattr(cfg, f.name) for f in fields(OTOptions)})
 
     def forward(
         self, src: FeatureMap, trg: FeatureMap, sym_pairs: Optional[torch.Tensor] = None,

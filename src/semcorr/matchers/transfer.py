@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from semcorr.backbones.base import cell_centers, grid_rows_cols
 from semcorr.checks import number, one_of
+from semcorr.registry import configured
 
 TRANSFER_METHODS = ("argmax", "soft_argmax", "window_soft_argmax")
 
@@ -47,22 +48,22 @@ def transfer_rows(
     rows: torch.Tensor,
     trg_grid: Tuple[int, int],
     trg_stride: int,
-    method: str = "argmax",
-    window: int = 5,
-    temperature: float = 0.02,
+    transfer: Optional[TransferConfig] = None,
+    **overrides,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Target positions from score rows.
 
     Args:
         rows: (B, K, Nt) scores of K queries against the Nt = h' * w' target cells (-inf allowed).
-        method: ``argmax`` (centre of the best cell), ``soft_argmax`` (sum_j softmax(s/T)_j c_j over
-            all cells) or ``window_soft_argmax`` (the same over a ``window`` x ``window`` block of
-            cells centred on the argmax).
+        transfer: the :class:`TransferConfig` (default: its defaults); ``overrides`` replace its
+            fields. ``method``: ``argmax`` (centre of the best cell), ``soft_argmax``
+            (sum_j softmax(s/T)_j c_j over all cells) or ``window_soft_argmax`` (the same over a
+            ``window`` x ``window`` block of cells centred on the argmax).
     Returns:
         points (B, K, 2) (x, y) in target network-frame pixels, and scores (B, K): the best score.
     """
-    if method not in TRANSFER_METHODS:
-        raise ValueError(f"unknown transfer method {method!r}; valid: {', '.join(TRANSFER_METHODS)}")
+    t = configured(TransferConfig, transfer, **overrides)
+    method, window, temperature = t.method, t.window, t.temperature
     h, w = trg_grid
     centers = cell_centers(trg_grid, trg_stride, rows.device, torch.float32)
     best, idx = rows.max(dim=-1)
@@ -87,24 +88,25 @@ def transfer_keypoints(
     src_stride: int,
     trg_grid: Tuple[int, int],
     trg_stride: int,
-    method: str = "argmax",
-    window: int = 5,
-    temperature: float = 0.02,
+    transfer: Optional[TransferConfig] = None,
+    **overrides,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Transfer source keypoints through a score matrix.
 
     Args:
         scores: (B, Ns, Nt) matcher scores (see :class:`semcorr.matchers.MatchResult`).
         src_kps: (B, K, 2) source keypoints, network frame.
+        transfer, overrides: how a row is read (:func:`transfer_rows`).
     Returns:
         (B, K, 2) predicted target keypoints (network frame) and (B, K) scores.
     """
+    transfer = configured(TransferConfig, transfer, **overrides)
     idx = cell_index(src_kps, src_grid, src_stride)
     if idx.shape[1] > scores.shape[1]:
         # dense queries (e.g. every foreground pixel, TSS): transfer each source cell once, then
         # look the K queries up -- the same result, with memory O(Ns * Nt) instead of O(K * Nt)
-        pts, best = transfer_rows(scores, trg_grid, trg_stride, method, window, temperature)
+        pts, best = transfer_rows(scores, trg_grid, trg_stride, transfer)
         return (torch.gather(pts, 1, idx[..., None].expand(-1, -1, 2)),
                 torch.gather(best, 1, idx))
     rows = torch.gather(scores, 1, idx[..., None].expand(-1, -1, scores.shape[-1]))
-    return transfer_rows(rows, trg_grid, trg_stride, method, window, temperature)
+    return transfer_rows(rows, trg_grid, trg_stride, transfer)

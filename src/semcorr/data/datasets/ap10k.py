@@ -65,7 +65,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from semcorr.checks import number, one_of
-from semcorr.registry import register
+from semcorr.registry import configured, register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_json
 from semcorr.data.symmetry import load_symmetry, sym_indices
@@ -204,37 +204,33 @@ class AP10KDataset(PairDataset):
         reference="Junyi42/GeoAware-SC pck_train.py, utils/utils_dataset.py, prepare_ap10k.ipynb")}
     default_protocol = "geoaware"
 
-    def __init__(self, root: Optional[str] = None, split: str = "test",
-                 annotation: str = "annotations/ap10k-{split}-split{fold}.json", fold: int = 1,
-                 image_dir: str = "data", mode: str = "intra_species", min_keypoints: int = 3,
-                 single_instance: bool = False, test_per_species: int = 30,
-                 val_per_species: int = 20, train_pairs_per_image: int = 50,
-                 cross_species_pairs: Optional[int] = None,
-                 cross_family_pairs: Optional[int] = None, seed: int = 0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if mode not in MODES:
-            raise DataError(f"ap10k: unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    def __init__(self, cfg: Optional[AP10KConfig] = None, split: Optional[str] = None,
+                 divisor: int = 1, **overrides) -> None:
+        cfg = configured(AP10KConfig, cfg, **overrides)
+        split = split or cfg.split
+        super().__init__(cfg, divisor)
         if split not in SPLITS:
             raise DataError(f"ap10k: unknown split {split!r}; valid: {', '.join(SPLITS)}")
-        base = resolve_root(root, "ap-10k", "ap10k")
-        self.image_root = base / image_dir
+        base = resolve_root(cfg.root, "ap-10k", "ap10k")
+        self.image_root = base / cfg.image_dir
         files = []
         for name in MERGE_ORDER:
-            path = Path(annotation.format(split=name, fold=fold))
+            path = Path(cfg.annotation.format(split=name, fold=cfg.fold))
             path = path if path.is_absolute() else base / path
             files.append((path, read_json(path, "ap10k")))
-        images = merged_annotations(files, single_instance, min_keypoints)
-        species_split = split_species(images, test_per_species, val_per_species)[split]
-        self.min_keypoints = min_keypoints
-        self.seed = seed
+        images = merged_annotations(files, cfg.single_instance, cfg.min_keypoints)
+        species_split = split_species(images, cfg.test_per_species, cfg.val_per_species)[split]
+        self.min_keypoints = cfg.min_keypoints
+        self.seed = cfg.seed
         self.sym = load_symmetry().pairs("ap10k")
+        mode = cfg.mode
         if mode == "intra_species":
-            records = self._intra(species_split, split, train_pairs_per_image)
+            records = self._intra(species_split, split, cfg.train_pairs_per_image)
         elif mode == "cross_species":
-            cap = CROSS_SPECIES_CAP[split] if cross_species_pairs is None else cross_species_pairs
+            cap = CROSS_SPECIES_CAP[split] if cfg.cross_species_pairs is None else cfg.cross_species_pairs
             records = self._cross_species(species_split, cap)
         else:
-            cap = CROSS_FAMILY_CAP[split] if cross_family_pairs is None else cross_family_pairs
+            cap = CROSS_FAMILY_CAP[split] if cfg.cross_family_pairs is None else cfg.cross_family_pairs
             records = self._cross_family(species_split, cap)
         if not records:
             raise DataError(f"ap10k: no {mode} pairs in the {split} split of {base} "

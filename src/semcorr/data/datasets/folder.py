@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from semcorr.registry import register
+from semcorr.registry import configured, register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, points, read_csv, read_json, split_floats
 from semcorr.checks import one_of
@@ -49,12 +49,14 @@ class FolderConfig(DataConfig):
 
 @register("data", "folder", FolderConfig)
 class FolderDataset(PairDataset):
-    def __init__(self, root: Optional[str] = None, split: str = "test", pairs: str = "pairs.json",
-                 threshold_by: str = "auto", average: str = "per_image", **kwargs) -> None:
-        super().__init__(**kwargs)
-        if not root:
+    def __init__(self, cfg: Optional[FolderConfig] = None, split: Optional[str] = None,
+                 divisor: int = 1, **overrides) -> None:
+        cfg = configured(FolderConfig, cfg, **overrides)
+        super().__init__(cfg, divisor)
+        if not cfg.root:
             raise FileNotFoundError("folder: set data.root to the image folder")
-        self.image_root = Path(root).expanduser()
+        self.image_root = Path(cfg.root).expanduser()
+        pairs, threshold_by, average = cfg.pairs, cfg.threshold_by, cfg.average
         if not self.image_root.is_dir():
             raise FileNotFoundError(f"folder: data.root {self.image_root} is not a directory")
         path = Path(pairs)
@@ -72,13 +74,7 @@ class FolderDataset(PairDataset):
             raise DataError(f"folder: {path} lists no pairs")
         if threshold_by == "auto":
             threshold_by = "bbox" if all(r.trg_bbox is not None for r in records) else "bbox_kp"
-        if threshold_by not in THRESHOLD_BY:
-            raise DataError(f"folder: unknown threshold_by {threshold_by!r}; valid: auto, "
-                             f"{', '.join(THRESHOLD_BY)}")
-        try:
-            self.protocols = {"folder": protocol(threshold_by=threshold_by, average=average)}
-        except ValueError as err:
-            raise DataError(f"folder: {err}") from None
+        self.protocols = {"folder": protocol(threshold_by=threshold_by, average=average)}
         self.default_protocol = "folder"
         self.finalize(records)
 

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
-from semcorr.registry import register
+from semcorr.registry import configured, register
 from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_csv, split_floats
 from semcorr.data.transforms import mirror_points
@@ -68,13 +67,15 @@ class PFPascalDataset(PairDataset):
     }
     default_protocol = "zero_shot"
 
-    def __init__(self, root: Optional[str] = None, split: str = "test",
-                 pairs_csv: Optional[str] = None, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, cfg: Optional[PFPascalConfig] = None, split: Optional[str] = None,
+                 divisor: int = 1, **overrides) -> None:
+        cfg = configured(PFPascalConfig, cfg, **overrides)
+        split = split or cfg.split
+        super().__init__(cfg, divisor)
         if split not in ("train", "val", "test"):
             raise DataError(f"pf_pascal: unknown split {split!r}; valid: train, val, test")
-        self.image_root = resolve_root(root, "pf-pascal", "pf_pascal")
-        path = self._find_csv(pairs_csv, split)
+        self.image_root = resolve_root(cfg.root, "pf-pascal", "pf_pascal")
+        path = self._find_csv(cfg.pairs_csv, split)
         rows = read_csv(path, "pf_pascal", COLUMNS)
         self.flips = split == "train"  # the flip column is a training augmentation
         records = [self._record(row, i, path) for i, row in enumerate(rows)]

@@ -12,13 +12,13 @@ original pixels, source -> target, mean per image (``juhongm999/hpf`` ``data/pfw
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 
-from semcorr.registry import register
+from semcorr.registry import configured, register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_csv, read_mat
 from semcorr.errors import ConfigError
@@ -54,21 +54,20 @@ class PFWillowDataset(PairDataset):
                                  reference="juhongm999/hpf data/pfwillow.py, model/evaluation.py")}
     default_protocol = "hpf"
 
-    def __init__(self, root: Optional[str] = None, split: str = "test",
-                 pairs_csv: Optional[str] = None, train_categories: Sequence[str] = (),
-                 val_categories: Sequence[str] = (), **kwargs) -> None:
-        chosen = {"train": train_categories, "val": val_categories}.get(split)
+    def __init__(self, cfg: Optional[PFWillowConfig] = None, split: Optional[str] = None,
+                 divisor: int = 1, **overrides) -> None:
+        cfg = configured(PFWillowConfig, cfg, **overrides)
+        split = split or cfg.split
+        chosen = {"train": cfg.train_categories, "val": cfg.val_categories}.get(split)
         if split not in ("train", "val", "test") or (split != "test" and not chosen):
             raise ConfigError(f"PF-WILLOW has only a test split, not {split!r}; set "
                              f"data.{split}_categories=[...] to use some subsets as {split} data")
-        if chosen:
-            kwargs["categories"] = list(chosen)
-        super().__init__(**kwargs)
-        self.image_root = resolve_root(root, "pf-willow", "pf_willow")
+        super().__init__(replace(cfg, categories=list(chosen)) if chosen else cfg, divisor)
+        self.image_root = resolve_root(cfg.root, "pf-willow", "pf_willow")
         if not (self.image_root / FOLDER).is_dir():
             raise FileNotFoundError(f"pf_willow: {self.image_root / FOLDER} not found")
-        if pairs_csv:
-            records = self._records_from_csv(Path(pairs_csv))
+        if cfg.pairs_csv:
+            records = self._records_from_csv(Path(cfg.pairs_csv))
         else:
             records = self._all_pairs()
         self.finalize(records, categories=[s for s in SUBSETS if any(r.category == s for r in records)])

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from semcorr.registry import register
+from semcorr.registry import configured, register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, points, read_json, read_text
 from semcorr.data.symmetry import load_symmetry, sym_indices
@@ -67,16 +67,18 @@ class SPairDataset(PairDataset):
     }
     default_protocol = "hpf"
 
-    def __init__(self, root: Optional[str] = None, split: str = "test", layout: str = "large",
-                 viewpoint_variation=(), scale_variation=(), truncation=(), occlusion=(),
-                 **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, cfg: Optional[SPairConfig] = None, split: Optional[str] = None,
+                 divisor: int = 1, **overrides) -> None:
+        cfg = configured(SPairConfig, cfg, **overrides)
+        split = split or cfg.split
+        super().__init__(cfg, divisor)
         if split not in SPLITS:
             raise DataError(f"spair: unknown split {split!r}; valid: train (trn), val, test")
         self.split = SPLITS[split]
-        self.image_root = resolve_root(root, "spair", "spair") / "JPEGImages"
+        self.image_root = resolve_root(cfg.root, "spair", "spair") / "JPEGImages"
         base = self.image_root.parent
-        filters = dict(zip(DIFFICULTY, (viewpoint_variation, scale_variation, truncation, occlusion)))
+        layout = cfg.layout
+        filters = {name: getattr(cfg, name) for name in DIFFICULTY}
         self.filters = {k: {int(v) for v in vals} for k, vals in filters.items() if vals}
         symmetry = load_symmetry()
         records = []

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from semcorr.checks import number, numbers
-from semcorr.registry import register
+from semcorr.registry import configured, register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.metrics.protocol import protocol
 
@@ -40,6 +40,8 @@ class SyntheticConfig(DataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.images:
+            raise ValueError("images must name at least one scikit-image picture, got []")
         for split, count in self.n_pairs.items():
             if not (isinstance(count, int) and count >= 0):
                 raise ValueError(f"n_pairs.{split} must be an integer >= 0, got {count!r}")
@@ -102,23 +104,24 @@ class SyntheticPairs(PairDataset):
     protocols = {"image": protocol(threshold_by="image", average="per_image")}
     default_protocol = "image"
 
-    def __init__(self, root=None, split: str = "test", images=DEFAULT_IMAGES, n_pairs=None, n_keypoints=16,
-                 rotation_deg=15.0, scale_range=(0.8, 1.2), shear=0.1, translation=0.08,
-                 tps_strength=0.05, seed=0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if not images:
-            raise ValueError("synthetic: data.images is empty")
+    def __init__(self, cfg: Optional[SyntheticConfig] = None, split: Optional[str] = None,
+                 divisor: int = 1, **overrides) -> None:
+        cfg = configured(SyntheticConfig, cfg, **overrides)
+        split = split or cfg.split
+        super().__init__(cfg, divisor)
         if split not in SPLIT_OFFSETS:
             raise ValueError(f"synthetic: unknown split {split!r}; valid: {', '.join(SPLIT_OFFSETS)}")
-        n_pairs = dict(n_pairs or {})
-        count = int(n_pairs.get(split, 48))
+        if split not in cfg.n_pairs:
+            raise ValueError(f"synthetic: data.n_pairs has no count for split {split!r} "
+                             f"(it has {', '.join(cfg.n_pairs) or 'none'})")
+        count = int(cfg.n_pairs[split])
         self.split = split
-        self.params = dict(rotation_deg=rotation_deg, scale_range=tuple(scale_range), shear=shear,
-                           translation=translation, tps_strength=tps_strength)
-        self.n_keypoints = n_keypoints
-        self.seed = seed
-        self._sources = {name: _skimage_image(name) for name in images}
-        names = list(images)
+        self.params = dict(rotation_deg=cfg.rotation_deg, scale_range=tuple(cfg.scale_range),
+                           shear=cfg.shear, translation=cfg.translation, tps_strength=cfg.tps_strength)
+        self.n_keypoints = cfg.n_keypoints
+        self.seed = cfg.seed
+        self._sources = {name: _skimage_image(name) for name in cfg.images}
+        names = list(cfg.images)
         records = []
         for index in range(count):
             name = names[index % len(names)]

@@ -46,8 +46,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from semcorr.checks import number
-from semcorr.registry import register
+from semcorr.checks import number, one_of
+from semcorr.registry import configured, register
 from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_text, reading
 from semcorr.metrics.protocol import protocol
@@ -69,6 +69,7 @@ class TSSConfig(DataConfig):
         super().__post_init__()
         number(self, "query_stride", ge=1, integer=True)
         number(self, "max_queries", ge=1, integer=True, none_ok=True)
+        one_of(self, "flip_gt", FLIP_GT)
 
 
 def read_flo(path: Path) -> np.ndarray:
@@ -128,22 +129,20 @@ class TSSDataset(PairDataset):
                   "RunEvaluation.m")}
     default_protocol = "tss_kit"
 
-    def __init__(self, root: Optional[str] = None, split: str = "test", query_stride: int = 1,
-                 max_queries: Optional[int] = None, flip_gt: str = "other", **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, cfg: Optional[TSSConfig] = None, split: Optional[str] = None,
+                 divisor: int = 1, **overrides) -> None:
+        cfg = configured(TSSConfig, cfg, **overrides)
+        split = split or cfg.split
+        super().__init__(cfg, divisor)
         if split != "test":
             raise DataError(f"tss has only a test split, not {split!r}")
-        if query_stride < 1:
-            raise DataError(f"tss: query_stride must be >= 1, got {query_stride}")
-        if flip_gt not in FLIP_GT:
-            raise DataError(f"tss: unknown flip_gt {flip_gt!r}; valid: {', '.join(FLIP_GT)}")
-        self.flip_gt = flip_gt
-        base = resolve_root(root, "tss", "tss")
+        self.flip_gt = cfg.flip_gt
+        base = resolve_root(cfg.root, "tss", "tss")
         if (base / "TSS_CVPR2016").is_dir():
             base = base / "TSS_CVPR2016"
         self.image_root = base
-        self.query_stride = query_stride
-        self.max_queries = max_queries
+        self.query_stride = cfg.query_stride
+        self.max_queries = cfg.max_queries
         records: List[PairRecord] = []
         for group in GROUPS:
             folder = base / group

@@ -13,7 +13,7 @@ from semcorr.matchers.base import Matcher, MatcherConfig, MatchResult, masks, ma
 from semcorr.matchers.gwot.crop import crop_pairwise, crop_to_valid, remap_cells, uncrop
 from semcorr.matchers.gwot.options import GWOTOptions
 from semcorr.matchers.gwot.solver import solve_gwot
-from semcorr.registry import register
+from semcorr.registry import configured, register
 
 LEARNABLE = ("lam", "lam_gw", "lam_sym", "lam_ub", "eps")
 
@@ -32,17 +32,18 @@ class GWOTMatcher(Matcher):
     when ``return_objective``.
 
     Args:
-        learnable: every non-zero λ and ε becomes an ``nn.Parameter`` stored as its log
+        cfg: a :class:`GWOTConfig` (default: its defaults); ``overrides`` replace its fields.
+            ``learnable``: every non-zero λ and ε becomes an ``nn.Parameter`` stored as its log
             (``log_lam``, ...); zero-valued terms stay switched off (buffers).
-        **options: fields of :class:`GWOTOptions` (unset ones keep its defaults).
     """
 
-    def __init__(self, learnable: bool = False, **options) -> None:
+    def __init__(self, cfg: Optional[GWOTConfig] = None, **overrides) -> None:
         super().__init__()
-        self.options = GWOTOptions(**options)
+        cfg = configured(GWOTConfig, cfg, **overrides)
+        self.options = GWOTOptions(**{f.name: getattr(cfg, f.name) for f in fields(GWOTOptions)})
         for key in LEARNABLE:
             v = torch.as_tensor(float(getattr(self.options, key)), dtype=torch.float32)
-            if learnable and float(v) > 0:
+            if cfg.learnable and float(v) > 0:
                 self.register_parameter("log_" + key, nn.Parameter(v.log()))
             else:
                 self.register_buffer("log_" + key, v.log(), persistent=False)
