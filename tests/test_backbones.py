@@ -72,6 +72,7 @@ def test_timm_weights_offline_fail_fast_and_name_the_local_option():
     assert "backbone.weights=" in str(err.value) and ".pth" in str(err.value)
 
 
+@pytest.mark.slow
 def test_timm_weights_without_offline_flag_do_not_hang(tmp_path):
     # No HF_HUB_OFFLINE: the reachability probe must answer within seconds here (no internet).
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}

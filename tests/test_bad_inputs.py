@@ -21,6 +21,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from runs import TINY_VIT
 from semcorr.cli import eval as eval_cli
 from semcorr.cli import match as match_cli
 from semcorr.cli import sweep as sweep_cli
@@ -31,8 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
 QUIET = ["logger.wandb=false", "trainer.enable_progress_bar=false",
          "plots.n_pairs=0"]
-TINY_VIT = ["backbone=dinov2_vits14", "backbone.weights=none",
-            "backbone.model_kwargs={depth: 1, embed_dim: 32, num_heads: 2}"]
 TRAIN = [*TINY_VIT, "backbone.model_kwargs={depth: 2, embed_dim: 32, num_heads: 2}", "data.image_size=56", "data.batch_size=2", "data.n_pairs.train=4",
          "data.n_pairs.val=2", "logger.wandb=false", "trainer.enable_progress_bar=false"]
 # a folder root cannot create, even as root: sysfs refuses new entries (EPERM)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dataset_fixtures import assert_on_colours, painted, sample_on_colours, save
+from runs import QUIET
 from semcorr.config import load_config
 from semcorr.data.datamodule import dataset_from_config
 from semcorr.data.schema import collate
@@ -130,8 +131,7 @@ def test_eval_cli_reports_both_averages(spair_root, tmp_path):
 
     out = tmp_path / "run"
     rc = eval_main(["data=spair", f"data.root={spair_root}", "data.image_size=64", "backbone=dsift",
-                    "plots.n_pairs=2", "logger.wandb=false", "trainer.enable_progress_bar=false",
-                    f"out_dir={out}"])
+                    *QUIET, f"out_dir={out}"])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     proto = metrics["protocol"]

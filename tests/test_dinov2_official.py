@@ -73,6 +73,7 @@ def test_small_models_match_the_official_code(official, registers, tmp_path, mon
             assert diff > 1e-3, (hw, diff)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("registers", [False, True], ids=["plain", "reg"])
 @pytest.mark.parametrize("arch", ["vitb14", "vitl14"])
 def test_base_and_large_match_the_official_code(official, arch, registers, tmp_path, monkeypatch):

@@ -50,6 +50,7 @@ def comparable(metrics):
 
 
 # ------------------------------------------------------------------ two processes, end to end
+@pytest.mark.slow
 def test_two_processes_evaluate_exactly_like_one(tmp_path):
     one = tmp_path / "one"
     assert eval_main([*EVAL, f"out_dir={one}"]) == 0
@@ -68,6 +69,7 @@ def test_two_processes_evaluate_exactly_like_one(tmp_path):
     assert done.stdout.count("PCK@0.05") == 1  # one table, from rank 0
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_resume(tmp_path, capsys):
     """Learnable GW-OT whose symmetry weight gets no gradient (no symmetric keypoints in the
     synthetic data: DDP needs find_unused_parameters), stopped part-way into an epoch and resumed

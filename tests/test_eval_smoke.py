@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from runs import QUIET
 from semcorr.builder import build_run
 from semcorr.cli.eval import main
 from semcorr.config import load_config
@@ -41,8 +42,8 @@ def test_eval_on_synthetic_writes_metrics(tmp_path, capsys):
 
 def test_eval_alphas_and_protocol_are_configurable(tmp_path):
     out = tmp_path / "run"
-    rc = main(["data.n_pairs.test=2", "metric.alphas=[0.02,0.2]", "metric.average=per_keypoint",
-               f"out_dir={out}", "trainer.enable_progress_bar=false", "logger.wandb=false"])
+    rc = main([*QUIET, "data.n_pairs.test=2", "metric.alphas=[0.02,0.2]", "metric.average=per_keypoint",
+               f"out_dir={out}"])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["pck"]) == {"0.02", "0.2"}
@@ -94,7 +95,7 @@ def test_strict_threshold_is_selectable(tmp_path):
     assert main(["metric.protocol=ncnet", f"out_dir={tmp_path / 'x'}", "logger.wandb=false"]) == 2
 
 
-def test_wandb_table_of_predictions(tmp_path):
+def test_wandb_table_of_predictions(tmp_path, make_config):
     out = tmp_path / "run"
     rc = main(["data.n_pairs.test=3", "plots.n_pairs=0", "logger.table_pairs=2", f"out_dir={out}",
                "trainer.enable_progress_bar=false", "logger.mode=offline"])
@@ -106,7 +107,7 @@ def test_wandb_table_of_predictions(tmp_path):
     assert len(table["data"]) == 2 and all(row[-1] == "Image" for row in table["data"])
     # the cells: the rows' values (lists as JSON text) and an RGB thumbnail per pair
     rows = read_predictions(out / "predictions.jsonl")
-    dataset = build_run(load_config(["data.n_pairs.test=3"])).dataset
+    dataset = build_run(make_config("data.n_pairs.test=3")).dataset
     columns, data = prediction_table(rows, dataset.read_image, 2, 0.1, Protocol(threshold_by="image"))
     assert columns == table["columns"] and len(data) == 2
     assert json.loads(data[0][columns.index("correct")]) == rows[0]["correct"]
@@ -148,8 +149,7 @@ def test_eval_runs_an_experiment_preset(tmp_path):
     # metric.protocol=null: the preset names SPair's protocol (hpf), which synthetic data has not
     rc = main(["experiment=paper_spair", "data=synthetic", "metric.protocol=null", "data.image_size=112",
                "data.n_pairs.test=2",
-               "backbone.weights=none", "matcher.n_steps=5", f"out_dir={out}", "logger.wandb=false",
-               "trainer.enable_progress_bar=false", "plots.n_pairs=1"])
+               "backbone.weights=none", "matcher.n_steps=5", f"out_dir={out}", *QUIET])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_pairs"] == 2 and metrics["config"]["experiment"] == "paper_spair"

@@ -288,6 +288,7 @@ def _torn_plan(grid, seed=0):
     return torch.zeros(1, n, n, dtype=torch.float64).scatter_(2, perm.view(1, n, 1), 1.0 / n), perm
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", [(12, 12), (30, 30)])
 def test_fraction_scale_means_the_torn_neighbourhood_fraction(grid):
     """Under scale=fraction the GW gradient at (i, j(i)) is lam_gw times the fraction of i's

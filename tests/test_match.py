@@ -13,12 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from runs import TINY_VIT
 from semcorr.cli.match import main, parse_points, read_points_file
 from semcorr.errors import InputError
 from semcorr.foreground import border_contrast_mask, dense_points
 
-TINY_VIT = ["backbone=dinov2_vits14", "backbone.weights=none",
-            "backbone.model_kwargs={depth: 1, embed_dim: 32, num_heads: 2}"]
 
 
 @pytest.fixture(autouse=True)
@@ -162,6 +161,7 @@ def test_bad_inputs_end_with_one_line(case, shifted_pair, tmp_path, capsys):
     assert not (tmp_path / "o" / "matches.json").exists()
 
 
+@pytest.mark.slow
 def test_module_entry_point_reports_without_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline")
     proc = subprocess.run([sys.executable, "-m", "semcorr.cli.match", str(tmp_path / "a.png"),

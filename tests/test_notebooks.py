@@ -98,6 +98,7 @@ def test_quickstart_runs(kernel_env):
 @pytest.mark.slow
 @pytest.mark.skipif(not _have_pf_willow(), reason="needs PF-WILLOW in the shared data folder "
                     "($SEMCORR_SHARED_DATA or ../shared/data): the notebook explains one real pair")
+@pytest.mark.slow
 def test_gwot_explained_runs(kernel_env):
     nb = _execute("gwot_explained.ipynb", kernel_env)
     text = _text(nb)

@@ -30,6 +30,7 @@ def test_balanced_equals_pot_sinkhorn():
     assert torch.allclose(plan.sum(0), b, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_unbalanced_is_optimal_and_equals_gwot_without_gw():
     """First-order optimality of min λ<C,T> + λ_ub KL(Tᵀ1|q) - εH(T) s.t. T1 = p: the gradient
     λC + λ_ub log(q̃/q) + ε log T is constant along each row. The GW-OT mirror descent with

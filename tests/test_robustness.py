@@ -21,6 +21,7 @@ import scipy.io
 import torch
 from PIL import Image
 
+from runs import TINY_VIT
 from semcorr.backbones.base import FeatureMap
 from semcorr.builder import build_run
 from semcorr.checkpoint import read_checkpoint
@@ -40,8 +41,6 @@ from test_datasets_spair import spair_root  # noqa: F401
 from test_datasets_tss import tss_root  # noqa: F401
 from test_losses import make_batch, make_maps
 
-TINY_VIT = ["backbone=dinov2_vits14", "backbone.weights=none",
-            "backbone.model_kwargs={depth: 2, embed_dim: 48, num_heads: 2}"]
 SMALL = ["data=synthetic", "data.image_size=56", "data.batch_size=2", "data.n_pairs.train=8",
          "data.n_pairs.val=2", "data.n_keypoints=8", "trainer.enable_progress_bar=false",
          "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "plots.n_pairs=0",
@@ -65,11 +64,11 @@ def _maps(seed=0):
 
 @pytest.mark.parametrize("matcher", ["nn", "ot", "gwot"])
 @pytest.mark.parametrize("side,value", [("trg", float("nan")), ("src", float("inf"))])
-def test_non_finite_features_are_refused_naming_the_image(matcher, side, value):
+def test_non_finite_features_are_refused_naming_the_image(matcher, side, value, make_config):
     """One bad value in one channel of one cell of a (1, 32, 12, 12) map: a clear error naming the
     image (before, every GW-OT / OT score went NaN and every keypoint to cell 0, silently)."""
     extra = ["matcher.n_steps=3"] if matcher != "nn" else []
-    net = build_run(load_config(["backbone=dsift", f"matcher={matcher}", *extra]), "predict").net
+    net = build_run(make_config("backbone=dsift", f"matcher={matcher}", *extra), "predict").net
     src, trg = _maps()
     assert torch.isfinite(net.match(_pair_batch(), src, trg).scores).all()
     bad = trg if side == "trg" else src
@@ -87,8 +86,8 @@ class NaNMatcher(Matcher):
         return MatchResult(scores=scores)
 
 
-def test_a_non_finite_plan_is_refused_naming_the_pair():
-    net = build_run(load_config(["backbone=dsift"]), "predict").net
+def test_a_non_finite_plan_is_refused_naming_the_pair(make_config):
+    net = build_run(make_config("backbone=dsift"), "predict").net
     net.matcher = NaNMatcher()
     with pytest.raises(NumericalError, match=r"matcher NaNMatcher returned non-finite scores .* "
                                              r"for pair 'a.png->b.png'"):
@@ -109,7 +108,7 @@ def test_losses_propagate_non_finite_plans(loss):
     src, trg = make_maps(b=1)
     fn = {"ot_nll": OTNLLLoss(), "ot_nll_all": OTNLLLoss(negatives="all", pos_radius=1),
           "gaussian_ce_scores": GaussianCELoss(logits_from="scores"), "gaussian_ce": GaussianCELoss(),
-          "combined": CombinedLoss({"gaussian_ce": 1.0, "ot_nll": 0.5})}[loss]
+          "combined": CombinedLoss(terms={"gaussian_ce": 1.0, "ot_nll": 0.5})}[loss]
     scores = _nan_row_result(src, trg)
     value, _ = fn(batch, src, trg, MatchResult(scores=scores))
     assert torch.isfinite(value)

@@ -101,6 +101,7 @@ def test_the_registry_is_a_leaf():
     assert graph["semcorr.registry"] <= {"semcorr.errors"}
 
 
+@pytest.mark.slow
 def test_the_pipeline_imports_no_lightning():
     """``semcorr.net`` (the whole pipeline) loads no Lightning: a fresh interpreter that imports it
     has no ``lightning`` / ``pytorch_lightning`` module afterwards, and no semcorr module it

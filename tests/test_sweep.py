@@ -23,6 +23,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_sweep_2x2_summary_and_resume(tmp_path):
     spec_path = tmp_path / "grid.yaml"
     spec_path.write_text(SWEEP)

@@ -7,24 +7,21 @@ import lightning as L
 import pytest
 import torch
 
+from runs import QUIET, SMALL_DATA, TINY_VIT
 from semcorr.checkpoint import read_checkpoint
 from semcorr.cli import train as train_cli
 from semcorr.cli.eval import main as eval_main
 from semcorr.builder import build_run
 from semcorr.cli.train import fit, train_config
 
-TINY_VIT = ["backbone=dinov2_vits14", "backbone.weights=none",
-            "backbone.model_kwargs={depth: 2, embed_dim: 48, num_heads: 2}"]
-SMALL_DATA = ["data=synthetic", "data.image_size=56", "data.batch_size=2", "data.n_pairs.train=8",
-              "data.n_pairs.val=4", "data.n_keypoints=8"]
-QUIET = ["logger.wandb=false", "logger.csv=false", "trainer.enable_progress_bar=false",
-         "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "plots.n_pairs=1"]
+TRAIN_QUIET = ["logger.wandb=false", "logger.csv=false", "trainer.enable_progress_bar=false",
+               "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "plots.n_pairs=1"]
 
 
 def tokens(tmp_path, *extra):
     """A tiny run; a ``backbone=...`` in ``extra`` replaces the tiny random ViT."""
     backbone = [] if any(t.startswith("backbone=") for t in extra) else TINY_VIT
-    return [*backbone, *SMALL_DATA, *QUIET, f"out_dir={tmp_path}", *extra]
+    return [*backbone, *SMALL_DATA, *TRAIN_QUIET, f"out_dir={tmp_path}", *extra]
 
 
 @pytest.mark.parametrize("extra", [
@@ -101,6 +98,7 @@ class StopAt(L.Callback):
             trainer.should_stop = True
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     """6 steps (2 epochs of 4 batches) in one go == 3 steps, interrupted, then --resume."""
     common = ["head=resnet_bottleneck", "trainer.max_steps=6", "checkpointing.every_n_steps=1",
@@ -125,14 +123,14 @@ def test_resume_continues_exactly(tmp_path):
     assert [r["step"] for r in resumed["history"]] == [r["step"] for r in full["history"]]
 
 
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_reproduces_validation(tmp_path, capsys):
     run = tmp_path / "run"
     summary = fit(train_config(tokens(run, "head=resnet_bottleneck", "trainer.max_steps=2",
                                       "trainer.val_check_interval=2")))
     assert summary["best_checkpoint"]
     out = tmp_path / "eval"
-    assert eval_main([f"ckpt={run}", "data.split=val", f"out_dir={out}", "logger.wandb=false",
-                      "trainer.enable_progress_bar=false"]) == 0
+    assert eval_main([f"ckpt={run}", "data.split=val", f"out_dir={out}", *QUIET]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pck"]["0.1"] == pytest.approx(summary["best_score"], abs=1e-4)
     assert metrics["config"]["head"]["kind"] == "resnet_bottleneck"

@@ -82,6 +82,7 @@ def test_plots_write_files(tmp_path):
         plot_pck_curves({"old": {"pck": {"0.1": 50}}}, tmp_path / "d.png")
 
 
+@pytest.mark.slow
 def test_eval_writes_figures_and_curve(tmp_path, monkeypatch):
     """eval.py on 4 synthetic pairs: the curve matches the PCK metric at its alphas, every figure
     is written and logged to (offline) W&B, and plots.warp_compare adds a matcher."""
