@@ -159,6 +159,8 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
                 raise DataError(f"data={cfg.data.name} has no pairs in split {split!r} (after "
                                 "data.categories / data.max_pairs)")
     protocol = run_protocol(cfg, dataset)
+    if cfg.metric.protocol is None and dataset is not None:  # the saved config names it
+        cfg.metric.protocol = protocol.name
     if dataset is not None:  # target -> source protocols serve every pair swapped
         dataset.set_direction(protocol.direction)
     metric = PCK(list(cfg.metric.alphas), protocol,

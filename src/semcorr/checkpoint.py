@@ -14,10 +14,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from semcorr.config import RunConfig, TrainerConfig
+from semcorr.config import RunConfig, TrainerConfig, load_components
 from semcorr.errors import ConfigError, DataError, first_sentence
 from semcorr.registry import GROUPS, schemas
 
@@ -51,6 +50,8 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> Dict[str, Any]:
     """The content of a training checkpoint; a file that is not one (text, an image, a truncated
     or foreign file) raises :class:`DataError` naming it. ``mmap``: map the tensors instead of
     reading them (cheap checks of large files)."""
+    import torch  # deferred: importing this module stays light (the CLIs' --help)
+
     path = Path(path)
     try:
         mmap = mmap and zipfile.is_zipfile(path)  # mapping needs torch's zip format
@@ -65,6 +66,7 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> Dict[str, Any]:
 
 def typed_config(saved: Dict[str, Any]) -> DictConfig:
     """A saved (plain) run config as a typed, struct-mode config of the current schemas."""
+    load_components()
     plain = dict(saved)
     cfg = OmegaConf.structured(RunConfig)
     try:

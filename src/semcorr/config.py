@@ -30,11 +30,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-import semcorr.components  # noqa: F401  (fills the registry the group schemas come from)
 from semcorr.distributed import launch_out_dir
 from semcorr.checks import number, numbers, one_of
 from semcorr.errors import ConfigError
-from semcorr.metrics.protocol import AVERAGES, THRESHOLD_BY
 from semcorr.registry import GROUPS, schemas
 
 CONFIG_DIR_ENV = "SEMCORR_CONFIG_DIR"
@@ -65,6 +63,8 @@ class MetricConfig:
     strict: Optional[bool] = None  # true: error < alpha * L; every packaged protocol: <=
 
     def __post_init__(self) -> None:
+        from semcorr.metrics.protocol import AVERAGES, THRESHOLD_BY  # deferred (torch)
+
         numbers(self, "alphas", gt=0, le=1)
         one_of(self, "threshold_by", THRESHOLD_BY, none_ok=True)
         one_of(self, "average", AVERAGES, none_ok=True)
@@ -72,7 +72,9 @@ class MetricConfig:
 
 @dataclass
 class LoggerConfig:
-    wandb: bool = True
+    # null: W&B logs only when configured in the environment (a W&B login: WANDB_API_KEY or
+    # ~/.netrc; or WANDB_MODE set, e.g. offline); true: always (offline without a login); false: never
+    wandb: Optional[bool] = None
     project: str = "semcorr"
     group: Optional[str] = None
     tags: List[str] = field(default_factory=list)
@@ -216,6 +218,13 @@ class RunConfig:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+def load_components() -> None:
+    """Fill the registry the group schemas come from (imports every component package, and with
+    them torch and timm). Deferred to the first group file read, so that importing this module,
+    listing the group files and ``--help`` stay light."""
+    import semcorr.components  # noqa: F401
+
+
 def config_dirs(extra: Sequence[str | Path] = ()) -> List[Path]:
     """Folders searched for group files, first match wins: ``extra`` (``--config-dir``), then
     ``$SEMCORR_CONFIG_DIR`` (``os.pathsep``-separated), then the configs shipped in the package.
@@ -248,6 +257,7 @@ def group_config(group: str, name: str, extra: Sequence[str | Path] = ()) -> Dic
     path = group_file(group, name, extra)
     raw = OmegaConf.load(path)
     kind = raw.get("kind", name)
+    load_components()
     kinds = schemas(group)
     if kind not in kinds:
         raise ConfigError(

@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 from typing import Any, List, Optional
 
-import torch
-
 # Set by the process that chose the default out_dir, for the processes Lightning launches from it.
 DEFAULT_OUT_DIR_ENV = "SEMCORR_DEFAULT_OUT_DIR"
 # Rank variables of the launchers Lightning supports (its own, torchrun, SLURM, LSF).
@@ -61,6 +59,8 @@ def launch_out_dir() -> Optional[str]:
 
 def world_size() -> int:
     """Processes in the default process group (1 when none is set up)."""
+    import torch  # deferred: the CLIs read this module before parsing their arguments
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return 1
@@ -74,6 +74,8 @@ def gather_objects(obj: Any) -> List[Any]:
     n = world_size()
     if n == 1:
         return [obj]
+    import torch
+
     out: List[Any] = [None] * n
     torch.distributed.all_gather_object(out, obj)
     return out

@@ -67,6 +67,11 @@ def schemas(group: str) -> Dict[str, type]:
     return dict(_SCHEMAS[group])
 
 
+def builder(group: str, kind: str) -> Optional[Callable[..., Any]]:
+    """What builds a ``group`` component of ``kind`` (e.g. a dataset class), or None."""
+    return _BUILDERS[group].get(kind)
+
+
 def configured(schema: Type[T], cfg: Optional[Any] = None, **overrides: Any) -> T:
     """The config object a component is built from: ``cfg`` (an instance of ``schema``, a mapping
     or ``DictConfig`` of its fields, or None for its defaults) with ``overrides`` (field values)

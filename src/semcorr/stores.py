@@ -21,6 +21,8 @@ from typing import Optional, Protocol
 
 import torch
 
+from semcorr.filemode import new_file_mode
+
 log = logging.getLogger(__name__)
 
 
@@ -108,6 +110,7 @@ class DiskCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
+            os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the user's umask decides
             with os.fdopen(fd, "wb") as f:
                 torch.save({"key": key, "features": value.detach().cpu().contiguous()}, f)
             os.replace(tmp, path)

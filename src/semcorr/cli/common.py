@@ -12,26 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from semcorr.checkpoint import PLACEMENT_KEYS, checkpoint_config, ckpt_token
-from semcorr.config import EXPERIMENT, available, load_config, to_yaml
+from semcorr.cli.console import quiet_console
+from semcorr.config import load_config, to_yaml
 from semcorr.distributed import DEFAULT_OUT_DIR_ENV, launch_rank_is_zero
 from semcorr.errors import ConfigError, SemcorrError
-from semcorr.registry import GROUPS
+from semcorr.filemode import new_file_mode
+
+# torch, Lightning and the components are imported once the arguments are parsed (``--help`` and
+# bad arguments answer in well under 2 s): by the functions that need them.
 
 log = logging.getLogger("semcorr")
-
-USAGE = """usage: {prog} [group=name ...] [key.path=value ...] [--config-dir DIR] [--print-config] [--help]{extra}
-
-groups: {groups} (e.g. data=pf_willow backbone=dsift matcher=nn)
-experiment=NAME: a bundle of the above (e.g. experiment=paper_spair: the GW-OT paper's setting),
-    applied before the other tokens
-overrides: any key of the resolved config (see --print-config), e.g. data.max_pairs=100
---config-dir DIR: a folder of your own <group>/<name>.yaml files, searched before the packaged
-    ones (repeatable; also $SEMCORR_CONFIG_DIR)
-"""
 
 
 @dataclass
@@ -40,66 +33,100 @@ class Args:
     print_config: bool = False
     resume: Optional[str] = None
     config_dirs: List[str] = field(default_factory=list)
-
-
-FLAG_HELP = {"--resume": "--resume RUN: continue a run (its out_dir or a .ckpt) exactly where it stopped"}
+    config: Optional[str] = None  # --config FILE: a saved run's config.yaml to start from
+    verbose: bool = False
 
 
 def usage(prog: str, flags: Sequence[str] = (), extra_dirs: Sequence[str] = ()) -> str:
-    """The usage text, with the group files each config folder offers."""
-    extra = "".join(f" [{f} ...]" for f in flags)
-    text = USAGE.format(prog=prog, extra=extra, groups=", ".join(GROUPS))
-    text += "".join(f"{FLAG_HELP[f]}\n" for f in flags if f in FLAG_HELP)
-    groups = "\n".join(f"  {g}: {', '.join(available(g, extra_dirs))}" for g in (*GROUPS, EXPERIMENT))
-    return text + "\navailable group files:\n" + groups + "\n"
+    """The ``--help`` text (:mod:`semcorr.cli.help`)."""
+    from semcorr.cli.help import help_text
+
+    return help_text(prog, flags, extra_dirs)
+
+
+def _print_help(prog: str, flags: Sequence[str], extra_dirs: Sequence[str], topic: Optional[str]) -> None:
+    from semcorr.cli.help import topic_help, topics
+
+    if topic is None:
+        sys.stdout.write(usage(prog, flags, extra_dirs))
+        return
+    text = topic_help(topic, extra_dirs)
+    if text is None:
+        raise ConfigError(f"no help on {topic!r}; topics: {', '.join(topics())}")
+    sys.stdout.write(text)
 
 
 def parse_args(argv: Sequence[str], prog: str, flags: Sequence[str] = ()) -> Args:
-    """Split ``argv`` into config tokens and flags; ``--help`` prints usage and the choices."""
+    """Split ``argv`` into config tokens and flags; ``--help [TOPIC]`` prints the help
+    (:mod:`semcorr.cli.help`) and exits."""
     args = Args(tokens=[])
-    it = iter(argv)
+    argv = list(argv)
+    it = iter(range(len(argv)))
     wants_help = False
-    for token in it:
+    topic: Optional[str] = None
+    for i in it:
+        token = argv[i]
         if token in ("-h", "--help"):
             wants_help = True
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is not None and not following.startswith("-") and "=" not in following:
+                topic = following
+                next(it, None)
         elif token == "--print-config":
             args.print_config = True
+        elif token == "--verbose":
+            args.verbose = True
+        elif token == "--config":
+            args.config = argv[i + 1] if i + 1 < len(argv) else None
+            next(it, None)
+            if args.config is None:
+                raise ConfigError("--config needs a saved config.yaml (a run's out_dir/config.yaml)")
         elif token == "--config-dir":
-            value = next(it, None)
+            value = argv[i + 1] if i + 1 < len(argv) else None
+            next(it, None)
             if value is None:
                 raise ConfigError("--config-dir needs a folder")
             args.config_dirs.append(value)
         elif token == "--resume" and "--resume" in flags:
-            args.resume = next(it, None)
+            args.resume = argv[i + 1] if i + 1 < len(argv) else None
+            next(it, None)
             if args.resume is None:
                 raise ConfigError("--resume needs a checkpoint path or an out_dir")
         elif token.startswith("--"):
-            raise ConfigError(f"unknown flag {token}; valid: --print-config, --config-dir, --help"
-                              + "".join(f", {f}" for f in flags))
+            raise ConfigError(f"unknown flag {token}; valid: --config, --config-dir, --print-config, "
+                              "--verbose, --help" + "".join(f", {f}" for f in flags))
         else:
             args.tokens.append(token)
     if wants_help:
-        sys.stdout.write(usage(prog, flags, args.config_dirs))
+        _print_help(prog, flags, args.config_dirs, topic)
         raise SystemExit(0)
     return args
 
 
-def setup_logging() -> None:
+def setup_logging(verbose: bool = False) -> None:
+    """semcorr's log on the console: INFO with ``--verbose`` (on global rank 0), else warnings
+    only (the console shows progress bars, the results and where they went)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("semcorr").setLevel(logging.INFO if verbose else logging.WARNING)
     quiet_unless(launch_rank_is_zero())
 
 
 def quiet_unless(rank_zero: bool) -> None:
-    """Only global rank 0 of a distributed run logs at INFO (the other ranks: warnings)."""
-    logging.getLogger("semcorr").setLevel(logging.INFO if rank_zero else logging.WARNING)
+    """Ranks other than global rank 0 of a distributed run log warnings only."""
+    if not rank_zero:
+        logging.getLogger("semcorr").setLevel(logging.WARNING)
 
 
 def run_main(fn, argv: Optional[Sequence[str]], prog: str) -> int:
-    """Run ``fn(argv)``, turning configuration and input errors into one line on stderr."""
-    setup_logging()
+    """Run ``fn(argv)``, turning configuration and input errors into one line on stderr. The
+    console is quiet (:func:`semcorr.cli.console.quiet_console`) unless ``--verbose`` is given."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    setup_logging(verbose)
     try:
-        return fn(list(sys.argv[1:] if argv is None else argv)) or 0
+        with quiet_console(verbose):
+            return fn(argv) or 0
     except (SemcorrError, FileNotFoundError) as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 2
@@ -110,11 +137,20 @@ def resolve_config(args: Args) -> Optional[DictConfig]:
 
     With a ``ckpt=PATH`` token the run is rebuilt from the checkpoint's saved config, and the
     other tokens override it (so ``eval.py ckpt=RUN data=pf_willow`` scores a trained model on
-    another dataset with the same backbone, head and matcher).
+    another dataset with the same backbone, head and matcher). ``--config FILE`` starts from a
+    saved run's config instead (a ``ckpt=`` token then only replaces its checkpoint). The
+    settings of a checkpoint that change its features are kept unless overridden, and values the
+    defaults leave open are filled in (:mod:`semcorr.resolved`): the saved config re-runs the run.
     """
+    from semcorr.resolved import keep_feature_settings, resolve_open_values, saved_config
+
     ckpt = ckpt_token(args.tokens)
-    base = checkpoint_config(ckpt) if ckpt else None
+    base = (saved_config(args.config) if args.config
+            else checkpoint_config(ckpt) if ckpt else None)
     cfg = load_config(args.tokens, base=base, extra_dirs=args.config_dirs)
+    if base is not None:
+        keep_feature_settings(cfg, base, args.tokens, args.config_dirs)
+    resolve_open_values(cfg, base, args.tokens, args.config_dirs)
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return None
@@ -154,10 +190,12 @@ def make_out_dir(path: str | Path) -> Path:
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON atomically (a temporary file renamed into place): a reader never sees a
-    half-written ``metrics.json`` or ``train_summary.json``."""
+    half-written ``metrics.json`` or ``train_summary.json``. The file gets the mode the user's
+    umask gives new files."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the user's umask decides
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
         os.replace(tmp, path)
@@ -165,6 +203,11 @@ def write_json(path: str | Path, data: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def plural(n: int, word: str, words: Optional[str] = None) -> str:
+    """``1 pair``, ``2 pairs`` (``words``: an irregular plural)."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
 
 
 def rate(n: int, seconds: float) -> str:
@@ -176,6 +219,8 @@ def rate(n: int, seconds: float) -> str:
 
 
 def accelerator(cfg: DictConfig) -> str:
+    import torch
+
     if cfg.device != "auto":
         return "gpu" if cfg.device == "cuda" else cfg.device
     if cfg.trainer.accelerator != "auto":
@@ -231,6 +276,8 @@ def several_processes(kwargs: Dict[str, Any]) -> bool:
     if isinstance(devices, (list, tuple)):
         return len(devices) > 1
     if str(devices) in ("-1", "auto"):
+        import torch
+
         return kwargs.get("accelerator") == "gpu" and torch.cuda.device_count() > 1
     return int(devices) > 1
 

@@ -20,19 +20,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import lightning as L
+from semcorr.cli.common import (check_out_dir, make_out_dir, parse_args, pck_table, plural,
+                                quiet_unless, rate, resolve_config, run_main, share_out_dir,
+                                trainer_kwargs, write_json)
 
-from semcorr.builder import build_run, config_dict
-from semcorr.cli.common import (check_out_dir, make_out_dir, parse_args, pck_table, quiet_unless,
-                                rate, resolve_config, run_main, share_out_dir, trainer_kwargs,
-                                write_json)
-from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers, wandb_loggers
-from semcorr.config import group_config, save_config
-from semcorr.figures import prediction_table, write_eval_figures
-from semcorr.matchers import build_matcher
-from semcorr.metrics import alpha_grid, curve_entry
-from semcorr.predictions import write_predictions
-from semcorr.report import EvalReport, EvalTiming
+# Lightning, torch and the pipeline are imported by evaluate() once the arguments are parsed:
+# ``--help`` and a bad argument answer without them.
 
 log = logging.getLogger("semcorr.eval")
 
@@ -41,6 +34,16 @@ def evaluate(argv: Sequence[str]) -> int:
     cfg = resolve_config(parse_args(argv, "eval.py"))
     if cfg is None:
         return 0
+    import lightning as L
+
+    from semcorr.builder import build_run, config_dict
+    from semcorr.cli.loggers import finish_loggers, make_loggers
+    from semcorr.config import group_config, save_config
+    from semcorr.matchers import build_matcher
+    from semcorr.metrics import alpha_grid
+    from semcorr.progress import ConsoleProgress
+    from semcorr.report import EvalReport, EvalTiming
+
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
     run = build_run(cfg, stage="test")
@@ -51,8 +54,10 @@ def evaluate(argv: Sequence[str]) -> int:
                         dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare)
     timing = EvalTiming()
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
+    progress = ([ConsoleProgress(f"evaluating {cfg.data.name} ({cfg.data.split})")]
+                if cfg.trainer.enable_progress_bar else [])
     trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,
-                        callbacks=[report, timing], default_root_dir=str(out_dir),
+                        callbacks=[report, timing, *progress], default_root_dir=str(out_dir),
                         enable_checkpointing=False)
     quiet_unless(trainer.is_global_zero)
     if trainer.is_global_zero:
@@ -60,8 +65,9 @@ def evaluate(argv: Sequence[str]) -> int:
         for stale in ("metrics.json", "predictions.jsonl"):  # an earlier run's, not this config's
             (out_dir / stale).unlink(missing_ok=True)
         save_config(cfg, out_dir)
-    log.info("evaluating %d pairs of %s (%s) with %s + %s on %d process(es)", len(run.dataset),
-             cfg.data.name, cfg.data.split, cfg.backbone.name, cfg.matcher.name, trainer.world_size)
+    log.info("evaluating %s of %s (%s) with %s + %s on %s", run.dataset.subset_note(),
+             cfg.data.name, cfg.data.split, cfg.backbone.name, cfg.matcher.name,
+             plural(trainer.world_size, "process", "processes"))
     success = False
     try:
         with share_out_dir(cfg):
@@ -71,17 +77,35 @@ def evaluate(argv: Sequence[str]) -> int:
         finish_loggers(loggers, success)
     if not trainer.is_global_zero:
         return 0
-    sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
+    sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {run.dataset.subset_note()}, "
                                         f"protocol {run.protocol.summary()}") + "\n")
     sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, "
                      f"{rate(metrics['n_pairs'], metrics['timing']['seconds'])}; "
-                     f"wrote {out_dir / 'metrics.json'}\n")
+                     f"wrote {written(out_dir, loggers)}\n")
     return 0
+
+
+def written(out_dir: Path, loggers) -> str:
+    """Where every output of the run went: ``runs/x/: config.yaml, metrics.json, ...``."""
+    from semcorr.cli.loggers import wandb_loggers
+
+    names = [p.name + ("/" if p.is_dir() else "") for p in sorted(out_dir.iterdir())
+             if not p.name.startswith(".") and p.name != "wandb"]
+    text = f"{out_dir}/: {', '.join(names)}"
+    if wandb_loggers(loggers):
+        text += f"; W&B run in {out_dir / 'wandb'}"
+    return text
 
 
 def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers, out_dir: Path) -> dict:
     """Test the run's model; return the metrics (all ranks). Rank 0 writes ``predictions.jsonl``,
     the figures, then ``metrics.json`` (last, atomically: it exists only for a run that finished)."""
+    from semcorr.builder import config_dict
+    from semcorr.cli.loggers import log_image, log_table, wandb_loggers
+    from semcorr.figures import prediction_table, write_eval_figures
+    from semcorr.metrics import curve_entry
+    from semcorr.predictions import write_predictions
+
     dataset, proto = run.dataset, run.protocol
     t0 = time.perf_counter()
     trainer.test(run.module, datamodule=run.datamodule, verbose=False)
@@ -92,6 +116,7 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
         "split": cfg.data.split,
         "n_pairs": result["n_pairs"],
         "n_keypoints": result["n_keypoints"],
+        "subset": dataset.subset,  # data.max_pairs left pairs out: how many of how many, how
         "protocol": proto.as_dict(),
         "pck": result["pck"],
         "pck_pooled": result["pck_pooled"],
@@ -104,7 +129,8 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
             "pairs_per_s": result["n_pairs"] / max(seconds, 1e-9),
             **timing.timing(),
             "processes": trainer.world_size,
-            "distinct_images": len(dataset.image_ids()),
+            "image_ids": len(dataset.image_ids()),
+            "distinct_images": dataset.distinct_images(),  # by content (docs/datasets.md)
         },
         "config": config_dict(cfg),
     }

@@ -11,26 +11,43 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from semcorr.cli.console import console_is_quiet
 from semcorr.resume import ResumePoint
 
 log = logging.getLogger(__name__)
 
 
+def wandb_login() -> bool:
+    """Whether a W&B login is configured: ``$WANDB_API_KEY`` or an ``api.wandb.ai`` entry in
+    ``~/.netrc`` (what ``wandb login`` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return bool(netrc.netrc().authenticators("api.wandb.ai"))
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_enabled(wandb: Optional[bool]) -> bool:
+    """``logger.wandb``: true / false as given; null (the default): only when W&B is configured
+    in the environment (``$WANDB_MODE`` set to anything but ``disabled``, or a login), so a run
+    never starts an anonymous or unwanted W&B run by surprise."""
+    if wandb is not None:
+        return bool(wandb)
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env:
+        return env != "disabled"
+    return wandb_login()
+
+
 def wandb_mode(mode: str) -> str:
-    """Resolve ``auto``: online only with an API key and ``WANDB_MODE`` not offline/disabled."""
+    """Resolve ``auto``: online only with a login and ``WANDB_MODE`` not offline/disabled."""
     if mode != "auto":
         return mode
     env = os.environ.get("WANDB_MODE", "").lower()
     if env in ("offline", "disabled", "dryrun"):
         return "offline" if env == "dryrun" else env
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        pass
-    return "offline"
+    return "online" if wandb_login() else "offline"
 
 
 def earlier_csv_rows(path: str | Path, before_step: int, validated: bool = False) -> List[Dict[str, str]]:
@@ -77,14 +94,17 @@ def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name
         if earlier:
             csv_logger.experiment.metrics.extend(earlier)  # written first, at the next save
         loggers.append(csv_logger)
-    mode = wandb_mode(cfg.mode) if cfg.wandb else "disabled"
+    mode = wandb_mode(cfg.mode) if wandb_enabled(cfg.wandb) else "disabled"
     if mode != "disabled":
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
+        quiet = console_is_quiet()  # W&B's banner, sync hints and run summary: --verbose only
         logger = WandbLogger(
             project=cfg.project, group=cfg.group, tags=list(cfg.tags), name=name,
             save_dir=str(out_dir), mode=mode, config=run_config,
             log_model=bool(log_model and mode == "online"),
+            settings=wandb.Settings(silent=quiet, quiet=quiet),
         )
         loggers.append(logger)
         log.info("W&B logging %s (project %s)", mode, cfg.project)

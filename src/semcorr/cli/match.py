@@ -21,19 +21,22 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-import torch
 from omegaconf import DictConfig
 
-from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, resolve_config,
-                                run_main, usage)
+from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, plural,
+                                resolve_config, run_main, usage)
 from semcorr.config import save_config
-from semcorr.data.base import load_image_reduced
-from semcorr.data.resize import check_size
 from semcorr.errors import InputError
-from semcorr.foreground import dense_points
-from semcorr.inference import PairMatch, inference_model, match_images
+
+if TYPE_CHECKING:
+    import torch
+
+    from semcorr.inference import PairMatch
+
+# torch and the pipeline are imported by the functions that use them, once the arguments are
+# parsed: ``--help`` and a bad argument answer without them.
 
 log = logging.getLogger("semcorr.match")
 
@@ -112,6 +115,8 @@ def parse_match_args(argv: Sequence[str]) -> tuple[MatchArgs, List[str]]:
 
 def parse_points(text: str) -> torch.Tensor:
     """``"x,y;x,y"`` -> (K, 2) float."""
+    import torch
+
     points = []
     for item in (s.strip() for s in text.replace("\n", ";").split(";")):
         if not item:
@@ -157,6 +162,9 @@ def read_image_checked(path: str | Path, stride: int, what: str,
     at least one patch large. A large image is decoded at 1/k of its size, every side kept
     >= ``keep`` px (twice the network frame): an 8000 x 6000 JPEG never becomes a full-size
     float tensor. Returns the image, k and the original (h, w)."""
+    from semcorr.data.base import load_image_reduced
+    from semcorr.data.resize import check_size
+
     try:
         image, factor, (h, w) = load_image_reduced(path, keep)
     except ValueError as err:
@@ -176,12 +184,19 @@ def to_reduced(points: torch.Tensor, factor: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # outputs and the command
 # ------------------------------------------------------------------------------------------------
+AXES = ("points are (x, y) in original-image pixels, 0-based, pixel centres at integers; "
+        "sizes are (width, height)")
+
+
 def matches_record(match: PairMatch, src: str, trg: str, cfg: DictConfig, dense: bool) -> Dict[str, Any]:
-    """The content of ``matches.json``."""
+    """The content of ``matches.json``: (x, y) throughout, sizes as (width, height) (:data:`AXES`)."""
+    src_h, src_w = match.batch["src_imsize"][0].tolist()
+    trg_h, trg_w = match.batch["trg_imsize"][0].tolist()
     return {
         "src": str(src), "trg": str(trg),
-        "src_size": list(match.batch["src_imsize"][0].tolist()),  # (h, w)
-        "trg_size": list(match.batch["trg_imsize"][0].tolist()),
+        "axes": AXES,
+        "src_size": [int(src_w), int(src_h)],
+        "trg_size": [int(trg_w), int(trg_h)],
         "backbone": cfg.backbone.name, "matcher": cfg.matcher.name, "dense": dense,
         "score": "nn: cosine similarity; ot/gwot: log transport-plan entry",
         "matches": [{"src": [round(a, 2), round(b, 2)], "trg": [round(c, 2), round(d, 2)],
@@ -215,6 +230,9 @@ def run(argv: Sequence[str]) -> int:
     for path in (margs.src, margs.trg):  # fail on a missing file before building the model
         if not Path(path).is_file():
             raise FileNotFoundError(f"image not found: {path}")
+    from semcorr.foreground import dense_points
+    from semcorr.inference import inference_model, match_images
+
     net = inference_model(cfg, "cuda" if accelerator(cfg) == "gpu" else "cpu")
     stride = net.backbone.stride
     keep = 2 * int(cfg.data.image_size)
@@ -238,7 +256,8 @@ def run(argv: Sequence[str]) -> int:
                  scores=match.scores, title=f"{cfg.backbone.name} + {cfg.matcher.name}")
     log.info("matched %d points; wrote %s and %s", len(points), out_dir / "matches.json",
              out_dir / "matches.png")
-    sys.stdout.write(f"{len(points)} matches -> {out_dir / 'matches.json'}, {out_dir / 'matches.png'}\n")
+    sys.stdout.write(f"{plural(len(points), 'match', 'matches')}; wrote {out_dir}/: config.yaml, "
+                     "matches.json, matches.png\n")
     return 0
 
 

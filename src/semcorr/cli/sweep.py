@@ -1,30 +1,16 @@
-"""Ablation grids: ``python sweep.py <name | file.yaml> [key=value ...] [out_dir=DIR]``.
+"""Ablation grids and searches: ``python sweep.py <name | file.yaml> [key=value ...] [--search N]``.
 
-``<name>`` is a packaged sweep (``semcorr/configs/sweep/<name>.yaml``, e.g. ``matcher_x_head``).
+``<name>`` is a packaged sweep (``semcorr/configs/sweep/<name>.yaml``, listed by ``--help`` and
+in ``docs/presets.md``) or one in a ``$SEMCORR_CONFIG_DIR`` folder. The sweep file's keys are the
+fields of :class:`~semcorr.cli.sweep_cells.SweepSpec`; :data:`HELP` is the user's description.
 
-A sweep file::
-
-    name: matcher_x_head          # also the W&B group of every run
-    mode: train                   # train | eval: what each run does
-    base: [data=synthetic, backbone=dinov2_vits14, trainer.max_steps=100]  # every run's tokens
-    grid:                         # the cross product of these overrides, one run per cell
-      matcher: [nn, ot, gwot]
-      head: [none, resnet_bottleneck]
-    eval_after: true              # train mode: evaluate the best checkpoint on data.split
-    launcher: []                  # a command prefix for each run, e.g. [srun] (see below)
-
-Each run is its own process: ``python -m semcorr.cli.<mode> <tokens>`` (after ``launcher``), its
-output in ``DIR/<run name>/run.log``. A run that crashes, runs out of memory or hangs its devices
-does not take the sweep down, and a distributed run (``trainer.devices=4 trainer.strategy=ddp``)
-is launched by Lightning (or by ``launcher``, e.g. ``[srun]`` in a SLURM allocation) as a run of
-its own; the sweep itself is one process and never repeats the grid per rank.
-
-Extra command-line tokens are appended to ``base``; ``out_dir=DIR`` sets the sweep folder
-(default ``runs/sweeps/<name>``). Each run lives in ``DIR/<run name>/`` and, once finished, holds
-``sweep_result.json``; a re-started sweep skips those runs (so an interrupted sweep resumes), and
-failed runs are retried. After every run ``DIR/summary.csv`` and ``DIR/summary.md`` are rewritten
-with one row per run: its overrides, status, PCK (eval: the evaluated split; train: the best
-validation score and, with ``eval_after``, the test split) and wall-clock seconds.
+Grid mode (the default) runs every cell of the cross product of ``grid``; each finished cell
+holds ``sweep_result.json`` and a re-started sweep skips it (an interrupted sweep resumes; failed
+cells are retried). Search mode (``--search N``, :mod:`semcorr.cli.sweep_search`) runs N trials
+of an Optuna study kept in ``study.db``. Cells share the sweep's process unless they need their
+own (:mod:`semcorr.cli.sweep_cells`). After every cell ``summary.csv`` and ``summary.md`` are
+rewritten (one row per cell); ``sweep.yaml`` holds the sweep as run (``--config`` re-runs it).
+The console shows one live line: cells done, the running cell and its time, and the ETA.
 """
 
 from __future__ import annotations
@@ -33,42 +19,80 @@ import csv
 import itertools
 import json
 import logging
-import os
 import re
-import subprocess
 import sys
+import threading
 import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from semcorr.cli.common import make_out_dir, run_main, write_json
+from semcorr.cli.common import make_out_dir, plural, run_main, write_json
+from semcorr.cli.sweep_cells import (MODES, RESULT, RunFailed, SweepSpec, command, execute,  # noqa: F401
+                                     run_process, token_value)
 from semcorr.config import group_file
 from semcorr.distributed import launch_rank_is_zero
 from semcorr.errors import ConfigError
 
 log = logging.getLogger("semcorr.sweep")
-RESULT = "sweep_result.json"
-MODES = ("train", "eval")
 
+HELP = """usage: sweep.py NAME|FILE [key=value ...] [out_dir=DIR] [--search N] [--isolate]
+                [--config FILE] [--verbose] [--help]
 
-@dataclass
-class SweepSpec:
-    name: str
-    mode: str = "eval"
-    base: List[str] = field(default_factory=list)
-    grid: Dict[str, List[Any]] = field(default_factory=dict)
-    eval_after: bool = True
-    out_dir: Optional[str] = None
-    launcher: List[str] = field(default_factory=list)
+Run an ablation grid (every cell of a cross product) or, with --search N, N trials of an Optuna
+search, each cell an evaluation or a training run; write summary.md / summary.csv.
+
+arguments:
+  NAME|FILE       a packaged sweep (below) or your own sweep file (.yaml)
+  key=value       appended to every cell's tokens (e.g. data.root=/data/pf-willow)
+  out_dir=DIR     the sweep's folder (default runs/sweeps/<name>); each cell in DIR/<cell>/
+  --search N      run N trials of an Optuna search (TPE, median pruning) over the file's
+                  space (or its grid's values); the study is kept in DIR/study.db
+  --isolate       run every cell as a process of its own (default: cells share the sweep's
+                  process unless they need several processes or the file gives a launcher)
+  --config FILE   re-run a sweep as it ran: the DIR/sweep.yaml a sweep wrote
+  --verbose       the libraries' messages too
+  --help          this text
+
+a sweep file:
+  name: my_sweep                 also the W&B group of every cell
+  description: one line          shown by --help
+  mode: eval                     eval | train: what each cell does
+  base: [data=pf_willow, backbone=dsift]     every cell's tokens
+  grid:                          the cross product, one cell per combination
+    matcher: [nn, ot, gwot]
+    matcher.transfer.method: [argmax, window_soft_argmax]
+  space:                         --search only (default: the grid's values as choices)
+    matcher.lam_gw: {low: 0.01, high: 2.0, log: true}
+    matcher.n_steps: {low: 10, high: 80, integer: true}
+    matcher: [gwot, gwot_pf_willow]
+  objective: pck@0.1             what --search maximises (the cell's evaluation)
+  seed: 0                        the search sampler's seed
+  eval_after: true               train mode: evaluate the best checkpoint on data.split
+  launcher: []                   a command prefix per cell, e.g. [srun] in a SLURM allocation
+  isolate: false                 every cell in its own process
+
+A re-started sweep resumes: finished grid cells are skipped (DIR/<cell>/sweep_result.json),
+failed ones retried; a search continues its study until N trials have finished. Each cell's
+output is in DIR/<cell>/run.log.
+
+packaged sweeps:
+{sweeps}
+
+examples:
+  python sweep.py pf_willow_zero_shot
+  python sweep.py gwot_sensitivity data=pf_willow backbone=dsift out_dir=runs/sweeps/gwot_sens
+  python sweep.py gwot_sensitivity data=pf_willow backbone=dsift --search 20
+  python sweep.py synthetic_matcher_x_head out_dir=runs/sweeps/synthetic
+  python sweep.py --config runs/sweeps/synthetic/sweep.yaml
+"""
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and check a sweep file (see the module docstring): a path, or the name of a packaged
-    sweep (``semcorr/configs/sweep/<name>.yaml``) or of one in a ``$SEMCORR_CONFIG_DIR`` folder."""
+    """Read and check a sweep file: a path, or the name of a packaged sweep
+    (``semcorr/configs/sweep/<name>.yaml``) or of one in a ``$SEMCORR_CONFIG_DIR`` folder."""
     path = Path(path)
     if not path.is_file():
         if path.suffix or len(path.parts) > 1:
@@ -88,16 +112,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
     return spec
 
 
-def _value(v: Any) -> str:
-    if isinstance(v, (list, dict)):
-        return json.dumps(v).replace('"', "").replace(" ", "")
-    return str(v).lower() if isinstance(v, bool) else str(v)
-
-
 def grid_runs(spec: SweepSpec) -> List[Dict[str, str]]:
     """One ``{key: value}`` dict of overrides per cell of the grid, in row-major order."""
     keys = list(spec.grid)
-    return [dict(zip(keys, map(_value, combo)))
+    return [dict(zip(keys, map(token_value, combo)))
             for combo in itertools.product(*(spec.grid[k] for k in keys))]
 
 
@@ -106,72 +124,22 @@ def run_name(overrides: Dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
 
 
-class RunFailed(RuntimeError):
-    """A run's process exited with an error; the message is the last line of its output."""
-
-
-def command(spec: SweepSpec, cli: str, tokens: Sequence[str]) -> List[str]:
-    """The command line of one run: ``launcher + [python, -m, semcorr.cli.<cli>, *tokens]``."""
-    return [*spec.launcher, sys.executable, "-m", f"semcorr.cli.{cli}", *tokens]
-
-
-def run_process(cmd: Sequence[str], log_path: Path) -> None:
-    """Run ``cmd`` with its output appended to ``log_path``; :class:`RunFailed` on a non-zero exit."""
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])  # the folder holding this semcorr package
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as out:
-        out.write("$ " + " ".join(cmd) + "\n")
-        out.flush()
-        start = out.tell()
-        code = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-    if code:
-        with open(log_path, errors="replace") as f:
-            f.seek(start)
-            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
-        raise RunFailed(f"exit {code}: {lines[-1] if lines else 'no output'}")
-
-
-def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,
-            extra: Sequence[str]) -> Dict[str, Any]:
-    """Run one cell, in its own process(es); returns its result (PCK and seconds)."""
-    tokens = [*spec.base, *extra, *(f"{k}={v}" for k, v in overrides.items()),
-              f"out_dir={run_dir}", f"logger.group={spec.name}"]
-    log_path = run_dir / "run.log"
-    t0 = time.perf_counter()
-    result: Dict[str, Any] = {}
-    if spec.mode == "eval":
-        run_process(command(spec, "eval", tokens), log_path)
-        result["pck"] = json.loads((run_dir / "metrics.json").read_text())["pck"]
-    else:
-        run_process(command(spec, "train", tokens), log_path)
-        summary = json.loads((run_dir / "train_summary.json").read_text())
-        result["val_best"] = summary["best_score"]
-        result["steps"] = summary["global_step"]
-        if spec.eval_after and summary["best_checkpoint"]:
-            eval_dir = run_dir / "eval"
-            # the checkpoint brings its config; the cell's trainer.* (devices, strategy, ...) too
-            placement = [t for t in tokens if t.startswith("trainer.")]
-            run_process(command(spec, "eval", [f"ckpt={summary['best_checkpoint']}",
-                                               f"out_dir={eval_dir}", f"logger.group={spec.name}",
-                                               *placement, *extra]), log_path)
-            result["pck"] = json.loads((eval_dir / "metrics.json").read_text())["pck"]
-    result["seconds"] = time.perf_counter() - t0
-    return result
-
-
-def write_summary(out_dir: Path, spec: SweepSpec, rows: List[Dict[str, Any]]) -> None:
-    """``summary.csv`` and ``summary.md``: one row per run."""
+# ------------------------------------------------------------------------------------------------
+# summaries
+# ------------------------------------------------------------------------------------------------
+def write_summary(out_dir: Path, spec: SweepSpec, rows: List[Dict[str, Any]],
+                  keys: Optional[Sequence[str]] = None) -> None:
+    """``summary.csv`` and ``summary.md``: one row per cell (``keys``: the varied keys; default
+    the grid's)."""
     alphas = sorted({a for r in rows for a in (r.get("pck") or {})}, key=float)
-    keys = list(spec.grid)
+    keys = list(spec.grid if keys is None else keys)
     header = ["run", *keys, "status", *(f"pck@{a}" for a in alphas)]
     if spec.mode == "train":
         header += ["val_best", "steps"]
     header.append("seconds")
     table = []
     for r in rows:
-        line = [r["run"], *(r["overrides"][k] for k in keys), r["status"],
+        line = [r["run"], *(r["overrides"].get(k, "") for k in keys), r["status"],
                 *(_fmt(r.get("pck", {}).get(a)) for a in alphas)]
         if spec.mode == "train":
             line += [_fmt(r.get("val_best")), str(r.get("steps", ""))]
@@ -191,43 +159,189 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return "" if v is None else f"{float(v):.{digits}f}"
 
 
+def cell_line(name: str, row: Dict[str, Any], objective: str) -> str:
+    """The permanent line of a finished cell: status, its score and seconds."""
+    alpha = objective.split("@", 1)[-1]
+    pck = next((v for a, v in (row.get("pck") or {}).items() if float(a) == float(alpha)), None)
+    score = f", {objective} {pck:.2f}" if pck is not None else (
+        f", val best {row['val_best']:.2f}" if row.get("val_best") is not None else "")
+    took = f" in {row['seconds']:.0f} s" if row.get("seconds") is not None else ""
+    return f"{name}: {row['status']}{score}{took}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the live line
+# ------------------------------------------------------------------------------------------------
+class SweepProgress:
+    """One live line for the whole sweep (tqdm, on stderr): cells finished of all, the running
+    cell with its elapsed time, the rate and the ETA (from the cells run now, skipped ones not
+    counted); a finished cell's result is printed above it as a line of its own."""
+
+    def __init__(self, total: int, done: int, name: str, objective: str) -> None:
+        from semcorr.progress import make_bar
+
+        self.bar = make_bar(total, f"sweep {name}", "cell", leave=True, initial=done)
+        self.objective = objective
+        self.current: Optional[str] = None
+        self.started = 0.0
+        self.stop = threading.Event()
+        self.ticker: Optional[threading.Thread] = None
+        if getattr(self.bar.fp, "isatty", lambda: False)():
+            self.ticker = threading.Thread(target=self._tick, daemon=True)
+            self.ticker.start()
+
+    def _postfix(self) -> str:
+        if self.current is None:
+            return ""
+        return f"{self.current} {time.perf_counter() - self.started:.0f} s"
+
+    def _tick(self) -> None:
+        while not self.stop.wait(1.0):
+            self.bar.set_postfix_str(self._postfix(), refresh=True)
+
+    def start(self, name: str) -> None:
+        self.current, self.started = name, time.perf_counter()
+        self.bar.set_postfix_str(self._postfix(), refresh=True)
+
+    def end(self, name: str, row: Dict[str, Any]) -> None:
+        self.bar.write(cell_line(name, row, self.objective), file=sys.stderr)
+        self.current = None
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.bar.set_postfix_str("", refresh=False)
+        self.bar.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
+# ------------------------------------------------------------------------------------------------
+def parse_sweep_args(argv: Sequence[str]) -> Dict[str, Any]:
+    """``{"file", "tokens", "out_dir", "search", "isolate"}`` of the command line."""
+    args: Dict[str, Any] = {"file": None, "tokens": [], "out_dir": None, "search": None, "isolate": False}
+    it = iter(argv)
+    for token in it:
+        if token in ("--search", "--config"):
+            value = next(it, None)
+            if value is None:
+                raise ConfigError(f"{token} needs a value")
+            if token == "--config":
+                args["file"] = value
+            else:
+                try:
+                    args["search"] = int(value)
+                except ValueError:
+                    raise ConfigError(f"--search needs a number of trials, got {value!r}") from None
+                if args["search"] < 1:
+                    raise ConfigError(f"--search needs at least 1 trial, got {value}")
+        elif token == "--isolate":
+            args["isolate"] = True
+        elif token == "--verbose":
+            continue  # handled by run_main
+        elif token.startswith("--"):
+            raise ConfigError(f"unknown flag {token}; valid: --search N, --isolate, --config FILE, "
+                              "--verbose, --help")
+        elif token.startswith("out_dir="):
+            args["out_dir"] = token.split("=", 1)[1]
+        elif "=" not in token and args["file"] is None:
+            args["file"] = token
+        else:
+            args["tokens"].append(token)
+    if args["file"] is None:
+        raise ConfigError("give a sweep: a packaged name or a file (sweep.py --help lists them)")
+    return args
+
+
+def sweep_help() -> str:
+    from semcorr.cli.help import SWEEP, description, two_columns
+    from semcorr.config import available
+
+    sweeps = two_columns([(n, description(SWEEP, n)) for n in available(SWEEP)]) or "  (none)"
+    return HELP.replace("{sweeps}", sweeps)
+
+
 def sweep(argv: Sequence[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write(__doc__ or "")
+    if not argv or any(t in ("-h", "--help") for t in argv):
+        sys.stdout.write(sweep_help())
         return 0
     if not launch_rank_is_zero():
         raise ConfigError("sweep.py runs as one process, not once per rank: start it without "
                           "srun / torchrun (a sweep's launcher: [srun] starts each run on the ranks)")
-    spec = load_sweep(argv[0])
-    extra = [t for t in argv[1:] if not t.startswith("out_dir=")]
-    outs = [t.split("=", 1)[1] for t in argv[1:] if t.startswith("out_dir=")]
-    out_dir = make_out_dir(outs[-1] if outs else spec.out_dir or f"runs/sweeps/{spec.name}")
-    rows: List[Dict[str, Any]] = []
-    cells = grid_runs(spec)
-    for i, overrides in enumerate(cells):
-        name = run_name(overrides)
-        run_dir = out_dir / name
-        done = run_dir / RESULT
-        row: Dict[str, Any] = {"run": name, "overrides": overrides}
-        if done.is_file():
-            row.update(json.loads(done.read_text()), status="done (skipped)")
-            log.info("[%d/%d] %s: finished before, skipped", i + 1, len(cells), name)
-        else:
-            log.info("[%d/%d] %s", i + 1, len(cells), name)
-            try:
-                result = execute(spec, overrides, run_dir, extra)
-                write_json(done, result)  # atomic: a re-started sweep trusts it
-                row.update(result, status="done")
-            except (Exception, SystemExit) as err:  # one failed run does not stop the sweep
-                log.error("%s failed: %s", name, err)
-                log.debug("%s", traceback.format_exc())
-                row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
-        rows.append(row)
-        write_summary(out_dir, spec, rows)
+    args = parse_sweep_args(argv)
+    spec = load_sweep(args["file"])
+    spec.isolate = spec.isolate or args["isolate"]
+    extra = args["tokens"]
+    out_dir = make_out_dir(args["out_dir"] or spec.out_dir or f"runs/sweeps/{spec.name}")
+    ran = dict(asdict(spec), base=[*spec.base, *extra], out_dir=str(out_dir))
+    (out_dir / "sweep.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ran)))
+    if args["search"] is not None:
+        rows, keys = _search(spec, out_dir, args["search"], extra)
+    else:
+        rows, keys = _grid(spec, out_dir, extra), None
     failed = sum(r["status"].startswith("failed") for r in rows)
     sys.stdout.write((out_dir / "summary.md").read_text())
-    sys.stdout.write(f"{len(rows) - failed}/{len(rows)} runs finished; {out_dir / 'summary.md'}\n")
+    tail = ""
+    if args["search"] is not None:
+        from semcorr.cli.sweep_search import STUDY_FILE, best_line
+
+        tail = f"; {best_line(out_dir / STUDY_FILE, spec)}; study {out_dir / STUDY_FILE}"
+    sys.stdout.write(f"{len(rows) - failed}/{plural(len(rows), 'run')} finished{tail}; wrote "
+                     f"{out_dir}/: summary.md, summary.csv, sweep.yaml and one folder per run\n")
     return 1 if failed else 0
+
+
+def _grid(spec: SweepSpec, out_dir: Path, extra: Sequence[str]) -> List[Dict[str, Any]]:
+    cells = grid_runs(spec)
+    done_before = sum((out_dir / run_name(c) / RESULT).is_file() for c in cells)
+    progress = SweepProgress(len(cells), done_before, spec.name, spec.objective)
+    rows: List[Dict[str, Any]] = []
+    try:
+        for i, overrides in enumerate(cells):
+            name = run_name(overrides)
+            run_dir = out_dir / name
+            done = run_dir / RESULT
+            row: Dict[str, Any] = {"run": name, "overrides": overrides}
+            if done.is_file():
+                row.update(json.loads(done.read_text()), status="done (skipped)")
+                log.info("[%d/%d] %s: finished before, skipped", i + 1, len(cells), name)
+            else:
+                log.info("[%d/%d] %s", i + 1, len(cells), name)
+                progress.start(name)
+                try:
+                    result = execute(spec, overrides, run_dir, extra)
+                    write_json(done, result)  # atomic: a re-started sweep trusts it
+                    row.update(result, status="done")
+                except (Exception, SystemExit) as err:  # one failed run does not stop the sweep
+                    log.error("%s failed: %s", name, err)
+                    row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+                progress.end(name, row)
+            rows.append(row)
+            write_summary(out_dir, spec, rows)
+    finally:
+        progress.close()
+    return rows
+
+
+def _search(spec: SweepSpec, out_dir: Path, n_trials: int, extra: Sequence[str]):
+    from semcorr.cli.sweep_search import finished, open_study, run_search, search_space
+
+    keys = list(search_space(spec))
+    progress = SweepProgress(n_trials, min(finished(open_study(spec, out_dir)), n_trials),
+                             spec.name, spec.objective)
+    rows: List[Dict[str, Any]] = []
+
+    def on_end(name: str, row: Dict[str, Any]) -> None:
+        progress.end(name, row)
+        rows.append(row)
+        write_summary(out_dir, spec, rows, keys)
+
+    try:
+        rows = run_search(spec, out_dir, n_trials, extra, progress.start, on_end)
+    finally:
+        progress.close()
+    write_summary(out_dir, spec, rows, keys)
+    return rows, keys
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -27,24 +27,26 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
-import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from semcorr.builder import Run, build_run, config_dict
-from semcorr.checkpoint import typed_config
-from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, quiet_unless,
-                                run_main, share_out_dir, trainer_kwargs, write_json)
-from semcorr.cli.loggers import finish_loggers, log_image, make_loggers
-from semcorr.config import expand_experiment, group_file, load_config, save_config, to_yaml
+from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, plural,
+                                quiet_unless, run_main, share_out_dir, trainer_kwargs, write_json)
+from semcorr.config import expand_experiment, group_file, load_config, to_yaml
 from semcorr.distributed import launch_rank_is_zero
 from semcorr.errors import ConfigError, NumericalError, TrainingDiverged
 from semcorr.registry import GROUPS
-from semcorr.report import PredictionPanel
-from semcorr.resume import ResumePoint, read_resume_point
-from semcorr.training import History, LastCheckpoint, ResumeDataOrder
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from semcorr.builder import Run
+    from semcorr.resume import ResumePoint
+    from semcorr.training import LastCheckpoint
+
+# Lightning, torch and the pipeline are imported by the functions that use them, once the
+# arguments are parsed: ``--help`` and a bad argument answer without them.
 
 log = logging.getLogger("semcorr.train")
 
@@ -84,22 +86,38 @@ def apply_train_defaults(cfg: DictConfig, tokens: Sequence[str],
 
 
 def train_config(tokens: Sequence[str], resume: Optional[ResumePoint] = None,
-                 extra_dirs: Sequence[str] = ()) -> DictConfig:
-    """The run config: a new run from ``tokens``, or the resumed run's saved config + ``tokens``.
+                 extra_dirs: Sequence[str] = (), saved: Optional[str] = None) -> DictConfig:
+    """The run config: a new run from ``tokens``, the resumed run's saved config + ``tokens``, or
+    (``saved``, ``--config FILE``) a saved run's config + ``tokens``. Values the defaults leave
+    open (data root, protocol) are filled in (:mod:`semcorr.resolved`).
 
     ``extra_dirs``: user config folders (``--config-dir``)."""
-    if resume is None:
+    from semcorr.checkpoint import typed_config
+    from semcorr.resolved import resolve_open_values, saved_config
+
+    if resume is None and saved is None:
         cfg = load_config(tokens, default_groups=TRAIN_DEFAULT_GROUPS, extra_dirs=extra_dirs)
         # what an experiment file sets counts as given, like the command line's own tokens
-        return apply_train_defaults(cfg, expand_experiment(tokens, extra_dirs)[1], extra_dirs)
-    return load_config(tokens, base=typed_config(resume.config), extra_dirs=extra_dirs)
+        cfg = apply_train_defaults(cfg, expand_experiment(tokens, extra_dirs)[1], extra_dirs)
+        return resolve_open_values(cfg, None, tokens, extra_dirs)
+    base = typed_config(resume.config) if resume is not None else saved_config(saved)
+    cfg = load_config(tokens, base=base, extra_dirs=extra_dirs)
+    return resolve_open_values(cfg, base, tokens, extra_dirs)
 
 
 def training_callbacks(cfg: DictConfig, run: Run, out_dir: Path, with_loggers: bool
                        ) -> Dict[str, L.Callback]:
     """The callbacks of a training run, by name: ``best`` (``checkpoints/best-*.ckpt`` by
     ``checkpointing.monitor``), ``last`` (``last.ckpt``), ``history`` (learning curves),
-    ``data_order`` (exact resume), ``panel`` (validation figure) and, with loggers, ``lr``."""
+    ``data_order`` (exact resume), ``panel`` (validation figure), ``progress`` (the console's
+    bars, unless ``trainer.enable_progress_bar=false``) and, with loggers, ``lr``."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from semcorr.cli.loggers import log_image
+    from semcorr.progress import ConsoleProgress
+    from semcorr.report import PredictionPanel
+    from semcorr.training import History, LastCheckpoint, ResumeDataOrder
+
     ck = cfg.checkpointing
     callbacks: Dict[str, L.Callback] = {
         "best": ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=ck.monitor, mode="max",
@@ -111,6 +129,8 @@ def training_callbacks(cfg: DictConfig, run: Run, out_dir: Path, with_loggers: b
         "panel": PredictionPanel(run.dataset.read_image, out_dir, cfg.plots.alpha, run.protocol,
                                  log_image, keep=cfg.plots.n_pairs),
     }
+    if cfg.trainer.enable_progress_bar:
+        callbacks["progress"] = ConsoleProgress()
     if with_loggers:
         callbacks["lr"] = LearningRateMonitor(logging_interval="step")
     return callbacks
@@ -136,6 +156,12 @@ def fit(cfg: DictConfig, resume: Optional[ResumePoint] = None,
     ``failed`` (and ``error``). A non-finite loss, gradient, feature or plan stops the run with
     :class:`~semcorr.errors.TrainingDiverged` naming the step and the last good checkpoint.
     """
+    import lightning as L
+
+    from semcorr.builder import build_run, config_dict
+    from semcorr.cli.loggers import finish_loggers, make_loggers
+    from semcorr.config import save_config
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
     run = build_run(cfg, stage="fit")
@@ -203,9 +229,14 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, named: Dict[str, L.Callback
 
 def train(argv: Sequence[str]) -> int:
     args = parse_args(argv, "train.py", flags=("--resume",))
+    if args.resume and args.config:
+        raise ConfigError("give --resume RUN or --config FILE, not both (--resume re-opens the "
+                          "run's own config)")
+    from semcorr.resume import read_resume_point
+
     # a garbage last.ckpt or a missing config.yaml fails here, before anything starts
     resume = read_resume_point(args.resume) if args.resume else None
-    cfg = train_config(args.tokens, resume, args.config_dirs)
+    cfg = train_config(args.tokens, resume, args.config_dirs, saved=args.config)
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return 0
@@ -213,9 +244,14 @@ def train(argv: Sequence[str]) -> int:
     if not launch_rank_is_zero():
         return 0
     best = summary["best_score"]
-    sys.stdout.write(f"trained {summary['global_step']} steps in {summary['seconds']:.1f} s; "
+    out_dir = Path(cfg.out_dir)
+    outputs = ", ".join(p.name + ("/" if p.is_dir() else "") for p in sorted(out_dir.iterdir())
+                        if not p.name.startswith(".") and p.name != "wandb")
+    sys.stdout.write(f"trained {plural(summary['global_step'], 'step')} in {summary['seconds']:.1f} s; "
                      f"best {summary['monitor']} = {'n/a' if best is None else f'{best:.2f}'}; "
-                     f"checkpoints in {Path(cfg.out_dir) / 'checkpoints'}\n")
+                     f"wrote {out_dir}/: {outputs}"
+                     + (f"; best checkpoint {summary['best_checkpoint']}" if summary["best_checkpoint"] else "")
+                     + "\n")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,37 @@ log = logging.getLogger(__name__)
 FLIP_SUFFIX = "#hflip"  # an image id with this suffix is served mirrored (TSS, PF-PASCAL flips)
 
 
+SUBSETS = ("per_category", "first")
+
+
+def subset_indices(categories: Sequence[str], n: int, seed: int) -> List[int]:
+    """Indices of ``n`` of the items (given by their categories) that stand for the whole: each
+    category gets pairs in proportion to its size (largest remainders; at least one each when
+    ``n`` covers every category), drawn at random with ``seed`` (NumPy PCG64), kept in order.
+
+    Example: 900 PF-WILLOW pairs in 10 subsets of 90, ``n=60`` -> 6 pairs of each subset.
+    """
+    by_cat: Dict[str, List[int]] = {}
+    for i, c in enumerate(categories):
+        by_cat.setdefault(c, []).append(i)
+    total = len(categories)
+    if n >= total:
+        return list(range(total))
+    names = list(by_cat)
+    quota = {c: n * len(by_cat[c]) / total for c in names}
+    take = {c: int(quota[c]) for c in names}
+    for c in sorted(names, key=lambda c: (-(quota[c] - take[c]), names.index(c)))[: n - sum(take.values())]:
+        take[c] += 1
+    if n >= len(names):  # every category present: move pairs from the largest shares
+        for c in [c for c in names if take[c] == 0]:
+            donor = max(names, key=lambda d: (take[d], -names.index(d)))
+            take[donor] -= 1
+            take[c] = 1
+    rng = np.random.Generator(np.random.PCG64(seed))
+    chosen = [i for c in names for i in rng.choice(by_cat[c], size=take[c], replace=False).tolist()]
+    return sorted(chosen)
+
+
 @dataclass
 class DataConfig(GroupConfig):
     """Fields every dataset config has."""
@@ -37,6 +69,10 @@ class DataConfig(GroupConfig):
     batch_size: int = 8
     num_workers: int = 0
     max_pairs: Optional[int] = None
+    # how max_pairs picks its pairs: per_category (a seeded sample, every category in proportion
+    # to its pairs) | first (the first max_pairs in the dataset's order)
+    subset: str = "per_category"
+    subset_seed: int = 0
     categories: List[str] = field(default_factory=list)  # empty: all
     image_cache_mb: int = 512  # decoded images kept in memory (per worker)
     # training-time paired augmentation (semcorr.data.transforms); not a dataset argument
@@ -48,6 +84,8 @@ class DataConfig(GroupConfig):
         number(self, "batch_size", ge=1, integer=True)
         number(self, "num_workers", ge=0, integer=True)
         number(self, "max_pairs", ge=1, integer=True, none_ok=True)
+        one_of(self, "subset", SUBSETS)
+        number(self, "subset_seed", ge=0, integer=True)
         number(self, "image_cache_mb", ge=0)
 
 
@@ -188,6 +226,9 @@ class PairDataset(Dataset):
 
     protocols: Dict[str, Protocol] = {"default": protocol(threshold_by="bbox")}
     default_protocol: str = "default"
+    # the dataset's folder in the shared data folder, read when data.root is null
+    # (semcorr.paths.resolve_root); None: the dataset needs no files or an explicit data.root
+    shared_subdir: Optional[str] = None
 
     def __init__(self, cfg: DataConfig, divisor: int = 1) -> None:
         """``cfg``: the dataset's config (:class:`DataConfig` or its subclass; the network frame
@@ -205,6 +246,17 @@ class PairDataset(Dataset):
         self.image_cache = MemoryCache(cfg.image_cache_mb)
         self.transform = None  # optional paired augmentation (training), see semcorr.data.transforms
         self.direction = "src_to_trg"
+        # set by finalize when data.max_pairs left pairs out: {"pairs", "of", "how", "seed"}
+        self.subset: Optional[Dict[str, Any]] = None
+
+    def subset_note(self) -> str:
+        """``60 of 900 pairs (a per-category sample, seed 0)``, or ``900 pairs``."""
+        n = len(self.records)
+        if self.subset is None:
+            return f"{n} pair{'s' if n != 1 else ''}"
+        how = (f"a per-category sample, seed {self.subset['seed']}" if self.subset["how"] == "per_category"
+               else "the first ones")
+        return f"{n} of {self.subset['of']} pairs ({how})"
 
     @property
     def protocol(self) -> Protocol:
@@ -226,8 +278,16 @@ class PairDataset(Dataset):
                 raise ConfigError(f"data.categories: unknown categories {unknown}; valid: "
                                   f"{', '.join(known)}")
             records = [r for r in records if r.category in self.category_filter]
-        if self.max_pairs is not None:
-            records = records[: self.max_pairs]
+        self.subset = None
+        if self.max_pairs is not None and self.max_pairs < len(records):
+            how, seed = self.cfg.subset, self.cfg.subset_seed
+            self.subset = {"pairs": self.max_pairs, "of": len(records), "how": how,
+                           "seed": seed if how == "per_category" else None}
+            if how == "first":
+                records = records[: self.max_pairs]
+            else:
+                keep = subset_indices([r.category for r in records], self.max_pairs, seed)
+                records = [records[i] for i in keep]
         self.records = records
         present = {r.category for r in records}
         self.categories = [c for c in (categories or sorted(present)) if c in present]
@@ -254,6 +314,24 @@ class PairDataset(Dataset):
     def image_ids(self) -> List[str]:
         """Distinct image ids, in first-use order."""
         return list(dict.fromkeys(i for r in self.records for i in (r.src, r.trg)))
+
+    def distinct_images(self) -> int:
+        """Distinct pictures behind :meth:`image_ids`, by content: files with the same bytes count
+        once (PF-WILLOW's subsets share files: 100 ids, 70 pictures, as the feature cache finds),
+        a mirrored id (:data:`FLIP_SUFFIX`) is a picture of its own, and an id that names no file
+        under ``image_root`` (generated images) counts once."""
+        seen = set()
+        digests: Dict[str, str] = {}
+        for image_id in self.image_ids():
+            key = str(image_id)
+            mirrored = key.endswith(FLIP_SUFFIX)
+            name = key[: -len(FLIP_SUFFIX)] if mirrored else key
+            if name not in digests:
+                path = self.image_root / name
+                digests[name] = (hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file()
+                                 else "id:" + name)
+            seen.add(digests[name] + (FLIP_SUFFIX if mirrored else ""))
+        return len(seen)
 
     def load_pair(self, index: int) -> Dict[str, Any]:
         """The pair in its original frames: images (3, h, w), keypoints, validity, boxes, ids."""

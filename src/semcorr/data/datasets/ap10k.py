@@ -199,6 +199,7 @@ def pick(pairs: List[Tuple[_Image, _Image]], n: Optional[int], seed: int,
 
 @register("data", "ap10k", AP10KConfig)
 class AP10KDataset(PairDataset):
+    shared_subdir = "ap-10k"  # the copy in the shared data folder when data.root is null
     protocols = {"geoaware": protocol(
         threshold_by="bbox", average="per_image",
         reference="Junyi42/GeoAware-SC pck_train.py, utils/utils_dataset.py, prepare_ap10k.ipynb")}
@@ -211,7 +212,7 @@ class AP10KDataset(PairDataset):
         super().__init__(cfg, divisor)
         if split not in SPLITS:
             raise DataError(f"ap10k: unknown split {split!r}; valid: {', '.join(SPLITS)}")
-        base = resolve_root(cfg.root, "ap-10k", "ap10k")
+        base = resolve_root(cfg.root, self.shared_subdir, "ap10k")
         self.image_root = base / cfg.image_dir
         files = []
         for name in MERGE_ORDER:

@@ -53,6 +53,7 @@ class PFPascalConfig(DataConfig):
 
 @register("data", "pf_pascal", PFPascalConfig)
 class PFPascalDataset(PairDataset):
+    shared_subdir = "pf-pascal"  # the copy in the shared data folder when data.root is null
     protocols = {
         "zero_shot": protocol(
             threshold_by="image", reference="Junyi42/GeoAware-SC pck_train.py; "
@@ -74,7 +75,7 @@ class PFPascalDataset(PairDataset):
         super().__init__(cfg, divisor)
         if split not in ("train", "val", "test"):
             raise DataError(f"pf_pascal: unknown split {split!r}; valid: train, val, test")
-        self.image_root = resolve_root(cfg.root, "pf-pascal", "pf_pascal")
+        self.image_root = resolve_root(cfg.root, self.shared_subdir, "pf_pascal")
         path = self._find_csv(cfg.pairs_csv, split)
         rows = read_csv(path, "pf_pascal", COLUMNS)
         self.flips = split == "train"  # the flip column is a training augmentation

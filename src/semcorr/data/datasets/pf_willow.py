@@ -50,6 +50,7 @@ def read_points(mat_path: Path) -> np.ndarray:
 
 @register("data", "pf_willow", PFWillowConfig)
 class PFWillowDataset(PairDataset):
+    shared_subdir = "pf-willow"  # the copy in the shared data folder when data.root is null
     protocols = {"hpf": protocol(threshold_by="bbox_kp", average="per_image",
                                  reference="juhongm999/hpf data/pfwillow.py, model/evaluation.py")}
     default_protocol = "hpf"
@@ -63,7 +64,7 @@ class PFWillowDataset(PairDataset):
             raise ConfigError(f"PF-WILLOW has only a test split, not {split!r}; set "
                              f"data.{split}_categories=[...] to use some subsets as {split} data")
         super().__init__(replace(cfg, categories=list(chosen)) if chosen else cfg, divisor)
-        self.image_root = resolve_root(cfg.root, "pf-willow", "pf_willow")
+        self.image_root = resolve_root(cfg.root, self.shared_subdir, "pf_willow")
         if not (self.image_root / FOLDER).is_dir():
             raise FileNotFoundError(f"pf_willow: {self.image_root / FOLDER} not found")
         if cfg.pairs_csv:

@@ -58,6 +58,7 @@ class SPairConfig(DataConfig):
 
 @register("data", "spair", SPairConfig)
 class SPairDataset(PairDataset):
+    shared_subdir = "spair"  # the copy in the shared data folder when data.root is null
     protocols = {
         "hpf": protocol(threshold_by="bbox", average="per_image",
                         reference="juhongm999/hpf model/evaluation.py, data/dataset.py"),
@@ -75,7 +76,7 @@ class SPairDataset(PairDataset):
         if split not in SPLITS:
             raise DataError(f"spair: unknown split {split!r}; valid: train (trn), val, test")
         self.split = SPLITS[split]
-        self.image_root = resolve_root(cfg.root, "spair", "spair") / "JPEGImages"
+        self.image_root = resolve_root(cfg.root, self.shared_subdir, "spair") / "JPEGImages"
         base = self.image_root.parent
         layout = cfg.layout
         filters = {name: getattr(cfg, name) for name in DIFFICULTY}

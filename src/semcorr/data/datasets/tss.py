@@ -123,6 +123,7 @@ def flow_queries(flow: np.ndarray, stride: int = 1, max_queries: Optional[int] =
 
 @register("data", "tss", TSSConfig)
 class TSSDataset(PairDataset):
+    shared_subdir = "tss"  # the copy in the shared data folder when data.root is null
     protocols = {"tss_kit": protocol(
         threshold_by="image", average="per_image", headline="category_mean",
         reference="t-taniai/TSS_CVPR2016_EvaluationKit EvalToolMATLAB/compute_scores.m, "
@@ -137,7 +138,7 @@ class TSSDataset(PairDataset):
         if split != "test":
             raise DataError(f"tss has only a test split, not {split!r}")
         self.flip_gt = cfg.flip_gt
-        base = resolve_root(cfg.root, "tss", "tss")
+        base = resolve_root(cfg.root, self.shared_subdir, "tss")
         if (base / "TSS_CVPR2016").is_dir():
             base = base / "TSS_CVPR2016"
         self.image_root = base
