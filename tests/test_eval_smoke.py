@@ -167,10 +167,10 @@ def test_a_rerun_in_the_same_folder_leaves_no_stale_predictions(tmp_path):
 
 
 def test_thumbnails_are_drawn_only_for_wandb(tmp_path, monkeypatch):
-    import semcorr.cli.eval as eval_cli
+    import semcorr.figures  # eval.py imports prediction_table from here when it runs
 
     drawn = []
-    monkeypatch.setattr(eval_cli, "prediction_table", lambda *a, **k: drawn.append(1) or ([], []))
+    monkeypatch.setattr(semcorr.figures, "prediction_table", lambda *a, **k: drawn.append(1) or ([], []))
     assert main(["data.n_pairs.test=2", "plots.n_pairs=0", f"out_dir={tmp_path / 'run'}",
                  "trainer.enable_progress_bar=false", "logger.wandb=false", "logger.table_pairs=4"]) == 0
     assert drawn == []  # CSV logger only: no W&B table, so no thumbnails

@@ -81,7 +81,9 @@ def test_points_transfer_a_shift_with_dsift(shifted_pair, tmp_path, capsys):
     record = json.loads((out / "matches.json").read_text())
     assert (out / "matches.png").stat().st_size > 10_000 and (out / "config.yaml").is_file()
     assert record["backbone"] == "dsift" and record["matcher"] == "nn" and not record["dense"]
-    assert record["src_size"] == [128, 160] and len(record["matches"]) == 5
+    # (x, y) throughout: points are (x, y), sizes (width, height) of the 160 x 128 image
+    assert record["src_size"] == [160, 128] and len(record["matches"]) == 5
+    assert "(x, y)" in record["axes"] and "(width, height)" in record["axes"]
     got_src = np.array([m["src"] for m in record["matches"]])
     got_trg = np.array([m["trg"] for m in record["matches"]])
     np.testing.assert_allclose(got_src, points)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib import colormaps
+from matplotlib import colormaps, patheffects
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -77,12 +77,24 @@ def position_colours(points: np.ndarray, height: int, width: int) -> np.ndarray:
     return hsv_to_rgb(np.stack([hue, sat, np.full_like(hue, 0.95)], axis=1))
 
 
+def _outlined(width: float) -> list:
+    """Path effects that draw a black outline around a line or marker, so it stays visible on
+    white, black and busy backgrounds alike."""
+    return [patheffects.Stroke(linewidth=width, foreground="black"), patheffects.Normal()]
+
+
+GT_MARKER = dict(marker="X", ms=7, mfc="white", mec="black", mew=1.0, ls="")
+
+
 def draw_matches(ax, src_img, trg_img, src_kps, pred, gt=None, correct=None, title: str = "",
                  legend: bool = False) -> None:
-    """Source keypoints, predicted target keypoints and a line per match.
+    """Source keypoints, predicted target keypoints and a line per match, legible on any
+    background.
 
-    Lines are green where ``correct`` is True, red where False, blue when unknown. Ground truth
-    (if given) is a white cross in the target, joined to a wrong prediction by a dotted line.
+    Matches are green where ``correct`` is True, red where False, blue when unknown; every line
+    and marker has a black outline. Ground truth (if given) is a white cross with a black edge in
+    the target, and every prediction is linked to its ground truth by a dashed line of the
+    match's colour (short for a hit, as long as the error for a miss).
     """
     off = side_by_side(ax, src_img, trg_img)
     src_kps, pred = np.asarray(src_kps, dtype=float), np.asarray(pred, dtype=float)
@@ -90,20 +102,20 @@ def draw_matches(ax, src_img, trg_img, src_kps, pred, gt=None, correct=None, tit
     for k in range(len(src_kps)):
         colour = UNKNOWN if correct is None else (CORRECT if correct[k] else WRONG)
         ax.plot([src_kps[k, 0], pred[k, 0] + off], [src_kps[k, 1], pred[k, 1]], "-", color=colour,
-                lw=1, alpha=0.85)
-        ax.plot(src_kps[k, 0], src_kps[k, 1], "o", color=colour, ms=4, mec="k", mew=0.5)
-        ax.plot(pred[k, 0] + off, pred[k, 1], "o", color=colour, ms=4, mec="k", mew=0.5)
+                lw=1, alpha=0.9, path_effects=_outlined(2.2))
         if gt is not None:
-            if correct is not None and not correct[k]:
-                ax.plot([pred[k, 0] + off, gt[k, 0] + off], [pred[k, 1], gt[k, 1]], ":",
-                        color="white", lw=1)
-            ax.plot(gt[k, 0] + off, gt[k, 1], "x", color="white", ms=5, mew=1.5)
+            ax.plot([pred[k, 0] + off, gt[k, 0] + off], [pred[k, 1], gt[k, 1]], "--", color=colour,
+                    lw=1.1, path_effects=_outlined(2.4))
+            ax.plot(gt[k, 0] + off, gt[k, 1], **GT_MARKER)
+        ax.plot(src_kps[k, 0], src_kps[k, 1], "o", color=colour, ms=5, mec="black", mew=0.8)
+        ax.plot(pred[k, 0] + off, pred[k, 1], "o", color=colour, ms=5, mec="black", mew=0.8)
     if legend:
-        handles = [Line2D([], [], color=CORRECT, marker="o", label="correct"),
-                   Line2D([], [], color=WRONG, marker="o", label="wrong")]
+        handles = [Line2D([], [], color=CORRECT, marker="o", mec="black", label="correct"),
+                   Line2D([], [], color=WRONG, marker="o", mec="black", label="wrong")]
         if gt is not None:
-            handles.append(Line2D([], [], color="k", marker="x", ls="", label="ground truth"))
-        ax.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.8)
+            handles += [Line2D([], [], label="ground truth", **GT_MARKER),
+                        Line2D([], [], color="0.3", ls="--", label="prediction to ground truth")]
+        ax.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.85)
     if title:
         ax.set_title(title, fontsize=8)
 
@@ -192,13 +204,13 @@ def plot_matches(src_img: torch.Tensor, trg_img: torch.Tensor, src_pts, trg_pts,
     off = side_by_side(ax, src_img, trg_img)
     n = len(src_pts)
     size = 16 if n <= 100 else 9
-    ax.scatter(src_pts[:, 0], src_pts[:, 1], c=colours, s=size, edgecolors="k", linewidths=0.3)
+    ax.scatter(src_pts[:, 0], src_pts[:, 1], c=colours, s=size, edgecolors="k", linewidths=0.6)
     ax.scatter(trg_pts[:, 0] + off, trg_pts[:, 1], c=colours, s=size, edgecolors="k",
-               linewidths=0.3)
+               linewidths=0.6)
     if n:
         for k in np.unique(np.linspace(0, n - 1, min(n, max_lines)).round().astype(int)):
             ax.plot([src_pts[k, 0], trg_pts[k, 0] + off], [src_pts[k, 1], trg_pts[k, 1]], "-",
-                    color=colours[k], lw=0.8, alpha=0.8)
+                    color=colours[k], lw=0.8, alpha=0.9, path_effects=_outlined(1.8))
     if scores is not None and n:
         s = np.asarray(scores, dtype=float)
         title = f"{title}  ({n} points, score median {np.median(s):.3g})".strip()
@@ -220,7 +232,7 @@ def plot_plan_rows(trg_img: torch.Tensor, rows: Mapping[str, torch.Tensor], stri
         trg_img: (3, H, W) network-frame target.
         rows: setting name -> (K, h, w) row of each of K source points, reshaped to the target
             grid (any non-negative scale; each map is divided by its maximum).
-        trg_kps: optional (K, 2) ground truth (white cross); pred: optional name -> (K, 2)
+        trg_kps: optional (K, 2) ground truth (white cross, black edge); pred: optional name -> (K, 2)
             predictions (cyan dot), both in the network frame.
         src_img, src_kps: optional source image and points, drawn as a first column.
     One row of panels per setting, one column per source point.
@@ -253,7 +265,7 @@ def plot_plan_rows(trg_img: torch.Tensor, rows: Mapping[str, torch.Tensor], stri
             ax.set_xlim(-0.5, w - 0.5), ax.set_ylim(h - 0.5, -0.5)
             if trg_kps is not None:
                 g = np.asarray(trg_kps, dtype=float)[c]
-                ax.plot(g[0], g[1], "x", color="white", ms=7, mew=2)
+                ax.plot(g[0], g[1], **GT_MARKER)
             if pred is not None:
                 q = np.asarray(pred[name], dtype=float)[c]
                 ax.plot(q[0], q[1], "o", color="cyan", ms=5, mec="k")
@@ -271,8 +283,10 @@ def plot_dense_warps(src_img: torch.Tensor, trg_img: torch.Tensor,
                      title: str = "", axes=None):
     """One row: source, target, then the target warped into the source frame by each method
     (``warps``: name -> (3, H, W) from :func:`warp_to_source`). Pass ``axes`` (a row of
-    ``2 + len(warps)`` axes) to draw into an existing figure."""
-    panels = [("source", src_img), ("target", trg_img)] + [(f"warped: {k}", v) for k, v in warps.items()]
+    ``2 + len(warps)`` axes) to draw into an existing figure; a figure of its own gets
+    :data:`WARP_CAPTION` below."""
+    panels = ([("source", src_img), ("target", trg_img)]
+              + [(f"target warped into the source\nframe by {k}", v) for k, v in warps.items()])
     own = axes is None
     if own:
         fig, axes = _subplots(path, 1, len(panels), figsize=(2.6 * len(panels), 2.8), squeeze=False)
@@ -286,7 +300,21 @@ def plot_dense_warps(src_img: torch.Tensor, trg_img: torch.Tensor,
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    _caption(fig, WARP_CAPTION)
     return _finish(fig, path)
+
+
+WARP_CAPTION = ("Warped panels: the target image carried into the source frame through each "
+                "method's matches (every source cell shows the target patch its best match points "
+                "to); a good matcher redraws the source object's shape and parts there.")
+
+
+def _caption(fig, text: str) -> None:
+    """A wrapped caption under the figure (kept by ``bbox_inches="tight"``)."""
+    import textwrap
+
+    width = max(int(fig.get_figwidth() * 13), 40)
+    fig.text(0.5, -0.01, textwrap.fill(text, width), ha="center", va="top", fontsize=8)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,6 +372,7 @@ def plot_dense_warp_rows(rows: List[Dict[str, Any]], path: Optional[Union[str, P
     for ax_row, row in zip(axes, rows):
         plot_dense_warps(row["src"], row["trg"], row["warps"], axes=ax_row)
     fig.tight_layout()
+    _caption(fig, WARP_CAPTION)
     return _finish(fig, path)
 
 
