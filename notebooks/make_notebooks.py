@@ -1,10 +1,13 @@
-"""Write the notebooks of this folder (without outputs) from the cell sources below.
+"""Write the notebooks of this folder from the cell sources below, and store them with outputs.
 
-    python notebooks/make_notebooks.py          # rewrite quickstart.ipynb, gwot_explained.ipynb
-    python notebooks/make_notebooks.py --check  # exit 1 if a committed notebook differs
+    python notebooks/make_notebooks.py            # rewrite the sources (keeps no outputs)
+    python notebooks/make_notebooks.py --execute  # rewrite, run top to bottom, store the outputs
+    python notebooks/make_notebooks.py --check    # exit 1 if a committed notebook's cells differ
 
-Edit the cells here, not in Jupyter, so the committed notebooks stay output-free and reviewable;
-``tests/test_notebooks.py`` executes them and checks they match this script.
+Edit the cells here, not in Jupyter, so the notebooks stay reviewable. The committed notebooks
+carry their outputs (figures as PNG at a modest resolution), so a reader of the repository sees
+them; ``--check`` compares the cells' sources only, and ``tests/test_notebooks.py`` executes the
+notebooks and checks they still match this script.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from semcorr.config import load_config
 from semcorr.paths import shared_data_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here runs offline
-os.environ.setdefault("WANDB_MODE", "offline")
 torch.manual_seed(0)
+plt.rcParams["figure.dpi"] = 60  # small PNGs: the notebooks are stored with their outputs
 
 # Set SEMCORR_DINOV2_WEIGHTS=/path/to/dinov2_vitb14_pretrain.pth to use DINOv2 instead of dense SIFT.
 WEIGHTS = os.environ.get("SEMCORR_DINOV2_WEIGHTS")
@@ -386,6 +389,23 @@ def render(name: str) -> str:
     return nbformat.writes(build(NOTEBOOKS[name])) + "\n"
 
 
+def sources(nb: nbformat.NotebookNode) -> List[Tuple[str, str, str]]:
+    """What ``--check`` compares: each cell's id, type and source (not its outputs)."""
+    return [(c.get("id", ""), c.cell_type, c.source) for c in nb.cells]
+
+
+def execute(path: Path, timeout: int = 600) -> None:
+    """Run a notebook top to bottom with this interpreter's kernel and store its outputs."""
+    import nbclient
+
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
+                            resources={"metadata": {"path": str(HERE)}}).execute()
+    for cell in nb.cells:  # keep the file stable between runs
+        cell.get("metadata", {}).pop("execution", None)
+    nbformat.write(nb, path)
+
+
 def main(argv: List[str]) -> int:
     check = "--check" in argv
     stale = []
@@ -393,12 +413,15 @@ def main(argv: List[str]) -> int:
         path = HERE / name
         text = render(name)
         if check:
-            if not path.is_file() or path.read_text() != text:
+            if not path.is_file() or sources(nbformat.read(path, as_version=4)) != sources(
+                    nbformat.reads(text, as_version=4)):
                 stale.append(name)
         else:
             path.write_text(text)
+            if "--execute" in argv:
+                execute(path)
     if stale:
-        sys.stderr.write(f"out of date: {', '.join(stale)}; run python notebooks/make_notebooks.py\n")
+        sys.stderr.write(f"out of date: {', '.join(stale)}; run python notebooks/make_notebooks.py --execute\n")
         return 1
     return 0
 

@@ -300,7 +300,7 @@ def plot_dense_warps(src_img: torch.Tensor, trg_img: torch.Tensor,
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _caption(fig, WARP_CAPTION)
+    caption(fig, WARP_CAPTION)
     return _finish(fig, path)
 
 
@@ -309,7 +309,7 @@ WARP_CAPTION = ("Warped panels: the target image carried into the source frame t
                 "to); a good matcher redraws the source object's shape and parts there.")
 
 
-def _caption(fig, text: str) -> None:
+def caption(fig, text: str) -> None:
     """A wrapped caption under the figure (kept by ``bbox_inches="tight"``)."""
     import textwrap
 
@@ -372,7 +372,7 @@ def plot_dense_warp_rows(rows: List[Dict[str, Any]], path: Optional[Union[str, P
     for ax_row, row in zip(axes, rows):
         plot_dense_warps(row["src"], row["trg"], row["warps"], axes=ax_row)
     fig.tight_layout()
-    _caption(fig, WARP_CAPTION)
+    caption(fig, WARP_CAPTION)
     return _finish(fig, path)
 
 

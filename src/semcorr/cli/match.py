@@ -42,7 +42,7 @@ log = logging.getLogger("semcorr.match")
 
 PROG = "semcorr-match"
 USAGE = f"""usage: {PROG} SRC TRG [--points "x,y;x,y" | --points-file F | --dense [--mask FILE|all]]
-                     [--print-config] [group=name ...] [key.path=value ...]
+                     [--config FILE] [--print-config] [group=name ...] [key.path=value ...]
 
 Transfer points from the source image SRC to the target image TRG; writes matches.json and
 matches.png into out_dir (default runs/<timestamp>).
@@ -95,6 +95,8 @@ def parse_match_args(argv: Sequence[str]) -> tuple[MatchArgs, List[str]]:
             values[key] = value
         elif token == "--dense":
             dense = True
+        elif token in ("--config", "--config-dir"):  # flags of parse_args that take a value
+            rest += [token, *([value] if (value := next(it, None)) is not None else [])]
         elif token.startswith("--") or "=" in token:
             rest.append(token)
         else:

@@ -324,6 +324,11 @@ def _grid(spec: SweepSpec, out_dir: Path, extra: Sequence[str]) -> List[Dict[str
 
 
 def _search(spec: SweepSpec, out_dir: Path, n_trials: int, extra: Sequence[str]):
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError("--search needs Optuna: pip install 'semcorr[search]' (or pip install "
+                          "optuna)") from None
     from semcorr.cli.sweep_search import finished, open_study, run_search, search_space
 
     keys = list(search_space(spec))

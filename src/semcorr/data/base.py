@@ -33,7 +33,8 @@ SUBSETS = ("per_category", "first")
 def subset_indices(categories: Sequence[str], n: int, seed: int) -> List[int]:
     """Indices of ``n`` of the items (given by their categories) that stand for the whole: each
     category gets pairs in proportion to its size (largest remainders; at least one each when
-    ``n`` covers every category), drawn at random with ``seed`` (NumPy PCG64), kept in order.
+    ``n`` covers every category, taken from the category most above its share), drawn at random
+    with ``seed`` (NumPy PCG64), kept in the dataset's order.
 
     Example: 900 PF-WILLOW pairs in 10 subsets of 90, ``n=60`` -> 6 pairs of each subset.
     """
@@ -48,9 +49,10 @@ def subset_indices(categories: Sequence[str], n: int, seed: int) -> List[int]:
     take = {c: int(quota[c]) for c in names}
     for c in sorted(names, key=lambda c: (-(quota[c] - take[c]), names.index(c)))[: n - sum(take.values())]:
         take[c] += 1
-    if n >= len(names):  # every category present: move pairs from the largest shares
+    if n >= len(names):  # every category present: a pair moves from the most over-served one
         for c in [c for c in names if take[c] == 0]:
-            donor = max(names, key=lambda d: (take[d], -names.index(d)))
+            donor = max((d for d in names if take[d] > 1),
+                        key=lambda d: (take[d] - quota[d], -names.index(d)))
             take[donor] -= 1
             take[c] = 1
     rng = np.random.Generator(np.random.PCG64(seed))
