@@ -166,6 +166,10 @@ CASES: Dict[str, Case] = {
     "out-dir-unwritable-train": lambda t: (TRAIN_CMD, [*TRAIN, f"out_dir={UNWRITABLE}"]),
     "out-dir-unwritable-match": lambda t: (MATCH, [*images(t), f"out_dir={UNWRITABLE}"]),
     "out-dir-unwritable-sweep": lambda t: (SWEEP, [*sweep_file(t), f"out_dir={UNWRITABLE}"]),
+    "config-missing": lambda t: (EVAL, ["--config", str(t / "missing.yaml")]),
+    "config-not-a-run": lambda t: (EVAL, ["--config", str(a_file(t, "notes.yaml"))]),
+    "help-unknown-topic": lambda t: (EVAL, ["--help", "nonsense"]),
+    "search-zero": lambda t: (SWEEP, [*sweep_file(t), "--search", "0"]),
 }
 
 

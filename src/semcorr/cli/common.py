@@ -106,9 +106,11 @@ def parse_args(argv: Sequence[str], prog: str, flags: Sequence[str] = ()) -> Arg
 def setup_logging(verbose: bool = False) -> None:
     """semcorr's log on the console: INFO with ``--verbose`` (on global rank 0), else warnings
     only (the console shows progress bars, the results and where they went)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    level = logging.INFO if verbose else logging.WARNING  # other libraries' info too (matplotlib)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
-    logging.getLogger("semcorr").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger().setLevel(level)
+    logging.getLogger("semcorr").setLevel(level)
     quiet_unless(launch_rank_is_zero())
 
 
