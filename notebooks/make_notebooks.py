@@ -24,6 +24,7 @@ SETUP = '''\
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -36,6 +37,7 @@ from semcorr.paths import shared_data_dir
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here runs offline
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 60  # small PNGs: the notebooks are stored with their outputs
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's widget bar; text is fine
 
 # Set SEMCORR_DINOV2_WEIGHTS=/path/to/dinov2_vitb14_pretrain.pth to use DINOv2 instead of dense SIFT.
 WEIGHTS = os.environ.get("SEMCORR_DINOV2_WEIGHTS")
@@ -165,9 +167,16 @@ for name, m in metrics.items():
 viz.plot_pck_curves(runs, title="PCK vs alpha (from each run's metrics.json)")
 plt.show()'''),
     ("code", '''\
-from IPython.display import Image, display
+import io
 
-display(Image(filename=str(runs["GW-OT"] / "keypoints.png"), width=700))'''),
+from IPython.display import Image as Picture, display
+from PIL import Image
+
+picture = Image.open(runs["GW-OT"] / "keypoints.png").convert("RGB")
+picture.thumbnail((700, 700))  # shown at the notebook's width (the file keeps its resolution)
+buffer = io.BytesIO()
+picture.save(buffer, "JPEG", quality=85)  # a JPEG keeps the stored notebook small
+display(Picture(buffer.getvalue()))'''),
 ]
 
 GWOT_EXPLAINED: List[Tuple[str, str]] = [

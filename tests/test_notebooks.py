@@ -65,7 +65,8 @@ def _text(nb) -> str:
 
 
 def _images(nb) -> int:
-    return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    return sum(bool({"image/png", "image/jpeg"} & set(o.get("data", {})))
+               for c in nb.cells for o in c.get("outputs", []))
 
 
 def test_committed_notebooks_carry_small_outputs():

@@ -14,7 +14,7 @@ import sys
 from typing import Any, Dict, Optional
 
 from lightning.pytorch.callbacks.progress import ProgressBar
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: also in notebooks without ipywidgets
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 

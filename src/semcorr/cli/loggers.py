@@ -100,6 +100,8 @@ def make_loggers(cfg: Any, out_dir: str | Path, run_config: Dict[str, Any], name
         from lightning.pytorch.loggers import WandbLogger
 
         quiet = console_is_quiet()  # W&B's banner, sync hints and run summary: --verbose only
+        if quiet:  # W&B checks some init arguments before a run's settings apply: set it up silent
+            wandb.setup(settings=wandb.Settings(silent=True, quiet=True))
         logger = WandbLogger(
             project=cfg.project, group=cfg.group, tags=list(cfg.tags), name=name,
             save_dir=str(out_dir), mode=mode, config=run_config,
