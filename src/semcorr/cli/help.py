@@ -192,9 +192,11 @@ def _files(group: str, extra_dirs: Sequence[str | Path]) -> str:
 # the texts
 # ------------------------------------------------------------------------------------------------
 def usage_line(prog: str, flags: Sequence[str] = ()) -> str:
-    extra = "".join(f" [{f} ...]" for f in flags)
-    return (f"usage: {prog} [group=NAME ...] [key.path=VALUE ...] [--config FILE] "
+    labels = {f[0].split()[0]: f[0] for f in PROGRAMS.get(prog, {}).get("flags", [])}
+    extra = "".join(f" [{labels.get(f, f)}]" for f in flags)
+    text = (f"usage: {prog} [group=NAME ...] [key.path=VALUE ...] [--config FILE] "
             f"[--config-dir DIR] [--print-config] [--verbose] [--help [TOPIC]]{extra}")
+    return textwrap.fill(text, WIDTH, subsequent_indent=" " * (len(prog) + 8), break_on_hyphens=False)
 
 
 def catalogue(extra_dirs: Sequence[str | Path] = ()) -> str:
@@ -220,8 +222,9 @@ def help_text(prog: str, flags: Sequence[str] = (), extra_dirs: Sequence[str | P
     """The full ``--help`` of ``prog`` (``eval.py``, ``train.py``, ``semcorr-match``)."""
     info = PROGRAMS.get(prog, {"what": "", "examples": []})
     own_flags = [f for f in info.get("flags", []) if f[0].split()[0] in flags]
+    tokens = [t for t in TOKENS if not (t[0] == "ckpt=RUN" and prog == "train.py")]  # --resume
     parts = [usage_line(prog, flags), "", textwrap.fill(info["what"], WIDTH), "",
-             "arguments:", two_columns(TOKENS + FLAGS + own_flags), "",
+             "arguments:", two_columns(tokens + FLAGS + own_flags), "",
              catalogue(extra_dirs), top_level_keys()]
     if info["examples"]:
         parts += ["examples:"] + [f"  {cmd}\n      # {why}" for cmd, why in info["examples"]] + [""]
