@@ -105,3 +105,40 @@ def test_eval_writes_figures_and_curve(tmp_path, monkeypatch):
         assert (out / f"{name}.png").stat().st_size > 5_000
     media = list(out.glob("wandb/offline-run-*/files/media/images/*.png"))
     assert {p.name.split("_")[0] for p in media} >= {"keypoints", "pck", "dense"}
+
+
+def test_matches_are_legible_on_any_background_and_linked_to_ground_truth():
+    """Every prediction (correct ones too) is linked to its ground truth; lines and markers carry a
+    black outline; ground truth is a white cross with a black edge (visible on white and black)."""
+    from matplotlib.figure import Figure
+
+    from semcorr import viz
+
+    for background in (0.0, 1.0):
+        image = torch.full((3, 40, 50), background)
+        fig = Figure()
+        ax = fig.subplots()
+        src = np.array([[5.0, 5.0], [20.0, 30.0], [40.0, 10.0]])
+        pred = src + 1.0
+        gt = src + np.array([[0.5, 0.5], [8.0, 0.0], [0.0, 9.0]])
+        viz.draw_matches(ax, image, image, src, pred, gt, np.array([True, False, False]), legend=True)
+        lines = ax.get_lines()
+        links = [l for l in lines if l.get_linestyle() == "--"]
+        assert len(links) == 3  # one per match, the correct one included
+        crosses = [l for l in lines if l.get_marker() == "X"]
+        assert len(crosses) == 3 and all(l.get_markerfacecolor() == "white" and l.get_markeredgecolor() == "black"
+                                         for l in crosses)
+        drawn = [l for l in lines if l.get_linestyle() in ("-", "--")]
+        assert all(l.get_path_effects() for l in drawn)  # outlined
+        dots = [l for l in lines if l.get_marker() == "o"]
+        assert dots and all(l.get_markeredgecolor() == "black" for l in dots)
+
+
+def test_dense_warp_figures_say_what_is_warped_into_what(tmp_path):
+    from semcorr import viz
+
+    image = torch.rand(3, 32, 32)
+    fig = viz.plot_dense_warps(image, image, {"nn": image})
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "target warped into the source\nframe by nn" in titles
+    assert any("target image carried into the source frame" in t.get_text() for t in fig.texts)
