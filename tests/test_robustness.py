@@ -303,7 +303,7 @@ def test_match_decodes_a_huge_jpeg_small_and_answers_in_original_pixels(tmp_path
                      f"out_dir={out}"])
     assert rc == 0
     record = json.loads((out / "matches.json").read_text())
-    assert record["src_size"] == [1024, 1280] and record["trg_size"] == [1024, 1280]
+    assert record["src_size"] == [1280, 1024] and record["trg_size"] == [1280, 1024]  # (width, height)
     got = np.array([m["trg"] for m in record["matches"]])
     want = (cells + [16, 8] + 0.5) * 8 - 0.5
     assert np.abs(got - want).max() < 1.0, got - want
@@ -327,7 +327,7 @@ def test_match_decodes_a_huge_jpeg_small_and_answers_in_original_pixels(tmp_path
     assert rc == "0", proc.stderr[-2000:]
     assert float(grown_mb) < 400, grown_mb  # the full-size float image alone is 576 MB
     record = json.loads((tmp_path / "huge_out" / "matches.json").read_text())
-    assert record["src_size"] == [6000, 8000]
+    assert record["src_size"] == [8000, 6000]  # (width, height)
     cell = 8 * 8000 / 224  # a dense-SIFT cell in original pixels: argmax answers its centre
     assert np.abs(np.array(record["matches"][0]["trg"]) - [4000, 3000]).max() <= cell / 2 + 1
 
