@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_check.sh --device cpu --tiny   # smoke test on a CPU (tests/test_gpu_formulation.py)
 #
 # Options: --device cuda|cpu (default cuda), --tiny (8x8 grids, 5 steps, a 56 px pipeline run),
-# --out DIR (default runs/gpu_check_<date>), --skip-pipeline. Python: $PYTHON (default python);
+# --out DIR (default runs/gpu_check_<date>), --skip-pipeline, --with-compile (adds a section: the
+# gpu step under torch.compile, batch 1 and 8; about 1-2 more minutes). Python: $PYTHON (default python);
 # run from the repository root with semcorr importable (pip install -e ., or PYTHONPATH=src).
 #
 # Sections:
@@ -25,6 +26,7 @@ cd "$(dirname "$0")/.."
 DEVICE=cuda
 TINY=0
 SKIP_PIPELINE=0
+COMPILE=0
 OUT="runs/gpu_check_$(date +%Y%m%d_%H%M%S)"
 PY="${PYTHON:-python}"
 while [ $# -gt 0 ]; do
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
     --tiny) TINY=1; shift ;;
     --out) OUT="$2"; shift 2 ;;
     --skip-pipeline) SKIP_PIPELINE=1; shift ;;
+    --with-compile) COMPILE=1; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -148,6 +151,15 @@ timeout 260 "$PY" benchmarks/matcher.py --device "$DEVICE" --grids "$GRID" --ste
   --methods softmax ot gwot --implementation cpu gpu --cuda-graph off on --precision fp32 --no-dense \
   --json "$OUT/matcher.json" 2>&1 | tee -a "$REPORT"
 [ "${PIPESTATUS[0]}" = 0 ] || STATUS=1
+
+if [ "$COMPILE" = 1 ]; then
+  log ""
+  log "## 2b. the gpu step under torch.compile (fusion headroom; compiled in the warm-up)"
+  timeout 150 "$PY" benchmarks/matcher.py --device "$DEVICE" --grids "$GRID" --steps "$STEPS" --batch $BATCHES \
+    --methods gwot_compiled --precision fp32 --no-dense --no-backward --json "$OUT/matcher_compiled.json" \
+    2>&1 | tee -a "$REPORT"
+  [ "${PIPESTATUS[0]}" = 0 ] || STATUS=1
+fi
 
 log ""
 log "## 3. the paper's Tab. 3 row for semcorr (benchmarks/pipeline.py $PIPE, gwot_tss)"

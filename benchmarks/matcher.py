@@ -32,6 +32,9 @@ Methods (same random features, L2-normalised, cost C = 1 - cos; paper TSS preset
   column is max |T_gwot - T_dense| over the plan. The dense reference costs O(N^3) per step
   (minutes at 60x60): ``--dense-steps K`` runs it for K steps only (the diff is then taken
   against ``gwot`` solved for K steps, untimed, in the same child), ``--no-dense`` skips it;
+- ``gwot_compiled`` (optional, not in the default ``--methods``): the gpu formulation's step
+  (:func:`semcorr.matchers.gwot.solver.gpu_step_function`) under ``torch.compile``, to measure
+  what fusing its elementwise ops buys on a GPU (compiled in the untimed warm-up);
 - ``gwot_bal`` and ``pot``: the POT-comparable problem (balanced marginals, η = 1/ε, no symmetry):
   ours with 10 warm-started Sinkhorn iterations per step, and POT's
   ``entropic_fused_gromov_wasserstein`` (PGD, ``steps`` outer iterations, torch backend), both
@@ -65,7 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the de
 
 LAM, LAM_GW, LAM_UB, EPS, DMIN, DMAX = 0.2, 0.2, 0.05, 0.01, 3.0, 5.0
 METHODS = ("softmax", "nn", "ot", "gwot", "gwot_dense", "gwot_bal", "pot")
-PER_STEP = ("ot", "gwot", "gwot_dense", "gwot_bal", "gwot_bal_dense", "pot")
+OPTIONAL = ("gwot_compiled",)  # not in the default --methods
+PER_STEP = ("ot", "gwot", "gwot_dense", "gwot_bal", "gwot_bal_dense", "pot", "gwot_compiled")
 SOLVERS = ("ot", "gwot", "gwot_bal")
 REFERENCES = ("gwot_dense", "gwot_bal_dense", "pot")  # the methods that take --implementation and --cuda-graph
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -108,6 +112,8 @@ def _run_method(method, grid, steps, cost, backward, solver=None):
         out = solve_gwot(cost, g, g, lam=LAM, lam_gw=LAM_GW, lam_ub=LAM_UB, eps=EPS, delta_min=DMIN,
                          delta_max=DMAX, n_steps=steps, grad="checkpoint" if backward else "detach",
                          **sk).log_plan
+    elif method == "gwot_compiled":
+        out = _compiled_gwot(cost, g, steps, backward)
     elif method == "gwot_dense":
         out = solve_gwot_dense(cost, g, g, lam=LAM, lam_gw=LAM_GW, lam_ub=LAM_UB, eps=EPS,
                                delta_min=DMIN, delta_max=DMAX, n_steps=steps)[0]
@@ -127,6 +133,21 @@ def _run_method(method, grid, steps, cost, backward, solver=None):
         loss = out.sum() if method == "nn" else out[torch.isfinite(out)].exp().pow(2).sum()
         loss.backward()
     return out.detach()
+
+
+def _compiled_gwot(cost, g, steps, backward):
+    """The gpu formulation's step under torch.compile (default mode), looped ``steps`` times
+    (the first call compiles: the untimed warm-up); plan rows as solve_gwot's (no padding)."""
+    from semcorr.matchers.gwot.solver import gpu_step_function
+    from semcorr.matchers.static import exact_fp32
+
+    with torch.set_grad_enabled(backward), exact_fp32(cost.device):
+        step, z, pot = gpu_step_function(cost, g, g, lam=LAM, lam_gw=LAM_GW, lam_ub=LAM_UB, eps=EPS,
+                                         delta_min=DMIN, delta_max=DMAX)
+        compiled = torch.compile(step)
+        for _ in range(steps):
+            z, pot = compiled(z, pot)
+        return torch.log_softmax(z, 2) - torch.log(torch.tensor(float(z.shape[1])))
 
 
 def _pot(cost, g, steps, nu):
@@ -261,7 +282,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (one child each)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--json", default=None, help="write the records to this path")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + OPTIONAL)
     ap.add_argument("--pot-max-grid", type=int, default=32, help="skip POT above this grid")
     ap.add_argument("--dense-backward-max-grid", type=int, default=32,
                     help="skip the dense reference's backward above this grid (memory: O(steps N^2))")
@@ -363,7 +384,7 @@ def _num(v, fmt):
 
 def _fmt(r):
     graph = {True: "on", False: "off"}.get(r.get("cuda_graph"), "-")
-    return (f"{r['method']:<11} {r['grid']:>4} {r['batch']:>5} {r['device']:>6} {r.get('implementation') or '-':>4} "
+    return (f"{r['method']:<13} {r['grid']:>4} {r['batch']:>5} {r['device']:>6} {r.get('implementation') or '-':>4} "
             f"{graph:>5} {r.get('precision', 'fp32'):>4} {_num(r['ms_forward'], '12.1f')} "
             f"{_num(r.get('ms_per_pair'), '9.2f')} {_num(r.get('ms_softmax'), '10.2f')} "
             f"{_num(r.get('x_softmax'), '9.2f')} {_num(r['ms_forward_backward'], '14.1f')} "
@@ -371,7 +392,7 @@ def _fmt(r):
 
 
 def _table(records):
-    head = (f"{'method':<11} {'grid':>4} {'batch':>5} {'device':>6} {'impl':>4} {'graph':>5} {'prec':>4} "
+    head = (f"{'method':<13} {'grid':>4} {'batch':>5} {'device':>6} {'impl':>4} {'graph':>5} {'prec':>4} "
             f"{'ms_forward':>12} {'ms/pair':>9} {'ms_softmax':>10} "
             f"{'x_softmax':>9} {'ms_fwd+bwd':>14} {'peak_mb':>9} {'diff_vs_ref':>12}")
     return "\n".join([head, "-" * len(head)] + [_fmt(r) for r in records])

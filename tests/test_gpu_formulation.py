@@ -329,6 +329,18 @@ def test_implementation_and_cuda_graph_options_are_checked():
             load_config([f"matcher={name}", "matcher.implementation=fast"])
 
 
+def test_exact_fp32_sets_and_restores_the_cudnn_flag():
+    cudnn = torch.backends.cudnn
+    new_api = hasattr(getattr(cudnn, "conv", None), "fp32_precision")
+    read = (lambda: cudnn.conv.fp32_precision) if new_api else (lambda: cudnn.allow_tf32)
+    before = read()
+    with static.cudnn_ieee_fp32():
+        assert read() == ("ieee" if new_api else False)
+    assert read() == before
+    with static.exact_fp32(torch.device("cpu")):  # a no-op off CUDA
+        assert read() == before
+
+
 def test_graph_cache_is_bounded_and_not_copied():
     import copy
     import pickle

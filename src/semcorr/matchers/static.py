@@ -75,6 +75,14 @@ def exact_fp32(device: torch.device):
     if torch.device(device).type != "cuda":
         yield
         return
+    with cudnn_ieee_fp32():
+        yield
+
+
+@contextlib.contextmanager
+def cudnn_ieee_fp32():
+    """The flag behind :func:`exact_fp32`, on any build: cuDNN convolutions in IEEE float32
+    (torch >= 2.9: ``torch.backends.cudnn.conv.fp32_precision``; older: ``allow_tf32``)."""
     conv = getattr(torch.backends.cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9: per-op precision
         prev = conv.fp32_precision
