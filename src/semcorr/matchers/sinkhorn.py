@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from semcorr.matchers import static
+import semcorr.matchers.static as static
 from semcorr.matchers.static import GraphCache
 
 NEG = -1e20  # log-mass outside the support

@@ -65,7 +65,7 @@ from semcorr.matchers.gwot.gpu import StepConfig, StepTensors, gpu_step
 from semcorr.matchers.gwot.options import GWOTOptions
 from semcorr.matchers.gwot.terms import (DiscKernels, SymPairs, disc_kernels, gw_filter, gw_row_term,
                                          sym_gradient, sym_rows, sym_setup, sym_value)
-from semcorr.matchers import static
+import semcorr.matchers.static as static
 from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn, uniform_log_marginals
 from semcorr.matchers.static import GraphCache, autocast_off, exact_fp32, resolve_implementation, solver_dtype
 
