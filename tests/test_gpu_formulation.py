@@ -244,6 +244,12 @@ def test_cuda_graph_step_loop_equals_eager(fake_cuda_graphs):
             a, e = graphed(s, t, pairs[b]).scores, eager(s, t, pairs[b]).scores
             assert torch.equal(a, e)
         assert len(fake_cuda_graphs) == 4 and len(graphed._graphs) == 2
+    graphed = GWOTMatcher(lam_sym=0.5, n_steps=6, implementation="gpu", cuda_graph=True)
+    eager = GWOTMatcher(lam_sym=0.5, n_steps=6, implementation="gpu")
+    for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode):  # captured under inference
+        with mode():  # mode, the graph's buffers still take no_grad calls
+            s, t = (FeatureMap(f.features[:1] * 3, 8, f.valid[:1]) for f in (src, trg))
+            assert torch.equal(graphed(s, t, pairs[:1]).scores, eager(s, t, pairs[:1]).scores)
     with torch.enable_grad():  # autograd: no graph, eager
         cost = _cost(dtype=torch.float32).requires_grad_()
         fake_cuda_graphs.clear()

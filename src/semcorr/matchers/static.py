@@ -177,8 +177,9 @@ def run_graphed(step: Callable[[List[torch.Tensor], List[Optional[torch.Tensor]]
     full_key = (key, _signature(state), _signature(consts))
     entry = cache.get(full_key) if cache is not None else None
     if entry is None:
-        s_state = [x.clone() for x in state]
-        s_consts = [None if c is None else c.clone() for c in consts]
+        with torch.inference_mode(False):  # ordinary tensors: usable under no_grad and inference_mode
+            s_state = [x.clone() for x in state]
+            s_consts = [None if c is None else c.clone() for c in consts]
         replay = _capture(lambda: step(s_state, s_consts))
         entry = (replay, s_state, s_consts)
         if cache is not None:
