@@ -23,6 +23,7 @@ from PIL import Image
 
 from runs import TINY_VIT
 from semcorr.cli import eval as eval_cli
+from semcorr.cli import features as features_cli
 from semcorr.cli import match as match_cli
 from semcorr.cli import sweep as sweep_cli
 from semcorr.cli import train as train_cli
@@ -50,6 +51,10 @@ OTHER_TESTS = {
     "huge-image": "test_robustness.py::test_match_decodes_a_huge_jpeg_small_and_answers_in_original_pixels",
     "train-help": "test_bad_inputs.py::test_train_help_mentions_resume",
     "slow-rate": "test_bad_inputs.py::test_rate_unit_for_slow_runs",
+    "precomputed-bad-file": "test_precomputed.py::test_a_bad_file_found_during_a_run_is_one_line",
+    "precomputed-file-checks": "test_precomputed.py::test_every_file_is_checked",
+    "precomputed-augment": "test_precomputed.py::test_training_with_augmentation_is_refused",
+    "precomputed-mirror-padded": "test_precomputed.py::test_mirrored_files_and_the_mirror_rule",
 }
 
 
@@ -136,9 +141,20 @@ def garbage_weights(tmp: Path) -> Path:
     return path
 
 
+def feature_folder(tmp: Path, image_size: int = 64, resize: str = "square") -> Path:
+    """An empty precomputed-features folder: its features.json only."""
+    from semcorr.backbones.feature_files import FeatureLayout, write_layout
+
+    root = tmp / "feats"
+    write_layout(root, FeatureLayout(stride=8, image_size=image_size, resize=resize, dim=128))
+    return root
+
+
 Case = Callable[[Path], Tuple[Callable, List[str]]]
 EVAL, TRAIN_CMD, MATCH, SWEEP = eval_cli.main, train_cli.main, match_cli.main, sweep_cli.main
-PROG = {EVAL: "eval.py", TRAIN_CMD: "train.py", MATCH: "semcorr-match", SWEEP: "sweep.py"}
+FEATURES = features_cli.main
+PROG = {EVAL: "eval.py", TRAIN_CMD: "train.py", MATCH: "semcorr-match", SWEEP: "sweep.py",
+        FEATURES: "semcorr-features"}
 
 CASES: Dict[str, Case] = {
     "mat-truncated-0": lambda t: (EVAL, truncated_willow(t, 0)),
@@ -166,6 +182,16 @@ CASES: Dict[str, Case] = {
     "out-dir-unwritable-train": lambda t: (TRAIN_CMD, [*TRAIN, f"out_dir={UNWRITABLE}"]),
     "out-dir-unwritable-match": lambda t: (MATCH, [*images(t), f"out_dir={UNWRITABLE}"]),
     "out-dir-unwritable-sweep": lambda t: (SWEEP, [*sweep_file(t), f"out_dir={UNWRITABLE}"]),
+    "precomputed-no-root": lambda t: (EVAL, ["backbone=precomputed"]),
+    "precomputed-no-layout": lambda t: (EVAL, ["backbone=precomputed", f"backbone.root={t}"]),
+    "precomputed-frame": lambda t: (EVAL, ["backbone=precomputed", f"backbone.root={feature_folder(t)}"]),
+    "precomputed-missing-file": lambda t: (EVAL, ["backbone=precomputed", "data.n_pairs.test=2",
+                                                  f"backbone.root={feature_folder(t, 224, 'longer_side_pad')}"]),
+    "upsample-inexact": lambda t: (EVAL, ["backbone.upsample=3"]),
+    "layers-twice": lambda t: (EVAL, [*TINY_VIT, "backbone.layers=[1,-1]"]),
+    "features-format": lambda t: (FEATURES, ["--format", "bogus"]),
+    "features-other-kind": lambda t: (FEATURES, ["data.image_size=64", "data.n_pairs.test=1",
+                                                 f"out_dir={feature_folder(t)}"]),
 }
 
 

@@ -95,6 +95,9 @@ class PlotsConfig:
     curve_max_alpha: float = 0.2  # pck_curve.png and metrics.json "pck_curve": alpha in [0, this]
     dense_warp: bool = True  # dense_warp.png: target warped into the source frame
     warp_compare: List[str] = field(default_factory=list)  # more matcher files in dense_warp.png
+    # pca.png: the kept pairs' features as RGB (first 3 principal components, fitted jointly on
+    # both images' foreground; semcorr.pca)
+    pca: bool = False
 
     def __post_init__(self) -> None:
         number(self, "n_pairs", ge=0, integer=True)

@@ -5,7 +5,8 @@ evaluation the features of each distinct image are computed once. A feature is i
 :meth:`FeatureExtractor.key`: the backbone's ``cache_key()`` (model, weights, layer), the
 network-frame size and a digest of the network-frame pixels -- the content, not the file name, so
 a picture stored twice is computed once and a different resize mode, an augmented copy or an
-edited file never reuses stale features.
+edited file never reuses stale features. A backbone that reads features by image name
+(``needs_ids``, e.g. ``backbone=precomputed``) gets the ids, and its features are keyed on the id.
 
 Stores (:class:`~semcorr.stores.FeatureStore`: ``get(key)`` / ``put(key, tensor)``) are
 :class:`~semcorr.stores.MemoryCache` and :class:`~semcorr.stores.DiskCache`.
@@ -50,15 +51,28 @@ class FeatureExtractor(nn.Module):
         self.dedupe = dedupe
         self.backbone_calls = 0
 
-    def key(self, image: torch.Tensor) -> str:
+    def key(self, image: torch.Tensor, image_id: Optional[str] = None) -> str:
         """``<backbone cache key>|<H>x<W>|<pixel digest>`` of one (3, H, W) network-frame image.
 
         The key names the content, not the file: the same picture under two ids (PF-WILLOW
         subsets share files) is computed once, and an edited or augmented image never reuses
-        stale features.
+        stale features. For a backbone that ``needs_ids`` (its features are files named by the
+        id) the id takes the digest's place.
         """
         h, w = image.shape[-2:]
-        return f"{self.backbone.cache_key()}|{h}x{w}|{image_digest(image)}"
+        content = f"id:{image_id}" if self.needs_ids else image_digest(image)
+        return f"{self.backbone.cache_key()}|{h}x{w}|{content}"
+
+    @property
+    def needs_ids(self) -> bool:
+        return bool(getattr(self.backbone, "needs_ids", False))
+
+    def _compute(self, images: torch.Tensor, ids: Optional[Sequence[str]]) -> FeatureMap:
+        """The backbone on ``images`` (with their ``ids`` when it needs them), counted."""
+        self.backbone_calls += images.shape[0]
+        if self.needs_ids:
+            return self.backbone(images, ids=list(ids))
+        return self.backbone(images)
 
     def _lookup(self, key: str) -> Optional[torch.Tensor]:
         for i, store in enumerate(self.stores):
@@ -79,10 +93,11 @@ class FeatureExtractor(nn.Module):
         # features of a backbone that is being trained go stale after every optimiser step
         trainable = any(p.requires_grad for p in self.backbone.parameters())
         caching = use_cache and bool(self.stores) and ids is not None and not trainable
+        if ids is None and self.needs_ids:
+            raise ValueError(f"{type(self.backbone).__name__} reads features by image id; the batch has none")
         if ids is None or not (caching or self.dedupe):
-            self.backbone_calls += images.shape[0]
-            return self.backbone(images)
-        keys = [self.key(im) for im in images]
+            return self._compute(images, ids)
+        keys = [self.key(im, i) for im, i in zip(images, ids)]
         found: dict[str, torch.Tensor] = {}
         if caching:
             for key in dict.fromkeys(keys):
@@ -96,8 +111,7 @@ class FeatureExtractor(nn.Module):
         stride = self.backbone.stride
         if first:
             todo = list(first.values())
-            fmap = self.backbone(images[todo])
-            self.backbone_calls += len(todo)
+            fmap = self._compute(images[todo], [ids[b] for b in todo])
             stride = fmap.stride
             for key, feats in zip(first, fmap.features):
                 found[key] = feats

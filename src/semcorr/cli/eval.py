@@ -2,7 +2,7 @@
 
 Writes ``<out_dir>/config.yaml``, ``metrics.json`` (with the protocol and a PCK-vs-alpha
 ``pck_curve``), ``predictions.jsonl`` (one line per pair, :mod:`semcorr.predictions`) and the
-figures ``keypoints.png``, ``pck_curve.png`` and ``dense_warp.png`` (``plots.*``), logs to CSV and
+figures ``keypoints.png``, ``pck_curve.png``, ``dense_warp.png`` and ``pca.png`` (``plots.*``), logs to CSV and
 W&B (with a table of the first ``logger.table_pairs`` pairs), and prints a PCK table.
 ``ckpt=RUN`` evaluates a trained run's best checkpoint through the same pipeline (see
 :func:`semcorr.cli.common.resolve_config`).
@@ -48,7 +48,8 @@ def evaluate(argv: Sequence[str]) -> int:
     compare = {name: build_matcher(group_config("matcher", name)) for name in plots.warp_compare}
     report = EvalReport(alpha_grid(plots.curve_max_alpha), keep=plots.n_pairs,
                         rows=cfg.predictions.enabled, max_points=cfg.predictions.max_points,
-                        dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare)
+                        dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare,
+                        pca=plots.pca)
     timing = EvalTiming()
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
     trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,

@@ -3,12 +3,13 @@
 ::
 
     semcorr-match SRC TRG [--points "x,y;x,y" | --points-file F | --dense [--mask M]]
-                  [group=name ...] [key.path=value ...] [ckpt=RUN]
+                  [--pca] [group=name ...] [key.path=value ...] [ckpt=RUN]
 
 Transfers the given source points (pixel coordinates of the original source image, 0-based,
 pixel-index convention) into the target with the configured backbone, head and matcher (or a
 trained run's, with ``ckpt=RUN``), and writes into ``out_dir``: ``matches.json`` (per point:
-source point, target point, score), ``matches.png`` (side-by-side figure) and ``config.yaml``.
+source point, target point, score), ``matches.png`` (side-by-side figure), ``config.yaml`` and,
+with ``--pca``, ``pca.png`` (the pair's features as colours: :mod:`semcorr.pca`).
 
 The pipeline is :mod:`semcorr.inference` (the evaluation pipeline on one pair); dense points
 (``--dense``, ``--mask``) come from :mod:`semcorr.foreground`.
@@ -39,7 +40,7 @@ log = logging.getLogger("semcorr.match")
 
 PROG = "semcorr-match"
 USAGE = f"""usage: {PROG} SRC TRG [--points "x,y;x,y" | --points-file F | --dense [--mask FILE|all]]
-                     [--print-config] [group=name ...] [key.path=value ...]
+                     [--pca] [--print-config] [group=name ...] [key.path=value ...]
 
 Transfer points from the source image SRC to the target image TRG; writes matches.json and
 matches.png into out_dir (default runs/<timestamp>).
@@ -49,6 +50,8 @@ matches.png into out_dir (default runs/<timestamp>).
                        (one "x,y" or "x y" per line, # comments)
   --dense              a grid of foreground points (one per backbone cell)
   --mask FILE|all      dense foreground: a mask image, or all cells (default: border contrast)
+  --pca                also write pca.png: the first 3 principal components of both images'
+                       features, fitted jointly on their foreground, as RGB
 
 Examples:
   {PROG} a.jpg b.jpg --points "120,80;200,150" backbone=dsift matcher=nn out_dir=out
@@ -65,6 +68,7 @@ class MatchArgs:
     points_file: Optional[str] = None
     dense: bool = False
     mask: Optional[str] = None
+    pca: bool = False
     tokens: List[str] = field(default_factory=list)
 
 
@@ -76,7 +80,7 @@ def parse_match_args(argv: Sequence[str]) -> tuple[MatchArgs, List[str]]:
     positional: List[str] = []
     rest: List[str] = []
     values: Dict[str, Optional[str]] = {"--points": None, "--points-file": None, "--mask": None}
-    dense = False
+    dense = pca = False
     it = iter(argv)
     for token in it:
         if token in ("-h", "--help"):
@@ -92,6 +96,8 @@ def parse_match_args(argv: Sequence[str]) -> tuple[MatchArgs, List[str]]:
             values[key] = value
         elif token == "--dense":
             dense = True
+        elif token == "--pca":
+            pca = True
         elif token.startswith("--") or "=" in token:
             rest.append(token)
         else:
@@ -106,7 +112,7 @@ def parse_match_args(argv: Sequence[str]) -> tuple[MatchArgs, List[str]]:
     if values["--mask"] is not None and not dense:
         raise InputError("--mask only applies with --dense")
     args = MatchArgs(src=positional[0], trg=positional[1], points=values["--points"],
-                     points_file=values["--points-file"], dense=dense, mask=values["--mask"])
+                     points_file=values["--points-file"], dense=dense, mask=values["--mask"], pca=pca)
     return args, rest
 
 
@@ -236,9 +242,14 @@ def run(argv: Sequence[str]) -> int:
     plot_matches(src_img, trg_img, to_reduced(match.src_points, src_k),
                  to_reduced(match.trg_points, trg_k), out_dir / "matches.png",
                  scores=match.scores, title=f"{cfg.backbone.name} + {cfg.matcher.name}")
-    log.info("matched %d points; wrote %s and %s", len(points), out_dir / "matches.json",
-             out_dir / "matches.png")
-    sys.stdout.write(f"{len(points)} matches -> {out_dir / 'matches.json'}, {out_dir / 'matches.png'}\n")
+    written = [out_dir / "matches.json", out_dir / "matches.png"]
+    if margs.pca:
+        from semcorr.pca import pca_panel
+        from semcorr.viz import plot_pca_rows
+
+        written.append(plot_pca_rows([pca_panel(match.batch, match.out, 0)], out_dir / "pca.png"))
+    log.info("matched %d points; wrote %s", len(points), ", ".join(map(str, written)))
+    sys.stdout.write(f"{len(points)} matches -> {', '.join(map(str, written))}\n")
     return 0
 
 
