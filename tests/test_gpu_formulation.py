@@ -372,7 +372,42 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     path = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=path, HF_HUB_OFFLINE="1")
     res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--tiny",
-                          "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+                          "--out", str(out)], capture_output=True, text=True, timeout=1500, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     report = (out / "gpu_check.txt").read_text()
     assert "plans: OK" in report and "gwot" in report and "x_softmax" in report
+    # section 3: the pipeline through the data path and the feature extractor, the Tab. 3 lines
+    # (batch 1 and 2, NN and GW-OT, a training step) and the precision agreement
+    assert "Tab. 3 for semcorr" in report and "ERROR" not in report
+    assert report.count("| cpu | DINOv2-S/14 | 56 (4x4) | ") == 2
+    assert "bf16 (runs as bf16): feature rel. error" in report
+
+
+def test_pipeline_benchmark_jobs_and_tab3_row():
+    """benchmarks/pipeline.py: on CUDA one child per (backbone, size, precision) runs every
+    configuration (peak memory reset per batch), on a CPU one child per configuration (an honest
+    peak RSS); the Tab. 3 line puts features, both matchers, totals and the training step side by side."""
+    import argparse
+
+    import pipeline
+
+    a = argparse.Namespace(backbones=["b"], sizes=[840], precision=["auto", "bf16"], batch=[1, 8],
+                           matchers=["nn", "gwot_tss"], cuda_graph=["off", "on"], train=True, agreement=True,
+                           device="cuda", repeats=3, resize="square", threads=None, train_precision="bf16-mixed")
+    cuda = pipeline.jobs(a)
+    assert [(j["precision"], len(j["configs"])) for j in cuda] == [("auto", 8), ("bf16", 8)]
+    assert [bool(j.get("agreement")) for j in cuda] == [False, True]
+    a.device = "cpu"
+    assert len(pipeline.jobs(a)) == 16
+    common = dict(backbone="dinov2_vitb14", size=840, grid=60, precision="auto", device="cuda", gpu="H100",
+                  resolved_precision="tf32", batch=8, worker_ms=30.0, digest_ms=9.0)
+    records = [dict(common, kind="inference", matcher="nn", cuda_graph=False, feat_ms=10.0, match_ms=1.0,
+                    total_ms=11.5, peak_mb=900.0),
+               dict(common, kind="inference", matcher="gwot_tss", cuda_graph=True, feat_ms=10.2, match_ms=4.0,
+                    total_ms=14.5, peak_mb=1200.0),
+               dict(common, kind="train_step", matcher="gwot_tss (checkpoint)", cuda_graph=None, feat_ms=None,
+                    match_ms=None, total_ms=80.0, peak_mb=5000.0, digest_ms=None)]
+    rows = pipeline.tab3_rows(records)
+    assert rows[-2] == ("| H100 | DINOv2-B/14 | 840 (60x60) | 8 | auto (tf32) | gwot_tss, graph on | 10.0 | 1.0 "
+                        "| 4.0 | 11.5 | 14.5 | 900 / 1200 | 80.0 (5000 MB) | 30.0 (9.0) |")
+    assert rows[-1].startswith("paper (RTX 4090)")

@@ -40,6 +40,7 @@ from semcorr.backbones.upsample import upsampled_stride
 from semcorr.checks import number, one_of
 from semcorr.registry import configured, register
 from semcorr.errors import ConfigError, DataError, SemcorrError, first_sentence
+from semcorr.precision import BACKBONE_PRECISIONS, backbone_precision, resolve_backbone_precision
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ class DinoV2Config(BackboneConfig):
     # facebookresearch code: plain models bicubic with scale factor (n + 0.1) / 37, no antialias;
     # register models exact size, antialiased) | timm (timm's resampling: exact size, antialiased)
     pos_embed: str = "official"
+    # the ViT's compute precision (docs/backbones.md, "Precision"): auto (an active autocast is
+    # followed, else tf32 on CUDA and exact fp32 elsewhere) | fp32 | tf32 | bf16; features are
+    # returned in float32 whatever it is
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,6 +98,7 @@ class DinoV2Config(BackboneConfig):
                 raise ValueError(f"layers must be a list of block indices (integers), got {list(self.layers)!r}")
         one_of(self, "fuse", FUSE_MODES)
         one_of(self, "pos_embed", POS_EMBED_MODES)
+        one_of(self, "precision", BACKBONE_PRECISIONS)
 
 
 class WeightsUnavailable(SemcorrError, RuntimeError):
@@ -238,12 +244,18 @@ class DinoV2(Backbone):
     embedding, the class / register tokens and the final norm (for training a random ViT from
     scratch). Blocks after ``layer`` never train (their output is unused). Frozen modules
     (:meth:`frozen_modules`) are in eval mode from construction on, and :meth:`train` keeps them so.
+
+    ``precision`` (:data:`semcorr.precision.BACKBONE_PRECISIONS`) is the ViT's compute precision
+    (:func:`semcorr.precision.backbone_precision`): ``auto`` follows an active autocast (the
+    trainer's ``bf16-mixed``), else TF32 on CUDA and exact float32 elsewhere; ``fp32`` is exact
+    float32 even under an autocast. The features are returned in float32 whatever it is.
     """
 
     def __init__(self, cfg: Optional[DinoV2Config] = None, **overrides) -> None:
         super().__init__()
         cfg = configured(DinoV2Config, cfg, **overrides)
         self.pos_embed_mode = cfg.pos_embed
+        self.precision = cfg.precision
         self._pos_cache: Dict[tuple, torch.Tensor] = {}
         self.model_name = MODELS.get(cfg.model, cfg.model)
         self.weights = cfg.weights
@@ -278,16 +290,28 @@ class DinoV2(Backbone):
         return self.trainable_blocks == -1
 
     def cache_key(self) -> str:
-        """Model, weights, block(s) and their fusion, norm, position-embedding resizing and
-        architecture overrides. Randomly initialised models get a per-instance id, so no cache
-        ever mixes two random draws."""
+        """Model, weights, block(s) and their fusion, norm, position-embedding resizing,
+        architecture overrides and the compute precision as a call now resolves it
+        (:meth:`resolved_precision`; float32 features keep the key they had before the option
+        existed). Randomly initialised models get a per-instance id, so no cache ever mixes two
+        random draws."""
         weights = Path(str(self.weights)).name if self.weights not in ("none", "", None) else \
             f"random-{self._instance}"
         extra = ",".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items()))
         blocks = f"l{self.layer}" if len(self.layers) == 1 else \
             f"l{'+'.join(map(str, self.layers))}-{self.fuse}"
+        resolved = self.resolved_precision()
+        precision = "" if resolved == "fp32" else f"-{resolved}"
+        weights_dtype = self.vit.patch_embed.proj.weight.dtype  # e.g. trainer.precision=bf16-true
+        if weights_dtype != torch.float32:
+            precision += "-w" + str(weights_dtype).replace("torch.", "")
         return (f"dinov2-{self.model_name}-{weights}-{blocks}-n{int(self.norm)}"
-                f"-pe{self.pos_embed_mode}-{extra}")
+                f"-pe{self.pos_embed_mode}-{extra}{precision}")
+
+    def resolved_precision(self) -> str:
+        """``backbone.precision`` for a call now: on the weights' device, under the current
+        autocast (:func:`semcorr.precision.resolve_backbone_precision`)."""
+        return resolve_backbone_precision(self.precision, self.mean.device)
 
     def _first_trainable_block(self) -> int:
         depth = len(self.vit.blocks)
@@ -374,7 +398,7 @@ class DinoV2(Backbone):
         grad = torch.is_grad_enabled() and self.trainable_blocks != 0
         vit = self.vit
         b, _, height, width = images.shape
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), backbone_precision(self.resolved_precision(), images.device):
             # timm's forward_intermediates, stopped at block ``layer``
             x = vit.norm_pre(vit.patch_drop(self._embed(x)))
             taken = {}
@@ -386,5 +410,5 @@ class DinoV2(Backbone):
             x = tokens[0] if len(tokens) == 1 else (
                 torch.cat(tokens, dim=-1) if self.fuse == "concat" else torch.stack(tokens).mean(0))
             h, w = height // self.stride, width // self.stride
-            feats = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
-        return FeatureMap(features=feats, stride=self.stride)
+            feats = x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        return FeatureMap(features=feats.float().contiguous(), stride=self.stride)

@@ -16,6 +16,7 @@ from semcorr.checks import number, one_of
 from semcorr.registry import GroupConfig
 from semcorr.errors import ConfigError, DataError
 from semcorr.metrics.protocol import DIRECTIONS, Protocol, protocol
+from semcorr.digest import image_digest
 from semcorr.stores import MemoryCache
 from semcorr.data.resize import RESIZE_MODES, resize_image, to_network
 from semcorr.data.schema import swap_sides
@@ -184,6 +185,11 @@ class PairDataset(Dataset):
     ``direction`` (set by the run builder from the protocol): ``trg_to_src`` serves every pair
     with the roles of its images swapped (:func:`semcorr.data.schema.swap_sides`), so the whole
     pipeline predicts target keypoints in the source and PCK scores them against the source.
+
+    ``image_digests`` (default True): samples carry ``src_digest`` / ``trg_digest``, the content
+    digests of the network-frame images (:mod:`semcorr.digest`) that the feature caches key on,
+    computed here, in the data workers, rather than on the device in the timed loop. The
+    datamodule turns them off for the training split (training uses no feature cache).
     """
 
     protocols: Dict[str, Protocol] = {"default": protocol(threshold_by="bbox")}
@@ -205,6 +211,7 @@ class PairDataset(Dataset):
         self.image_cache = MemoryCache(cfg.image_cache_mb)
         self.transform = None  # optional paired augmentation (training), see semcorr.data.transforms
         self.direction = "src_to_trg"
+        self.image_digests = True
 
     @property
     def protocol(self) -> Protocol:
@@ -279,6 +286,9 @@ class PairDataset(Dataset):
         if self.transform is not None:
             pair = self.transform(pair)
         sample = self.make_sample(self.records[index], pair)
+        if self.image_digests:  # after any augmentation: the pixels the backbone will see
+            sample["src_digest"] = image_digest(sample["src_img"])
+            sample["trg_digest"] = image_digest(sample["trg_img"])
         if self.direction == "trg_to_src":
             sample = swap_sides(sample)
         sample["index"] = index

@@ -13,6 +13,7 @@ from semcorr.backbones.base import FeatureMap
 from semcorr.errors import NumericalError
 from semcorr.matchers.sinkhorn import MARGINALS
 from semcorr.matchers.transfer import TransferConfig
+from semcorr.precision import autocast_off
 from semcorr.registry import GroupConfig
 
 
@@ -59,29 +60,42 @@ class Matcher(nn.Module):
         raise NotImplementedError
 
 
+def score_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype similarities are computed in: float64 for float64 input, else float32 (half
+    precision features are upcast; docs/backbones.md, "Precision")."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def cosine_similarity(src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
-    """(B, Ns, Nt) cosine similarity of L2-normalised features; -inf at invalid target cells."""
-    a = nn.functional.normalize(src.flat(), dim=-1)
-    b = nn.functional.normalize(trg.flat(), dim=-1)
-    sim = a @ b.transpose(1, 2)
+    """(B, Ns, Nt) cosine similarity of L2-normalised features; -inf at invalid target cells.
+
+    Computed in float32 (float64 for float64 features) with autocast off, so a bf16 / fp16
+    autocast around it (``trainer.precision=bf16-mixed``) leaves every score, and the argmax
+    and softmax taken of it, as in float32."""
+    dt = score_dtype(src.features)
+    with autocast_off(src.features.device):
+        a = nn.functional.normalize(src.flat().to(dt), dim=-1)
+        b = nn.functional.normalize(trg.flat().to(dt), dim=-1)
+        sim = a @ b.transpose(1, 2)
     if trg.valid is not None:
         sim = sim.masked_fill(~trg.valid.flatten(1)[:, None, :], float("-inf"))
     return sim
 
 
 def cosine_cost(src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
-    """(B, Ns, Nt) C = 1 - cos(y_i, ŷ_j), computed in float32 (or float64 for float64 input)."""
-    dt = torch.float64 if src.features.dtype == torch.float64 else torch.float32
-    a = nn.functional.normalize(src.flat().to(dt), dim=-1)
-    b = nn.functional.normalize(trg.flat().to(dt), dim=-1)
-    return 1.0 - a @ b.transpose(1, 2)
+    """(B, Ns, Nt) C = 1 - cos(y_i, ŷ_j), computed in float32 (or float64 for float64 input),
+    autocast off."""
+    dt = score_dtype(src.features)
+    with autocast_off(src.features.device):
+        a = nn.functional.normalize(src.flat().to(dt), dim=-1)
+        b = nn.functional.normalize(trg.flat().to(dt), dim=-1)
+        return 1.0 - a @ b.transpose(1, 2)
 
 
 def similarity_cost(similarity: torch.Tensor) -> torch.Tensor:
     """(B, Ns, Nt) C = 1 - s for a given (e.g. consensus-refined) similarity; -inf entries (invalid
     target cells, which the solvers mask anyway) become a finite cost of 2."""
-    dt = torch.float64 if similarity.dtype == torch.float64 else torch.float32
-    s = similarity.to(dt)
+    s = similarity.to(score_dtype(similarity))
     return 1.0 - torch.where(torch.isfinite(s), s, torch.full_like(s, -1.0))
 
 

@@ -1,4 +1,5 @@
-"""Static, sync-free execution of the OT-family solvers on accelerators (a leaf: torch only).
+"""Static, sync-free execution of the OT-family solvers on accelerators (a leaf: torch and
+:mod:`semcorr.precision` only).
 
 The solvers have two formulations, chosen by the ``implementation`` setting
 (:data:`IMPLEMENTATIONS`; ``auto`` picks by the cost's device, :func:`resolve_implementation`):
@@ -23,6 +24,8 @@ from typing import Callable, Hashable, List, Optional, Sequence
 
 import torch
 
+from semcorr.precision import autocast_off  # noqa: F401  (the solvers' autocast switch)
+
 IMPLEMENTATIONS = ("auto", "cpu", "gpu")
 
 
@@ -44,15 +47,6 @@ def check_static_options(opts) -> None:
                          f"got {opts.implementation!r}")
     if not isinstance(opts.cuda_graph, bool):
         raise ValueError(f"cuda_graph must be true or false, got {opts.cuda_graph!r}")
-
-
-def autocast_off(device: torch.device):
-    """Autocast disabled for a solve (the filters and Sinkhorn's products stay in the solver's
-    precision); a no-op where autocast does not exist (e.g. meta)."""
-    available = getattr(torch.amp, "is_autocast_available", None)
-    if available is not None and not available(torch.device(device).type):
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, enabled=False)
 
 
 def solver_dtype(x: torch.Tensor) -> torch.Tensor:
