@@ -142,9 +142,12 @@ def check_finite_inputs(src: FeatureMap, trg: FeatureMap, src_ids: Optional[Sequ
         if bool(bad.any()):
             b = int(bad.flatten(1).any(1).nonzero()[0])
             n, total = int(bad[b].sum()), bad[b].numel()
+            cells = [tuple(c) for c in bad[b].nonzero().tolist()[:3]]
+            where = ", ".join(f"({r}, {c})" for r, c in cells) + (", ..." if n > len(cells) else "")
             raise NumericalError(
                 f"non-finite features (NaN or Inf) in {n} of {total} cells of {_where(ids, b, side)} "
-                "entering the matcher; check the image file, backbone.weights and trainer.precision")
+                f"entering the matcher (cells (row, column): {where}); check the image file, "
+                "backbone.weights and trainer.precision")
     if similarity is not None:
         bad = torch.isnan(similarity) | (similarity == float("inf"))
         if bool(bad.any()):

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
-from semcorr.matchers.base import Matcher, MatcherConfig, MatchResult, masks, match_cost
+from semcorr.matchers.base import (Matcher, MatcherConfig, MatchResult, check_finite_inputs,
+                                   masks, match_cost)
 from semcorr.matchers.gwot.crop import crop_pairwise, crop_to_valid, remap_cells, uncrop
 from semcorr.matchers.gwot.options import GWOTOptions
 from semcorr.matchers.gwot.solver import solve_gwot
@@ -65,6 +66,8 @@ class GWOTMatcher(Matcher):
             MatchResult: scores (B, h*w, h'*w') = log T (-inf at invalid target cells); extras
             ``objective`` (B, n_steps) if ``return_objective``, ``step_size`` (B,).
         """
+        # one NaN would make the whole plan NaN: refuse it, naming the cells (also when used alone)
+        check_finite_inputs(src, trg, similarity=similarity)
         with torch.autocast(src.features.device.type, enabled=False):
             # Solve on the bounding box of the valid cells (exact: padded cells carry no mass).
             src_c, s_box = crop_to_valid(src)
