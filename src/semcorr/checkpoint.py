@@ -82,7 +82,8 @@ def typed_config(saved: Dict[str, Any]) -> DictConfig:
     except ConfigError:
         raise
     except Exception as err:  # a key the current schemas no longer know
-        raise ConfigError(f"the saved config does not fit the current schemas: {err}") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"the saved config does not fit the current schemas: {first}") from None
     OmegaConf.set_struct(cfg, True)
     return cfg
 

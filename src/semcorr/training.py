@@ -103,8 +103,9 @@ class LastCheckpoint(ModelCheckpoint):
     and ``--resume`` then used. The final save happens at the end of the last training batch
     (``max_steps`` reached, the last batch of ``max_epochs``, or a stop requested), where the loop
     state is the one ``--resume`` continues exactly from; ``on_train_end`` saves only if training
-    ended otherwise. Nothing is saved when training raises (the last good state stays). A SIGTERM
-    in a one-process run saves at the end of the batch it arrived in, before the run stops.
+    ended otherwise. It is also written after every validation (``checkpointing.every_n_steps=0``:
+    only then). Nothing is saved when training raises (the last good state stays), except that a
+    SIGTERM in a one-process run saves at the end of the step it arrived in, before the run stops.
     """
 
     def __init__(self, dirpath: Any, every_n_train_steps: int | None = None) -> None:
@@ -143,6 +144,37 @@ class LastCheckpoint(ModelCheckpoint):
             return
         if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """``last.ckpt`` after every validation in training (Lightning 2.6 writes ``last`` at
+        validation only along with a top-k checkpoint of the same callback, so with
+        ``checkpointing.every_n_steps=0`` it was never written until the run ended)."""
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # sanity check, or saved this step
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        """A SIGTERM noticed after this step's batch-end hooks stops the run at the end of the
+        step (Lightning's check closes ``on_advance_end``): save ``last.ckpt`` there, in the state
+        a save at this step's validation end has, so ``--resume`` continues exactly. One process
+        only (see :meth:`_ending`)."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        loop = trainer.fit_loop.epoch_loop
+        if not isinstance(exception, SIGTERMException) or trainer.world_size != 1 \
+                or self._should_skip_saving_checkpoint(trainer) or not trainer.training \
+                or not hasattr(loop, "_batches_that_stepped") \
+                or getattr(loop, "_is_training_done", True):  # only the mid-epoch stop
+            return
+        # the loggers' step counter moves on at the very end of a step; checkpoints written inside
+        # the step (at validation end) hold the value before that, and restoring one moves it on
+        # again (as Lightning itself does around its epoch-end logging)
+        loop._batches_that_stepped -= 1
+        try:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            loop._batches_that_stepped += 1
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

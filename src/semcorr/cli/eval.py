@@ -28,6 +28,7 @@ from semcorr.cli.common import (check_out_dir, make_out_dir, parse_args, pck_tab
                                 write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers, wandb_loggers
 from semcorr.config import group_config, save_config
+from semcorr.distributed import launch_rank_is_zero
 from semcorr.errors import DataError
 from semcorr.figures import prediction_table, write_eval_figures
 from semcorr.interrupt import RunInterrupted, interrupting_signal
@@ -47,7 +48,8 @@ def evaluate(argv: Sequence[str]) -> int:
         return 0
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
-    check_run_folder(out_dir, args.overwrite)
+    if launch_rank_is_zero():  # the other processes of a distributed run write nothing
+        check_run_folder(out_dir, args.overwrite)
     run = build_run(cfg, stage="test")
     plots = cfg.plots
     compare = {name: build_matcher(group_config("matcher", name)) for name in plots.warp_compare}

@@ -218,9 +218,12 @@ def _fit(cfg: DictConfig, run: Run, out_dir: Path, resume: Optional[ResumePoint]
 
 def interrupted_detail(summary: Dict[str, Any], out_dir: Path) -> str:
     """What an interrupted run kept, for its one-line message."""
-    kept = (f"last checkpoint {summary['last_checkpoint']} (step {summary['last_checkpoint_step']}); "
-            f"continue with: train.py --resume {out_dir}" if summary["last_checkpoint"]
-            else "no checkpoint was written")
+    if summary["last_checkpoint"]:
+        kept = (f"last checkpoint {summary['last_checkpoint']} (step {summary['last_checkpoint_step']}); "
+                f"continue with: train.py --resume {out_dir}")
+    else:
+        kept = "no last.ckpt was written" + (f" (best checkpoint: {summary['best_checkpoint']})"
+                                             if summary["best_checkpoint"] else "")
     return f"training stopped at step {summary['global_step']}; {kept}"
 
 
