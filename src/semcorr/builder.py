@@ -166,6 +166,7 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
     protocol = run_protocol(cfg, dataset)
     if dataset is not None:  # target -> source protocols serve every pair swapped
         dataset.set_direction(protocol.direction)
+        dataset.check_protocol(protocol)  # a threshold L > 0 for every scored pair
     metric = PCK(list(cfg.metric.alphas), protocol,
                  categories=dataset.categories if dataset is not None else ("all",))
     optim = OmegaConf.to_object(cfg.optim) if training else None

@@ -120,8 +120,9 @@ class FeatureExtractor(nn.Module):
             stride = fmap.stride
             for key, feats in zip(first, fmap.features):
                 found[key] = feats
-                if caching:
+                if caching:  # a copy: a slice would keep the whole batch's storage alive
+                    own = feats.detach().clone()
                     for store in self.stores:
-                        store.put(key, feats.detach())
+                        store.put(key, own)
         feats = torch.stack([found[k].to(images.device) for k in keys])
         return FeatureMap(features=feats, stride=stride)

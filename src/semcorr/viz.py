@@ -20,6 +20,7 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from semcorr.atomic import atomic_open
 from semcorr.metrics.functional import correct_at
 from semcorr.metrics.protocol import Protocol
 from semcorr.predictions import spread
@@ -46,7 +47,8 @@ def _finish(fig, path: Optional[Union[str, Path]], dpi: int = 100):
         return fig
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:  # a killed run never leaves half a PNG
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi, bbox_inches="tight")
     return path
 
 

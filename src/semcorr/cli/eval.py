@@ -28,21 +28,28 @@ from semcorr.cli.common import (check_out_dir, make_out_dir, parse_args, pck_tab
                                 write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers, wandb_loggers
 from semcorr.config import group_config, save_config
+from semcorr.distributed import launch_rank_is_zero
+from semcorr.errors import DataError
 from semcorr.figures import prediction_table, write_eval_figures
+from semcorr.interrupt import RunInterrupted, interrupting_signal
 from semcorr.matchers import build_matcher
 from semcorr.metrics import alpha_grid, curve_entry
 from semcorr.predictions import write_predictions
 from semcorr.report import EvalReport, EvalTiming
+from semcorr.rundir import check_run_folder, claim_run_folder
 
 log = logging.getLogger("semcorr.eval")
 
 
 def evaluate(argv: Sequence[str]) -> int:
-    cfg = resolve_config(parse_args(argv, "eval.py"))
+    args = parse_args(argv, "eval.py", flags=("--overwrite",))
+    cfg = resolve_config(args)
     if cfg is None:
         return 0
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
+    if launch_rank_is_zero():  # the other processes of a distributed run write nothing
+        check_run_folder(out_dir, args.overwrite)
     run = build_run(cfg, stage="test")
     plots = cfg.plots
     compare = {name: build_matcher(group_config("matcher", name)) for name in plots.warp_compare}
@@ -56,10 +63,10 @@ def evaluate(argv: Sequence[str]) -> int:
                         callbacks=[report, timing], default_root_dir=str(out_dir),
                         enable_checkpointing=False)
     quiet_unless(trainer.is_global_zero)
+    lock = None
     if trainer.is_global_zero:
         make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
-        for stale in ("metrics.json", "predictions.jsonl"):  # an earlier run's, not this config's
-            (out_dir / stale).unlink(missing_ok=True)
+        lock = claim_run_folder(out_dir, args.overwrite)  # --overwrite: an earlier run's files go
         save_config(cfg, out_dir)
     log.info("evaluating %d pairs of %s (%s) with %s + %s on %d process(es)", len(run.dataset),
              cfg.data.name, cfg.data.split, cfg.backbone.name, cfg.matcher.name, trainer.world_size)
@@ -68,8 +75,16 @@ def evaluate(argv: Sequence[str]) -> int:
         with share_out_dir(cfg):
             metrics = _evaluate(cfg, trainer, run, report, timing, loggers, out_dir)
         success = True
+    except BaseException as err:
+        signum = interrupting_signal(err)
+        if signum is None:
+            raise
+        raise RunInterrupted(signum, f"the evaluation stopped; no {out_dir / 'metrics.json'} "
+                                     "was written") from None
     finally:
         finish_loggers(loggers, success)
+        if lock is not None:
+            lock.release()
     if not trainer.is_global_zero:
         return 0
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
@@ -88,6 +103,9 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
     trainer.test(run.module, datamodule=run.datamodule, verbose=False)
     seconds = time.perf_counter() - t0
     result = report.result
+    if result["n_pairs"] == 0:
+        raise DataError(f"no pair of data={cfg.data.name} ({cfg.data.split}) has a valid keypoint: "
+                        "nothing was scored, no metrics.json written")
     metrics = {
         "dataset": cfg.data.name,
         "split": cfg.data.split,

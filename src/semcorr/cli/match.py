@@ -27,9 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
+from semcorr.atomic import write_text
 from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, resolve_config,
                                 run_main, usage)
 from semcorr.config import save_config
+from semcorr.rundir import check_run_folder, claim_run_folder
 from semcorr.data.base import load_image_reduced
 from semcorr.data.resize import check_size
 from semcorr.errors import InputError
@@ -40,10 +42,11 @@ log = logging.getLogger("semcorr.match")
 
 PROG = "semcorr-match"
 USAGE = f"""usage: {PROG} SRC TRG [--points "x,y;x,y" | --points-file F | --dense [--mask FILE|all]]
-                     [--pca] [--print-config] [group=name ...] [key.path=value ...]
+                     [--pca] [--print-config] [--overwrite] [group=name ...] [key.path=value ...]
 
 Transfer points from the source image SRC to the target image TRG; writes matches.json and
-matches.png into out_dir (default runs/<timestamp>).
+matches.png into out_dir (default runs/<timestamp>-<random>; an out_dir holding an earlier run's
+results needs --overwrite).
 
   --points "x,y;x,y"   source points, original-image pixels (0-based)
   --points-file F      the same from a file: .json ([[x, y], ...] or {{"points": [...]}}) or text
@@ -208,11 +211,12 @@ def dump_matches(record: Dict[str, Any]) -> str:
 
 def run(argv: Sequence[str]) -> int:
     margs, rest = parse_match_args(argv)
-    args = parse_args(rest, PROG)
+    args = parse_args(rest, PROG, flags=("--overwrite",))
     cfg = resolve_config(args)
     if cfg is None:
         return 0
     out_dir = check_out_dir(cfg.out_dir)
+    check_run_folder(out_dir, args.overwrite)
     points = None
     if margs.points is not None:
         points = parse_points(margs.points)
@@ -234,20 +238,21 @@ def run(argv: Sequence[str]) -> int:
                          factors=(src_k, trg_k), sizes=(src_hw, trg_hw),
                          names=(str(margs.src), str(margs.trg)))
     make_out_dir(out_dir)
-    save_config(cfg, out_dir)
-    record = matches_record(match, margs.src, margs.trg, cfg, margs.dense)
-    (out_dir / "matches.json").write_text(dump_matches(record))
-    from semcorr.viz import plot_matches
+    with claim_run_folder(out_dir, args.overwrite):
+        save_config(cfg, out_dir)
+        record = matches_record(match, margs.src, margs.trg, cfg, margs.dense)
+        write_text(out_dir / "matches.json", dump_matches(record))
+        from semcorr.viz import plot_matches
 
-    plot_matches(src_img, trg_img, to_reduced(match.src_points, src_k),
-                 to_reduced(match.trg_points, trg_k), out_dir / "matches.png",
-                 scores=match.scores, title=f"{cfg.backbone.name} + {cfg.matcher.name}")
-    written = [out_dir / "matches.json", out_dir / "matches.png"]
-    if margs.pca:
-        from semcorr.pca import pca_panel
-        from semcorr.viz import plot_pca_rows
+        plot_matches(src_img, trg_img, to_reduced(match.src_points, src_k),
+                     to_reduced(match.trg_points, trg_k), out_dir / "matches.png",
+                     scores=match.scores, title=f"{cfg.backbone.name} + {cfg.matcher.name}")
+        written = [out_dir / "matches.json", out_dir / "matches.png"]
+        if margs.pca:
+            from semcorr.pca import pca_panel
+            from semcorr.viz import plot_pca_rows
 
-        written.append(plot_pca_rows([pca_panel(match.batch, match.out, 0)], out_dir / "pca.png"))
+            written.append(plot_pca_rows([pca_panel(match.batch, match.out, 0)], out_dir / "pca.png"))
     log.info("matched %d points; wrote %s", len(points), ", ".join(map(str, written)))
     sys.stdout.write(f"{len(points)} matches -> {', '.join(map(str, written))}\n")
     return 0

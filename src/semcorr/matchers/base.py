@@ -140,6 +140,14 @@ def _where(ids: Optional[Sequence[str]], b: int, what: str) -> str:
     return f"{what} {ids[b]!r}" if ids is not None and b < len(ids) else f"{what} {b} of the batch"
 
 
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether the host may read values of ``t`` now (not a ``meta`` tensor, not while
+    ``torch.compile`` traces, not during CUDA-graph capture)."""
+    if t.device.type == "meta" or torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def check_finite_inputs(src: FeatureMap, trg: FeatureMap, src_ids: Optional[Sequence[str]] = None,
                         trg_ids: Optional[Sequence[str]] = None,
                         similarity: Optional[torch.Tensor] = None) -> None:
@@ -150,15 +158,24 @@ def check_finite_inputs(src: FeatureMap, trg: FeatureMap, src_ids: Optional[Sequ
     after which argmax sends every keypoint to cell 0: a low PCK with no warning. Such values come
     from a broken image, weights or an overflow (``trainer.precision``); they are refused, never
     masked. ``similarity`` may hold ``-inf`` (padded target cells), not NaN or ``+inf``.
+
+    Reading the verdict is one host synchronisation per call, outside any solver loop; where values
+    cannot be read (``meta`` tensors, ``torch.compile`` tracing, CUDA-graph capture) nothing is
+    checked.
     """
+    if not values_readable(src.features):
+        return
     for fmap, ids, side in ((src, src_ids, "source image"), (trg, trg_ids, "target image")):
         bad = ~torch.isfinite(fmap.features).all(dim=1)  # (B, h, w) cells with any bad channel
         if bool(bad.any()):
             b = int(bad.flatten(1).any(1).nonzero()[0])
             n, total = int(bad[b].sum()), bad[b].numel()
+            cells = [tuple(c) for c in bad[b].nonzero().tolist()[:3]]
+            where = ", ".join(f"({r}, {c})" for r, c in cells) + (", ..." if n > len(cells) else "")
             raise NumericalError(
                 f"non-finite features (NaN or Inf) in {n} of {total} cells of {_where(ids, b, side)} "
-                "entering the matcher; check the image file, backbone.weights and trainer.precision")
+                f"entering the matcher (cells (row, column): {where}); check the image file, "
+                "backbone.weights and trainer.precision")
     if similarity is not None:
         bad = torch.isnan(similarity) | (similarity == float("inf"))
         if bool(bad.any()):

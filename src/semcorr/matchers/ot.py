@@ -29,8 +29,8 @@ from typing import Optional
 import torch
 
 from semcorr.backbones.base import FeatureMap
-from semcorr.matchers.base import (Matcher, MatcherConfig, MatchResult, check_options, masks,
-                                   match_cost)
+from semcorr.matchers.base import (Matcher, MatcherConfig, MatchResult, check_finite_inputs,
+                                   check_options, masks, match_cost)
 from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn, uniform_log_marginals
 from semcorr.matchers.static import (GraphCache, autocast_off, check_static_options, exact_fp32,
                                      resolve_implementation, solver_dtype)
@@ -141,6 +141,8 @@ class OTMatcher(Matcher):
         ``similarity`` (B, Ns, Nt), optional: use ``C = 1 - similarity`` instead of the cosine
         cost of the features (e.g. a neighbourhood-consensus-refined similarity).
         """
+        # one NaN would make the whole plan NaN: refuse it, naming the cells (also when used alone)
+        check_finite_inputs(src, trg, similarity=similarity)
         with torch.autocast(src.features.device.type, enabled=False):
             cost = match_cost(src, trg, similarity)
             sv, tv = masks(src, trg)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from semcorr.backbones.base import FeatureMap
-from semcorr.matchers.base import Matcher, MatcherConfig, MatchResult, masks, match_cost
+from semcorr.matchers.base import (Matcher, MatcherConfig, MatchResult, check_finite_inputs,
+                                   masks, match_cost)
 from semcorr.matchers.gwot.crop import box_rows, crop_pairwise, crop_to_valid, remap_cells, uncrop
 from semcorr.matchers.gwot.options import GWOTOptions
 from semcorr.matchers.gwot.solver import solve_gwot
@@ -70,6 +71,8 @@ class GWOTMatcher(Matcher):
             MatchResult: scores (B, h*w, h'*w') = log T (-inf at invalid target cells); extras
             ``objective`` (B, n_steps) if ``return_objective``, ``step_size`` (B,).
         """
+        # one NaN would make the whole plan NaN: refuse it, naming the cells (also when used alone)
+        check_finite_inputs(src, trg, similarity=similarity)
         impl = resolve_implementation(self.options.implementation, src.features.device)
         if float(self.options.lam_sym) == 0:  # off for good (learnable leaves zero weights off)
             sym_pairs = None
