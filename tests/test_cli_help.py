@@ -29,9 +29,11 @@ def _run(script: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
 
 
 def _timed_help(script: str) -> tuple[int, float, float]:
-    """(exit code, wall seconds, CPU seconds of the process) of ``script --help``."""
+    """(exit code, wall seconds, CPU seconds of the process) of ``script --help`` (a script of the
+    repository, or ``semcorr.cli.<name>`` run as a module, as its console script does)."""
+    target = ["-m", script] if script.startswith("semcorr.") else [str(ROOT / script)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / script), "--help"], env=ENV,
+    proc = subprocess.Popen([sys.executable, *target, "--help"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -39,7 +41,8 @@ def _timed_help(script: str) -> tuple[int, float, float]:
     return proc.returncode, wall, usage.ru_utime + usage.ru_stime
 
 
-@pytest.mark.parametrize("script", ["eval.py", "train.py", "sweep.py"])
+@pytest.mark.parametrize("script", ["eval.py", "train.py", "sweep.py", "semcorr.cli.match",
+                                    "semcorr.cli.features"])
 def test_help_answers_in_under_two_seconds(script):
     """Under 2 s of wall time on an idle machine. On a shared, loaded one (this project's test
     machines run at load averages of 4-12 on 2 cores) the wall time is stretched by the others'
@@ -53,7 +56,7 @@ def test_help_answers_in_under_two_seconds(script):
     assert wall < 2.0 * max(1.0, load), f"{script} --help took {wall:.2f} s (load per core {load:.1f})"
 
 
-@pytest.mark.parametrize("module", ["eval", "train", "match", "sweep"])
+@pytest.mark.parametrize("module", ["eval", "train", "match", "sweep", "features"])
 def test_help_imports_neither_torch_nor_lightning(module):
     code = (f"import sys\nfrom semcorr.cli.{module} import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
@@ -112,6 +115,10 @@ def test_sweep_and_match_help_are_plain_text():
     proc = subprocess.run([sys.executable, "-m", "semcorr.cli.match", "--help"], capture_output=True,
                           text=True, env=ENV, timeout=120)
     assert proc.returncode == 0 and "--points" in proc.stdout and "--config FILE" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "semcorr.cli.features", "--help"], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0 and "--format F" in proc.stdout and "--mirrored" in proc.stdout
+    assert "backbone=precomputed" in proc.stdout and "top-level keys" in proc.stdout
 
 
 def test_one_docs_page_lists_every_packaged_experiment_and_sweep():

@@ -51,3 +51,18 @@ def test_timm_private_pos_embed_used_by_dinov2():
                             dynamic_img_size=True)
     tokens = vit.patch_embed(torch.zeros(1, 3, 28, 28))
     assert vit._pos_embed(tokens).shape == (1, 5, 12)  # cls + 2 x 2 patches
+
+
+def test_lightning_privates_used_at_a_sigterm_and_by_the_loggers():
+    """LastCheckpoint.on_exception (a SIGTERM mid-epoch) reads and adjusts the epoch loop's
+    ``_batches_that_stepped`` and reads ``_is_training_done`` (both guarded: without them it saves
+    no last.ckpt there, and test_faults' exact-resume test fails); finish_loggers reads
+    WandbLogger's ``_experiment`` (None until a W&B run is started)."""
+    import lightning as L
+    from lightning.pytorch.loggers import WandbLogger
+
+    loop = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False).fit_loop.epoch_loop
+    assert isinstance(loop._batches_that_stepped, int)
+    assert isinstance(loop._is_training_done, bool)
+    assert WandbLogger(offline=True, save_dir="unused")._experiment is None

@@ -1,5 +1,6 @@
 """Files a run writes get the mode the user's umask gives (collaborators on shared storage can
-read them): metrics.json, train_summary.json and feature-cache files were 0600 (``mkstemp``)."""
+read them): metrics.json, train_summary.json and feature-cache files were 0600 (``mkstemp``).
+Every writer goes through :mod:`semcorr.atomic`."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ from pathlib import Path
 import pytest
 
 from runs import QUIET, SMALL_DATA, TINY_VIT
-from semcorr.filemode import current_umask, new_file_mode
+from semcorr.atomic import current_umask, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_umask_is_read_without_changing_it():
+def test_the_umask_is_read_without_changing_it(tmp_path):
     before = os.umask(0o027)
     try:
-        assert current_umask() == 0o027 and new_file_mode() == 0o640
+        assert current_umask() == 0o027
         assert current_umask() == 0o027  # unchanged by reading it
+        path = write_text(tmp_path / "x.json", "{}")  # mkstemp + rename, as every result file
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
     finally:
         os.umask(before)
 

@@ -27,9 +27,10 @@ from semcorr.registry import GROUPS, builder
 log = logging.getLogger(__name__)
 
 # settings a trained model's features depend on (a network frame of another size, another
-# resizing, another block's tokens): a checkpoint's values win over a group file's
-FEATURE_KEYS = ("data.image_size", "data.resize", "backbone.layer", "backbone.norm",
-                "backbone.pos_embed")
+# resizing, other blocks' tokens and their fusion, another cell size): a checkpoint's values win
+# over a group file's
+FEATURE_KEYS = ("data.image_size", "data.resize", "backbone.layer", "backbone.layers",
+                "backbone.fuse", "backbone.norm", "backbone.pos_embed", "backbone.upsample")
 _ABSENT = object()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import os
 import sys
@@ -14,12 +14,14 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from semcorr import atomic
 from semcorr.checkpoint import PLACEMENT_KEYS, checkpoint_config, ckpt_token
 from semcorr.cli.console import quiet_console
 from semcorr.config import load_config, to_yaml
 from semcorr.distributed import DEFAULT_OUT_DIR_ENV, launch_rank_is_zero
 from semcorr.errors import ConfigError, SemcorrError
-from semcorr.filemode import new_file_mode
+from semcorr.interrupt import (RunInterrupted, exit_code, interrupting_signal, signal_name,
+                               sigterm_raises)
 
 # torch, Lightning and the components are imported once the arguments are parsed (``--help`` and
 # bad arguments answer in well under 2 s): by the functions that need them.
@@ -35,6 +37,7 @@ class Args:
     config_dirs: List[str] = field(default_factory=list)
     config: Optional[str] = None  # --config FILE: a saved run's config.yaml to start from
     verbose: bool = False
+    overwrite: bool = False
 
 
 def usage(prog: str, flags: Sequence[str] = (), extra_dirs: Sequence[str] = ()) -> str:
@@ -87,6 +90,8 @@ def parse_args(argv: Sequence[str], prog: str, flags: Sequence[str] = ()) -> Arg
             if value is None:
                 raise ConfigError("--config-dir needs a folder")
             args.config_dirs.append(value)
+        elif token == "--overwrite" and "--overwrite" in flags:
+            args.overwrite = True
         elif token == "--resume" and "--resume" in flags:
             args.resume = argv[i + 1] if i + 1 < len(argv) else None
             next(it, None)
@@ -121,17 +126,37 @@ def quiet_unless(rank_zero: bool) -> None:
 
 
 def run_main(fn, argv: Optional[Sequence[str]], prog: str) -> int:
-    """Run ``fn(argv)``, turning configuration and input errors into one line on stderr. The
-    console is quiet (:func:`semcorr.cli.console.quiet_console`) unless ``--verbose`` is given."""
+    """Run ``fn(argv)``, turning configuration and input errors, and a file that cannot be written
+    (full disk, read-only), into one line on stderr and exit code 2; a run stopped by SIGINT /
+    SIGTERM into one line and 130 / 143 (:mod:`semcorr.interrupt`). The console is quiet
+    (:func:`semcorr.cli.console.quiet_console`) unless ``--verbose`` is given."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     setup_logging(verbose)
     try:
-        with quiet_console(verbose):
+        with sigterm_raises(), quiet_console(verbose):
             return fn(argv) or 0
     except (SemcorrError, FileNotFoundError) as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 2
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return 2
+    except BaseException as err:  # noqa: BLE001  (only interruptions are answered here)
+        signum = interrupting_signal(err)
+        if signum is None:
+            raise
+        detail = err.detail if isinstance(err, RunInterrupted) else ""
+        sys.stderr.write(f"{prog}: interrupted by {signal_name(signum)}"
+                         + (f"; {detail}" if detail else "") + "\n")
+        return exit_code(signum)
+
+
+# a file or folder that cannot be written: the disk, the quota, the permissions (one line, rc 2)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
 
 
 def resolve_config(args: Args) -> Optional[DictConfig]:
@@ -190,21 +215,10 @@ def make_out_dir(path: str | Path) -> Path:
     return path
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (a temporary file renamed into place): a reader never sees a
-    half-written ``metrics.json`` or ``train_summary.json``. The file gets the mode the user's
-    umask gives new files."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the user's umask decides
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_json(path: str | Path, data: Any, non_finite: str = "error") -> Path:
+    """Write strict JSON atomically (:func:`semcorr.atomic.write_json`): a reader never sees a
+    half-written ``metrics.json`` or ``train_summary.json``, nor a ``NaN`` in one."""
+    return atomic.write_json(path, data, non_finite=non_finite)
 
 
 def plural(n: int, word: str, words: Optional[str] = None) -> str:

@@ -25,11 +25,15 @@ from semcorr.registry import GROUPS
 SWEEP = "sweep"
 WIDTH = 100
 
+OVERWRITE = ("--overwrite", "replace the results of an earlier run in out_dir (without it, such an "
+                            "out_dir is refused)")
+
 # What each CLI does, its extra flags and examples (the flags every CLI takes are in FLAGS).
 PROGRAMS: Dict[str, Dict[str, Any]] = {
     "eval.py": {
         "what": "Evaluate semantic correspondence (PCK) zero-shot or from a trained checkpoint; "
                 "writes config.yaml, metrics.json, predictions.jsonl and figures into out_dir.",
+        "flags": [OVERWRITE],
         "examples": [
             ("python eval.py", "the demo: synthetic pairs, dense SIFT, nearest neighbours"),
             ("python eval.py data=pf_willow data.root=/data/pf-willow backbone=dsift "
@@ -45,7 +49,8 @@ PROGRAMS: Dict[str, Dict[str, Any]] = {
     "train.py": {
         "what": "Fine-tune a backbone / head / matcher with a loss (loss defaults to gaussian_ce); "
                 "writes checkpoints, learning curves and train_summary.json into out_dir.",
-        "flags": [("--resume RUN", "continue a run (its out_dir or a .ckpt) exactly where it stopped")],
+        "flags": [("--resume RUN", "continue a run (its out_dir or a .ckpt) exactly where it stopped"),
+                  OVERWRITE],
         "examples": [
             ("python train.py data=synthetic backbone=vit_tiny_random data.image_size=128 "
              "trainer.max_steps=400 out_dir=runs/tiny", "a run that learns on a CPU"),
@@ -59,13 +64,28 @@ PROGRAMS: Dict[str, Dict[str, Any]] = {
     "semcorr-match": {
         "what": "Match points between two images of your own; writes matches.json and "
                 "matches.png into out_dir.",
+        "flags": [OVERWRITE],
         "examples": [],
+    },
+    "semcorr-features": {
+        "what": "Write the backbone's features of every image of the dataset split (data.split) "
+                "into out_dir in the layout backbone=precomputed reads (one file per image id "
+                "plus features.json).",
+        "flags": [("--format F", "pt (default), npy or safetensors"),
+                  ("--mirrored", "also each image's mirror image (id + '#hflip'), for a flipped "
+                                 "(Pose-Align) source")],
+        "examples": [
+            ("semcorr-features data=pf_willow data.root=/data/pf-willow backbone=dsift "
+             "out_dir=feats/willow_dsift", "dense SIFT features of PF-WILLOW"),
+            ("python eval.py data=pf_willow data.root=/data/pf-willow backbone=precomputed "
+             "backbone.root=feats/willow_dsift", "evaluate from those files"),
+        ],
     },
 }
 
 FLAGS = [
     ("--config FILE", "start from a saved run's config.yaml (re-run it exactly; its out_dir is "
-                      "not reused: a new runs/<timestamp> unless out_dir= is given); later "
+                      "not reused: a new runs/<timestamp>-<random> unless out_dir= is given); later "
                       "tokens override it"),
     ("--config-dir DIR", "a folder of your own <group>/<name>.yaml files, searched before the "
                          "packaged ones (repeatable; also $SEMCORR_CONFIG_DIR)"),
@@ -83,8 +103,9 @@ TOKENS = [
     ("experiment=NAME", "a bundle of tokens (below), applied before the command line's own"),
     ("ckpt=RUN", "a trained run's folder (its best checkpoint) or a .ckpt file: its backbone, "
                  "head and matcher, and the settings that change its features (image size, "
-                 "resize, backbone layer), are kept unless overridden"),
-    ("out_dir=DIR", "where the run writes (default runs/<timestamp>)"),
+                 "resize, backbone layers and upsampling), are kept unless overridden"),
+    ("out_dir=DIR", "where the run writes (default runs/<timestamp>-<random>, a new folder for "
+                    "every run)"),
 ]
 
 

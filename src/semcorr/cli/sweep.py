@@ -6,7 +6,10 @@ fields of :class:`~semcorr.cli.sweep_cells.SweepSpec`; :data:`HELP` is the user'
 
 Grid mode (the default) runs every cell of the cross product of ``grid``; each finished cell
 holds ``sweep_result.json`` and a re-started sweep skips it (an interrupted sweep resumes; failed
-cells are retried). Search mode (``--search N``, :mod:`semcorr.cli.sweep_search`) runs N trials
+or interrupted cells are retried from the start: ``--overwrite`` of the cell's folder). A cell
+ended by a signal is ``interrupted``, never ``done``; a SIGINT / SIGTERM to the sweep is passed on
+to the running cell, which stops in its own way, and the sweep exits 130 / 143. One sweep at a
+time holds its folder (a lock). Search mode (``--search N``, :mod:`semcorr.cli.sweep_search`) runs N trials
 of an Optuna study kept in ``study.db``. Cells share the sweep's process unless they need their
 own (:mod:`semcorr.cli.sweep_cells`). After every cell ``summary.csv`` and ``summary.md`` are
 rewritten (one row per cell); ``sweep.yaml`` holds the sweep as run (``--config`` re-runs it).
@@ -29,12 +32,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from semcorr.atomic import atomic_open, write_text
 from semcorr.cli.common import make_out_dir, plural, run_main, write_json
-from semcorr.cli.sweep_cells import (MODES, RESULT, RunFailed, SweepSpec, command, execute,  # noqa: F401
-                                     run_process, token_value)
-from semcorr.config import group_file
+from semcorr.cli.sweep_cells import (MODES, RESULT, RunFailed, RunStopped, SweepSpec,  # noqa: F401
+                                     command, execute, run_process, token_value)
+from semcorr.config import group_file, load_yaml
 from semcorr.distributed import launch_rank_is_zero
 from semcorr.errors import ConfigError
+from semcorr.interrupt import RunInterrupted, interrupting_signal, signal_name
+from semcorr.rundir import RunLock
 
 log = logging.getLogger("semcorr.sweep")
 
@@ -75,8 +81,9 @@ a sweep file:
   isolate: false                 every cell in its own process
 
 A re-started sweep resumes: finished grid cells are skipped (DIR/<cell>/sweep_result.json),
-failed ones retried; a search continues its study until N trials have finished. Each cell's
-output is in DIR/<cell>/run.log.
+failed or interrupted ones retried; a search continues its study until N trials have finished.
+Each cell's output is in DIR/<cell>/run.log. Ctrl-C (or SIGTERM) stops the running cell in its
+own way and the sweep with exit 130 (143); the cell is not marked done.
 
 packaged sweeps:
 {sweeps}
@@ -98,12 +105,21 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if path.suffix or len(path.parts) > 1:
             raise FileNotFoundError(f"sweep file not found: {path}")
         path = group_file("sweep", path.name)
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    raw = OmegaConf.to_container(load_yaml(path, "name, mode, base, grid, ..."), resolve=True)
     known = set(SweepSpec.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown}; valid: {', '.join(sorted(known))}")
     spec = SweepSpec(**{"name": path.stem, **raw})
+    for key, kind in (("name", str), ("description", str), ("mode", str), ("base", list),
+                      ("grid", dict), ("space", dict), ("objective", str), ("seed", int),
+                      ("eval_after", bool), ("launcher", list), ("isolate", bool)):
+        if not isinstance(getattr(spec, key), kind):
+            raise ConfigError(f"{path}: {key} must be a {kind.__name__}, got "
+                              f"{getattr(spec, key)!r}")
+    bad_tokens = [t for t in (*spec.base, *spec.launcher) if not isinstance(t, str)]
+    if bad_tokens:
+        raise ConfigError(f"{path}: base and launcher hold strings, got {bad_tokens}")
     if spec.mode not in MODES:
         raise ConfigError(f"{path}: mode {spec.mode!r}; valid: {', '.join(MODES)}")
     bad = [k for k, v in spec.grid.items() if not isinstance(v, list) or not v]
@@ -145,14 +161,14 @@ def write_summary(out_dir: Path, spec: SweepSpec, rows: List[Dict[str, Any]],
             line += [_fmt(r.get("val_best")), str(r.get("steps", ""))]
         line.append(_fmt(r.get("seconds"), 1))
         table.append(line)
-    with open(out_dir / "summary.csv", "w", newline="") as f:
+    with atomic_open(out_dir / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(table)
     md = [f"# Sweep {spec.name} ({spec.mode})", "", "| " + " | ".join(header) + " |",
           "|" + "---|" * len(header)]
     md += ["| " + " | ".join(line) + " |" for line in table]
-    (out_dir / "summary.md").write_text("\n".join(md) + "\n")
+    write_text(out_dir / "summary.md", "\n".join(md) + "\n")
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -273,16 +289,21 @@ def sweep(argv: Sequence[str]) -> int:
     spec.isolate = spec.isolate or args["isolate"]
     extra = args["tokens"]
     out_dir = make_out_dir(args["out_dir"] or spec.out_dir or f"runs/sweeps/{spec.name}")
+    with RunLock.acquire(out_dir):  # one sweep per folder at a time; a re-started one resumes it
+        return _sweep(spec, out_dir, extra, args["search"])
+
+
+def _sweep(spec: SweepSpec, out_dir: Path, extra: Sequence[str], search: Optional[int]) -> int:
     ran = dict(asdict(spec), base=[*spec.base, *extra], out_dir=str(out_dir))
-    (out_dir / "sweep.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(ran)))
-    if args["search"] is not None:
-        rows, keys = _search(spec, out_dir, args["search"], extra)
+    write_text(out_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.create(ran)))
+    if search is not None:
+        rows, keys = _search(spec, out_dir, search, extra)
     else:
         rows, keys = _grid(spec, out_dir, extra), None
-    failed = sum(r["status"].startswith("failed") for r in rows)
+    failed = sum(not r["status"].startswith(("done", "pruned")) for r in rows)
     sys.stdout.write((out_dir / "summary.md").read_text())
     tail = ""
-    if args["search"] is not None:
+    if search is not None:
         from semcorr.cli.sweep_search import STUDY_FILE, best_line
 
         tail = f"; {best_line(out_dir / STUDY_FILE, spec)}; study {out_dir / STUDY_FILE}"
@@ -302,21 +323,31 @@ def _grid(spec: SweepSpec, out_dir: Path, extra: Sequence[str]) -> List[Dict[str
             run_dir = out_dir / name
             done = run_dir / RESULT
             row: Dict[str, Any] = {"run": name, "overrides": overrides}
+            rows.append(row)
             if done.is_file():
                 row.update(json.loads(done.read_text()), status="done (skipped)")
                 log.info("[%d/%d] %s: finished before, skipped", i + 1, len(cells), name)
-            else:
-                log.info("[%d/%d] %s", i + 1, len(cells), name)
-                progress.start(name)
-                try:
-                    result = execute(spec, overrides, run_dir, extra)
-                    write_json(done, result)  # atomic: a re-started sweep trusts it
-                    row.update(result, status="done")
-                except (Exception, SystemExit) as err:  # one failed run does not stop the sweep
-                    log.error("%s failed: %s", name, err)
-                    row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
-                progress.end(name, row)
-            rows.append(row)
+                write_summary(out_dir, spec, rows)
+                continue
+            log.info("[%d/%d] %s", i + 1, len(cells), name)
+            progress.start(name)
+            try:
+                result = execute(spec, overrides, run_dir, extra)
+                write_json(done, result)  # atomic: a re-started sweep trusts it
+                row.update(result, status="done")
+            except RunStopped as err:  # the cell alone was stopped (killed, out of memory, ...)
+                log.error("%s interrupted: %s", name, err)
+                row["status"] = f"interrupted: {str(err).splitlines()[0][:80]}"
+            except (Exception, SystemExit, KeyboardInterrupt) as err:  # one failed run does not stop the sweep
+                signum = interrupting_signal(err)
+                if signum is not None:  # the sweep itself was interrupted: it stops here
+                    row["status"] = f"interrupted: {signal_name(signum)}"
+                    write_summary(out_dir, spec, rows)
+                    raise RunInterrupted(signum, f"the sweep stopped in run {name} ({i + 1}/{len(cells)}, "
+                                                 "not marked done); start it again to continue") from None
+                log.error("%s failed: %s", name, err)
+                row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+            progress.end(name, row)
             write_summary(out_dir, spec, rows)
     finally:
         progress.close()

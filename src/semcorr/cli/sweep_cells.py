@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from semcorr.errors import SemcorrError
+from semcorr.interrupt import exit_code, interrupting_signal, signal_name
 
 log = logging.getLogger("semcorr.sweep")
 RESULT = "sweep_result.json"
@@ -61,14 +63,20 @@ class RunFailed(RuntimeError):
     """A cell ended with an error; the message is the last line of its output."""
 
 
+class RunStopped(RunFailed):
+    """A cell's process was ended by a signal (exit code 128 + n, or killed by it): the cell did
+    not finish, and it is ``interrupted``, never ``done``."""
+
+
 def cell_tokens(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,
                 extra: Sequence[str]) -> List[str]:
     """The tokens of one cell: no progress bar of its own (the sweep shows one line per cell;
     the sweep file or command line may turn it back on), the base, the command line's extra
-    tokens, the cell's overrides, its folder and W&B group."""
+    tokens, the cell's overrides, its folder and W&B group. ``--overwrite``: the cell's folder is
+    the sweep's own; a retried cell replaces what a failed or interrupted one left."""
     return ["trainer.enable_progress_bar=false", *spec.base, *extra,
             *(f"{k}={v}" for k, v in overrides.items()), f"out_dir={run_dir}",
-            f"logger.group={spec.name}"]
+            f"logger.group={spec.name}", "--overwrite"]
 
 
 def command(spec: SweepSpec, cli: str, tokens: Sequence[str]) -> List[str]:
@@ -102,12 +110,41 @@ def run_process(cmd: Sequence[str], log_path: Path) -> None:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
         start = out.tell()
-        code = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        # its own session: a Ctrl-C reaches the sweep, which passes it on once (wait_forwarding)
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        code = wait_forwarding(proc)
     if code:
         with open(log_path, errors="replace") as f:
             f.seek(start)
             lines = [line.strip() for line in f.read().splitlines() if line.strip()]
-        raise RunFailed(f"exit {code}: {lines[-1] if lines else 'no output'}")
+        last = lines[-1] if lines else "no output"
+        signum = -code if code < 0 else code - 128 if code in STOP_CODES else None
+        if signum is not None:
+            raise RunStopped(f"{signal_name(signum)} (exit {code}): {last}")
+        raise RunFailed(f"exit {code}: {last}")
+
+
+STOP_CODES = tuple(exit_code(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL))
+
+
+def wait_forwarding(proc: subprocess.Popen) -> int:
+    """Wait for a cell's process; when the sweep itself is interrupted (SIGINT / SIGTERM), pass
+    the signal on to the cell, wait for it to stop in its own way (its summary, its last
+    checkpoint), then raise the interruption. A second interruption kills the cell."""
+    try:
+        return proc.wait()
+    except BaseException as err:
+        signum = interrupting_signal(err)
+        if signum is None or proc.poll() is not None:
+            raise
+        proc.send_signal(signum)
+        try:
+            proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+        raise
 
 
 @contextmanager
@@ -143,10 +180,16 @@ def run_in_process(cli: str, tokens: Sequence[str], log_path: Path,
 
                 evaluate(list(tokens))
             else:
+                from semcorr.cli.common import parse_args
                 from semcorr.cli.train import fit, train_config
 
-                fit(train_config(list(tokens)), callbacks=list(callbacks))
+                args = parse_args(list(tokens), "train.py", flags=("--overwrite",))
+                fit(train_config(args.tokens, extra_dirs=args.config_dirs), callbacks=list(callbacks),
+                    overwrite=args.overwrite)
         except Exception as err:  # noqa: BLE001  (one failed cell does not stop the sweep)
+            if interrupting_signal(err) is not None:  # the sweep was interrupted: not the cell's failure
+                out.write(f"{cli}.py: {err}\n")  # the line the command itself would end with
+                raise
             out.write(traceback.format_exc())
             raise RunFailed(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
     _free_memory()
@@ -198,7 +241,7 @@ def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path, extra: Se
             # the checkpoint brings its config; the cell's trainer.* (devices, strategy, ...) too
             placement = [t for t in tokens if t.startswith("trainer.")]
             run("eval", [f"ckpt={summary['best_checkpoint']}", f"out_dir={eval_dir}",
-                         f"logger.group={spec.name}", *placement, *extra])
+                         f"logger.group={spec.name}", *placement, *extra, "--overwrite"])
             result["pck"] = json.loads((eval_dir / "metrics.json").read_text())["pck"]
     result["seconds"] = time.perf_counter() - t0
     return result

@@ -24,8 +24,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import lightning as L
 
-from semcorr.cli.sweep_cells import RunFailed, SweepSpec, execute, token_value
+from semcorr.cli.sweep_cells import RunFailed, RunStopped, SweepSpec, execute, token_value
 from semcorr.errors import ConfigError
+from semcorr.interrupt import RunInterrupted, interrupting_signal
 
 log = logging.getLogger("semcorr.sweep")
 STUDY_FILE = "study.db"
@@ -155,8 +156,16 @@ def run_search(spec: SweepSpec, out_dir: Path, n_trials: int, extra: Sequence[st
             else:
                 study.tell(trial, objective_value(result, spec.objective))
                 row["status"] = "done"
-        except (Exception, SystemExit) as err:  # noqa: BLE001  (one failed trial does not stop the search)
+        except RunStopped as err:  # the cell alone was stopped (killed, out of memory, ...)
             study.tell(trial, state=TrialState.FAIL)
+            row["status"] = f"interrupted: {str(err).splitlines()[0][:80]}"
+            log.error("%s %s", name, row["status"])
+        except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001  (one failed trial does not stop the search)
+            study.tell(trial, state=TrialState.FAIL)
+            signum = interrupting_signal(err)
+            if signum is not None:  # the sweep itself was interrupted: it stops here
+                raise RunInterrupted(signum, f"the search stopped in {name} (marked failed); start "
+                                             "it again to continue") from None
             row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''}"
             log.error("%s %s", name, row["status"])
         on_end(name, row)
@@ -169,7 +178,7 @@ def study_rows(study) -> List[Dict[str, Any]]:
     for t in study.trials:
         result = dict(t.user_attrs.get("result") or {})
         state = t.state.name.lower()
-        status = {"complete": "done", "pruned": "pruned"}.get(state, state)
+        status = {"complete": "done", "pruned": "pruned", "fail": "failed"}.get(state, state)
         rows.append({"run": t.user_attrs.get("run", f"trial-{t.number:04d}"),
                      "overrides": {k: token_value(v) for k, v in t.params.items()},
                      "status": status, **result})
