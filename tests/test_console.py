@@ -149,3 +149,25 @@ def test_training_and_an_exact_resume_stay_quiet(tmp_path):
             assert word not in out, (word, out[-2000:])
         assert re.search(r"trained 1 step in|trained 2 steps in", proc.stdout), proc.stdout
         assert "training:" in proc.stderr
+
+
+def test_progress_bars_show_on_a_terminal_that_reports_no_size(monkeypatch):
+    """A bare pty (``script``, some CI runners) reports 0 x 0; tqdm then hid every bar (the demo's
+    console showed none). Such a terminal gets a fixed 100 x 24."""
+    import os
+    import pty
+    import sys
+
+    from semcorr.progress import make_bar, terminal_columns
+
+    master, slave = pty.openpty()  # a new pty has no size
+    with open(slave, "w", encoding="utf-8") as stream:
+        assert terminal_columns(stream) == 0
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = make_bar(3, "evaluating", "pair")
+        bar.update(3)
+        bar.close()
+        stream.flush()
+    text = os.read(master, 65536).decode("utf-8", "replace")
+    os.close(master)
+    assert "evaluating: 100%" in text and "3/3" in text and "pair/s" in text

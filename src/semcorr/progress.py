@@ -10,6 +10,7 @@ when it is done, the others stay as one finished line.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any, Dict, Optional
 
@@ -20,11 +21,29 @@ BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed
 
 
 def make_bar(total: Optional[float], desc: str, unit: str, leave: bool = True, initial: int = 0) -> tqdm:
-    """A tqdm bar on stderr with rate and ETA (``unit``/s, or s/``unit`` below one per second)."""
+    """A tqdm bar on stderr with rate and ETA (``unit``/s, or s/``unit`` below one per second).
+    It follows the terminal's size; a terminal that reports none (0 x 0: a bare pty, e.g.
+    ``script`` or some CI runners; tqdm then hides every bar) gets :data:`UNSIZED_COLUMNS` x
+    :data:`UNSIZED_ROWS`."""
     finite = total is not None and math.isfinite(total)
+    sized = terminal_columns(sys.stderr) != 0
     return tqdm(total=int(total) if finite else None, desc=desc, unit=unit, leave=leave,
-                initial=initial, file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+                initial=initial, file=sys.stderr, dynamic_ncols=sized,
+                ncols=None if sized else UNSIZED_COLUMNS, nrows=None if sized else UNSIZED_ROWS,
+                mininterval=0.5,
                 bar_format=BAR_FORMAT if finite else None, smoothing=0.1)
+
+
+UNSIZED_COLUMNS, UNSIZED_ROWS = 100, 24
+
+
+def terminal_columns(stream: Any) -> Optional[int]:
+    """The width of the terminal ``stream`` writes to (0 when it reports none), None when it is
+    not a terminal."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def loader_pairs(loader: Any, batches: float) -> Optional[float]:
