@@ -34,7 +34,7 @@ def test_sweep_2x2_summary_and_resume(tmp_path, monkeypatch, capsys):
     def no_process(*args, **kwargs):
         raise AssertionError("a cell that can share the sweep's process started its own")
 
-    monkeypatch.setattr(cells.subprocess, "run", no_process)
+    monkeypatch.setattr(cells.subprocess, "Popen", no_process)  # how run_process starts a cell
     spec_path = tmp_path / "grid.yaml"
     spec_path.write_text(SWEEP)
     out = tmp_path / "out"

@@ -31,7 +31,8 @@ def write_eval_figures(report, read_image, out_dir: Union[str, Path], plots, pro
     if curve is not None and curve.get("n_pairs"):
         written["pck_curve"] = plot_pck_curves(
             {method or "this run": curve}, out_dir / "pck_curve.png",
-            title=f"PCK vs alpha ({curve['n_pairs']} pairs, {curve['average']}, "
+            title=f"PCK vs alpha ({curve['n_pairs']} pair{'s' if curve['n_pairs'] != 1 else ''}, "
+                  f"{curve['average']}, "
                   f"L by {protocol.threshold_by})")
     panels = report.panels
     if plots.dense_warp and panels:

@@ -23,7 +23,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
-from semcorr.cli.common import accelerator, check_out_dir, parse_args, resolve_config, run_main
+from semcorr.cli.common import (accelerator, check_out_dir, parse_args, plural, resolve_config,
+                                run_main)
 from semcorr.errors import ConfigError
 
 # torch and the pipeline are imported once the arguments are parsed: ``--help`` answers without them
@@ -81,7 +82,8 @@ def run(argv: Sequence[str]) -> int:
 
     n = export_features(built.dataset, extract, out_dir, layout, fmt=fmt, mirrored=mirrored,
                         batch_size=int(cfg.data.batch_size), device=device)
-    sys.stdout.write(f"wrote {n} feature files ({layout.describe()}) -> {out_dir}\n")
+    sys.stdout.write(f"wrote {plural(n, 'feature file')} ({layout.describe()}) and features.json "
+                     f"into {out_dir}/\n")
     return 0
 
 
