@@ -63,9 +63,13 @@ class MetricConfig:
     threshold_by: Optional[str] = None  # bbox | bbox_kp | image
     average: Optional[str] = None  # per_image | per_keypoint
     strict: Optional[bool] = None  # true: error < alpha * L; every packaged protocol: <=
+    bootstrap: int = 1000  # resamples for pck_ci95 (semcorr.metrics.bootstrap); 0: none
+    bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
         numbers(self, "alphas", gt=0, le=1)
+        number(self, "bootstrap", ge=0, integer=True)
+        number(self, "bootstrap_seed", ge=0, integer=True)
         one_of(self, "threshold_by", THRESHOLD_BY, none_ok=True)
         one_of(self, "average", AVERAGES, none_ok=True)
 
@@ -93,6 +97,7 @@ class PlotsConfig:
     max_points: int = 50  # matches drawn per pair (evenly spaced), so dense queries stay cheap
     alpha: float = 0.1  # correct / wrong colouring of keypoints.png
     curve_max_alpha: float = 0.2  # pck_curve.png and metrics.json "pck_curve": alpha in [0, this]
+    category_curves: bool = True  # pck_curve_per_category.png: one panel per category
     dense_warp: bool = True  # dense_warp.png: target warped into the source frame
     warp_compare: List[str] = field(default_factory=list)  # more matcher files in dense_warp.png
 

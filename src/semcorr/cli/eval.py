@@ -28,6 +28,7 @@ from semcorr.cli.common import (check_out_dir, make_out_dir, parse_args, pck_tab
                                 write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers, wandb_loggers
 from semcorr.config import group_config, save_config
+from semcorr.eval_stats import evaluation_statistics, left_right_table, logged_scalars, subset_note
 from semcorr.figures import prediction_table, write_eval_figures
 from semcorr.matchers import build_matcher
 from semcorr.metrics import alpha_grid, curve_entry
@@ -73,6 +74,8 @@ def evaluate(argv: Sequence[str]) -> int:
         return 0
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
                                         f"protocol {run.protocol.summary()}") + "\n")
+    if "left_right" in metrics:
+        sys.stdout.write(left_right_table(metrics["left_right"]) + "\n")
     sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, "
                      f"{rate(metrics['n_pairs'], metrics['timing']['seconds'])}; "
                      f"wrote {out_dir / 'metrics.json'}\n")
@@ -111,6 +114,14 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
     metrics["pck_curve"] = curve_entry(*report.curve_counts(), report.curve_alphas, proto.average)
     if not trainer.is_global_zero:
         return metrics
+    subset = subset_note(cfg.data, cfg.trainer.limit_test_batches)
+    if subset:
+        metrics["pairs_subset"] = subset
+    metrics.update(evaluation_statistics(report, proto, cfg.metric.alphas, cfg.metric.bootstrap,
+                                         cfg.metric.bootstrap_seed))
+    scalars = logged_scalars(metrics)
+    for logger in loggers if scalars else ():
+        logger.log_metrics(scalars)
     if report.rows:
         write_predictions(report.rows, out_dir / "predictions.jsonl")
         if cfg.logger.table_pairs > 0 and wandb_loggers(loggers):  # thumbnails cost seconds
@@ -119,7 +130,8 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
                                              cfg.plots.max_points)
             log_table(loggers, "predictions", columns, data)
     figures = write_eval_figures(report, dataset.read_image, out_dir, cfg.plots, proto,
-                                 metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}")
+                                 metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}",
+                                 category_curves=metrics.get("pck_curve_per_category"))
     for key, path in figures.items():
         log_image(loggers, key, path)
     write_json(out_dir / "metrics.json", metrics)

@@ -70,6 +70,8 @@ class PairRecord:
     trg_bbox: Optional[Sequence[float]] = None
     sym_pairs: Optional[np.ndarray] = None  # (S, 2) indices into the K keypoints
     pair_id: Optional[str] = None
+    # left/right diagnostics (semcorr.data.left_right.left_right_fields); None: not known
+    left_right: Optional[Dict[str, np.ndarray]] = None
     meta: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -286,13 +288,15 @@ class PairDataset(Dataset):
         return sample
 
     def make_sample(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, Any]:
-        """Resize an original-frame pair (see :meth:`load_pair`) into a schema sample."""
+        """Resize an original-frame pair (see :meth:`load_pair`) into a schema sample. The record's
+        left/right keys (:mod:`semcorr.data.left_right`) are added when it has them and no training
+        transform moved the keypoints."""
         src_img, trg_img = pair["src_img"], pair["trg_img"]
         src_net, src_frame, src_hw = resize_image(src_img, self.image_size, self.resize, self.divisor)
         trg_net, trg_frame, trg_hw = resize_image(trg_img, self.image_size, self.resize, self.divisor)
         k = pair["src_kps"].shape[0]
         ids = pair["kps_ids"] if pair["kps_ids"] is not None else torch.full((k,), -1, dtype=torch.long)
-        return {
+        sample = {
             "src_img": src_net,
             "trg_img": trg_net,
             "src_kps": to_network(pair["src_kps"], src_frame),
@@ -316,6 +320,17 @@ class PairDataset(Dataset):
             "pair_id": rec.pair_id or f"{rec.src}->{rec.trg}",
             "sym_pairs": pair["sym_pairs"],
         }
+        left_right = self.left_right_of(rec) if self.transform is None else None
+        if left_right is not None:
+            sample.update({key: torch.as_tensor(value, dtype=torch.bool if value.ndim == 1 else torch.float32)
+                           for key, value in left_right.items()})
+        return sample
+
+    def left_right_of(self, rec: PairRecord) -> Optional[Dict[str, np.ndarray]]:
+        """The left/right keys of a record (:func:`semcorr.data.left_right.left_right_fields`), or
+        None when the dataset does not know them: ``rec.left_right`` here; datasets with many pairs
+        compute them when a sample is served."""
+        return rec.left_right
 
 
 def _box(box: Optional[Sequence[float]]) -> torch.Tensor:

@@ -23,6 +23,11 @@ Protocols (``metric.protocol``):
   ``utils_training/evaluation.py``: ``bbox = batch['src_bbox']``).
 
 Symmetric keypoints (GW-OT symmetry term, flips) come from ``semcorr.data.symmetry``.
+
+Left/right diagnostics (:mod:`semcorr.data.left_right`) need every keypoint visible in each image,
+not only the pair file's list (keypoints visible in both): they are read from the released
+``ImageAnnotation/<category>/<name>.json`` (``kps``: ``{"<id>": [x, y] | null}``), as GECO and
+GeoAware-SC read them. Without that folder the run has no left/right section (a warning says so).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import numpy as np
 from semcorr.registry import configured, register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, points, read_json, read_text
+from semcorr.data.left_right import groups_of, left_right_fields, visible_points
 from semcorr.data.symmetry import load_symmetry, sym_indices
 from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
@@ -81,6 +87,11 @@ class SPairDataset(PairDataset):
         filters = {name: getattr(cfg, name) for name in DIFFICULTY}
         self.filters = {k: {int(v) for v in vals} for k, vals in filters.items() if vals}
         symmetry = load_symmetry()
+        self._image_annotations = base / "ImageAnnotation"
+        if not self._image_annotations.is_dir():
+            log.warning("spair: %s not found: no left/right diagnostics (they need each image's "
+                        "keypoints, not only those of the pair files)", self._image_annotations)
+        self._visible: Dict[str, Dict[int, tuple]] = {}
         records = []
         for path in self._pair_files(base, layout):
             ann = read_json(path, "spair")
@@ -88,6 +99,28 @@ class SPairDataset(PairDataset):
             if rec is not None:
                 records.append(rec)
         self.finalize(records)
+
+    def left_right_of(self, rec: PairRecord) -> Optional[Dict[str, np.ndarray]]:
+        """The left/right keys of a pair from its images' ``ImageAnnotation`` files (None without
+        that folder)."""
+        if not self._image_annotations.is_dir():
+            return None
+        return left_right_fields(rec.kps_ids, self._image_keypoints(rec.src),
+                                 self._image_keypoints(rec.trg), load_symmetry().pairs("spair", rec.category),
+                                 groups_of("spair", rec.category))
+
+    def _image_keypoints(self, image: str) -> Dict[int, tuple]:
+        """``{id: (x, y)}`` of the keypoints visible in an image (``<category>/<name>.jpg``), from
+        its ``ImageAnnotation`` file (read once per image)."""
+        if image not in self._visible:
+            path = self._image_annotations / Path(image).with_suffix(".json")
+            kps = read_json(path, "spair").get("kps")
+            if not isinstance(kps, dict):
+                raise DataError(f"spair: {path} has no 'kps' object of keypoint ids")
+            ids = [int(k) for k in kps]
+            xy, present = points([kps[k] for k in kps])
+            self._visible[image] = visible_points(xy, present, ids)
+        return self._visible[image]
 
     def _pair_files(self, base: Path, layout: str) -> List[Path]:
         folder = base / "PairAnnotation" / self.split
