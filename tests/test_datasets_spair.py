@@ -163,3 +163,42 @@ def test_cats_protocol_scores_the_source_box_in_a_256_frame(spair_root, tmp_path
     assert first["src_id"] == "cat/2008_000002.jpg" and first["trg_id"] == "cat/2008_000001.jpg"
     assert first["trg_bbox"] == [2, 2, 75, 55]
     assert first["threshold"] == pytest.approx(max(73 * 256 / 80, 53 * 256 / 60))
+
+
+def _image_annotations(root: Path) -> None:
+    """The released ``ImageAnnotation/<category>/<name>.json`` of the fixture's images: every
+    keypoint visible in the image (``kps``: id -> [x, y] or null)."""
+    for rel, (_, _, kps) in IMAGES.items():
+        path = root / "ImageAnnotation" / Path(rel).with_suffix(".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"kps": {str(i): list(kps[i]) if i in kps else None for i in range(15)}}))
+
+
+def test_left_right_keys_from_image_annotations(spair_root, tmp_path, caplog):
+    assert "trg_sym_vis" not in _dataset(spair_root)[0]  # no ImageAnnotation: no left/right
+    assert "no left/right diagnostics" in caplog.text
+    _image_annotations(spair_root)
+    ds = _dataset(spair_root)
+    s = ds[1]  # cat 2008_000002 -> 2008_000001, ids 0..3, keypoint 1 null in the pair file
+    assert s["kps_valid"].tolist() == [True, False, True, True]
+    # keypoint 0's counterpart 1 is visible in the target image, though not in the pair's list
+    assert s["trg_sym_vis"].tolist() == [True, True, True, True]
+    assert s["trg_sym_kps"][0].tolist() == [30.0, 12.0] and s["src_sym_kps"][0].tolist() == [40.0, 14.0]
+    # cat's geometry-aware groups: [2, 3] and [9, 10, 11, 12]
+    assert s["trg_group_vis"].tolist() == [False, False, True, True]
+    from semcorr.cli.eval import main as eval_main
+    from semcorr.run_data import load_run
+    from semcorr.metrics.left_right import left_right_summary
+
+    for proto in ("hpf", "cats"):
+        out = tmp_path / proto
+        assert eval_main(["data=spair", f"data.root={spair_root}", "data.image_size=64", "backbone=dsift",
+                          *QUIET, f"metric.protocol={proto}", f"out_dir={out}"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        lr = metrics["left_right"]
+        assert lr["n"] == metrics["n_keypoints"] == 10
+        # pair 0: all four n11; pair 1 as above: 0, 2, 3 n11; dog (an image with itself, ids 0, 1,
+        # 2 visible): 0, 1 n11, 2 n10 (its counterpart 3 is not visible); the same both ways
+        assert (lr["n11"]["count"], lr["n10"]["count"], lr["n1x"]["count"]) == (9, 1, 0)
+        run = load_run(out)
+        assert left_right_summary(run.left_right, run.category, run.alphas, run.protocol) == lr

@@ -258,7 +258,7 @@ def pck_table(result: Dict[str, Any], title: str) -> str:
 
     alphas = list(result["pck"].keys())
     cat_ci, all_ci = result.get("pck_per_category_ci95") or {}, result.get("pck_ci95") or {}
-    w = 22 if all_ci else 11
+    w = 24 if all_ci else 11
 
     def cells(values: Dict[str, float], ci: Dict[str, Any]) -> str:
         return "".join(f"{with_interval(values[a], ci.get(a)):>{w}}" for a in alphas)

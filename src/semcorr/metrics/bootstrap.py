@@ -16,6 +16,8 @@ interval does not depend on the other categories present and a rerun gives the s
 
 A category with fewer than two counted pairs cannot vary under resampling: it gets no interval
 (None) and adds no variability to the overall one (when every category is such, there is none).
+A replicate in which a statistic is undefined (a resample that drew no pair with a denominator,
+possible for small subsets such as n10 of a category) is left out of that statistic's interval.
 
 - :func:`bootstrap_intervals`: percentile 95 % interval of a run's statistic.
 - :func:`paired_difference`: run B minus run A on the same pairs: the difference, its
@@ -27,11 +29,14 @@ A category with fewer than two counted pairs cannot vary under resampling: it ge
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from semcorr.metrics.functional import PCK_GRID
 
 LEVEL = 0.95
 _TOL = 1e-9  # relative tolerance of |T*| >= |T| (sums in another order round differently)
@@ -63,7 +68,8 @@ class Measure:
         if average == "per_keypoint":
             return cls(n_correct, n_valid, list(category), tuple(alphas), headline)
         has = n_valid > 0
-        num = np.where(has[:, None], n_correct / np.maximum(n_valid, 1)[:, None], 0.0)
+        per_pair = np.round(n_correct / np.maximum(n_valid, 1)[:, None] * PCK_GRID) / PCK_GRID
+        num = np.where(has[:, None], per_pair, 0.0)  # on the metric's 2^-32 grid: exact sums
         return cls(num, has.astype(np.float64), list(category), tuple(alphas), headline)
 
     @classmethod
@@ -153,9 +159,12 @@ def _sums(m: Measure) -> Tuple[np.ndarray, np.ndarray, List[str]]:
 
 
 def _interval(reps: np.ndarray) -> np.ndarray:
-    """(2, ...) percentile interval of replicates (R, ...); NaN where any replicate is NaN."""
+    """(2, ...) percentile interval of replicates (R, ...). Replicates in which the statistic is
+    undefined (NaN: a resample without any pair of a subset) are left out; NaN where all are."""
     lo, hi = (1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100
-    return np.percentile(reps, [lo, hi], axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN, as wanted
+        return np.nanpercentile(reps, [lo, hi], axis=0)
 
 
 def _as_dict(alphas: Sequence[float], pairs: np.ndarray) -> Dict[str, Optional[List[float]]]:

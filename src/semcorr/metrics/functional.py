@@ -32,7 +32,7 @@ from semcorr.metrics.protocol import Protocol
 
 COORD_DECIMALS = 4  # predictions.jsonl writes coordinates in 0.0001 px
 _SCALE = 10.0 ** COORD_DECIMALS
-_GRID = 2.0 ** 32  # per-pair PCK is summed in steps of 1 / _GRID
+_GRID = PCK_GRID = 2.0 ** 32  # per-pair PCK is summed in steps of 1 / _GRID
 
 
 def quantize(values: torch.Tensor) -> torch.Tensor:
