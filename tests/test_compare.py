@@ -67,12 +67,20 @@ def test_eval_writes_left_right_and_intervals(runs):
     assert (cat["n11"]["count"], cat["n10"]["count"], cat["n1x"]["count"]) == (7, 2, 3)
     assert (dog["n11"]["count"], dog["n10"]["count"], dog["n1x"]["count"]) == (5, 2, 3)
     assert set(lr["per_category"]) == {"cat", "dog"}
+    # the three subsets together are every scored keypoint: GECO's per-point PCK is the run's
+    for alpha, v in metrics["pck_per_keypoint"].items():
+        assert lr["pck"][alpha] == pytest.approx(v, abs=1e-9)
     assert set(metrics["pck_ci95"]) == set(metrics["pck"])
     lo, hi = metrics["pck_ci95"]["0.1"]
     assert lo <= metrics["pck"]["0.1"] <= hi
     assert metrics["bootstrap"]["resamples"] == 1000
     curves = metrics["pck_curve_per_category"]
     assert set(curves["pck"]) == {"cat", "dog"} and len(curves["pck"]["cat"]) == len(curves["alphas"])
+    # the loggers get the intervals and the left/right numbers (CSV here; W&B alike)
+    header = (path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("test/pck_ci95_low@0.1", "test/pck_ci95_high@0.1", "test/left_right/n11/pck@0.1",
+                "test/left_right/n10/share", "test/left_right/swap_rate@0.1", "test/left_right/geo_aware/pck@0.1"):
+        assert key in header, key
     # everything is recomputed from what the run stored, to the last bit
     run = load_run(path)
     again = left_right_summary(run.left_right, run.category, run.alphas, run.protocol)

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from semcorr.errors import ConfigError
-from semcorr.metrics.bootstrap import LEVEL, Measure, paired_difference
+from semcorr.metrics.bootstrap import LEVEL, Measure, paired_differences
 from semcorr.metrics.curve import alpha_grid
 from semcorr.metrics.left_right import SUBSETS
 from semcorr.run_data import RunData, load_run
@@ -175,9 +175,9 @@ def compare_runs(paths: Sequence[str | Path], settings: Optional[CompareSettings
         other = run_measures(run, alphas)
         shared = [k for k in base_measures if k in other]
         entry: Dict[str, Any] = {"run": run.name, "against": base.name, "measures": {}}
-        for key in shared:
-            d = paired_difference(base_measures[key], other[key], settings.bootstrap,
-                                  settings.permutations, settings.seed)
+        diffs = paired_differences({k: (base_measures[k], other[k]) for k in shared}, settings.bootstrap,
+                                   settings.permutations, settings.seed)
+        for key, d in diffs.items():
             entry["measures"][key] = {
                 "overall": _entry(d, d.alphas, None),
                 "per_category": {c: _entry(d, d.alphas, i) for i, c in enumerate(d.categories)},

@@ -32,7 +32,8 @@ from __future__ import annotations
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from functools import lru_cache
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -101,9 +102,15 @@ class Measure:
 
     def strata(self) -> List[Tuple[str, np.ndarray]]:
         """(category, indices of its pairs) in first-seen order."""
-        names = list(dict.fromkeys(self.category))
-        cats = np.asarray(self.category, dtype=object)
-        return [(name, np.flatnonzero(cats == name)) for name in names]
+        return _strata(tuple(self.category))
+
+
+@lru_cache(maxsize=8)
+def _strata(category: Tuple[str, ...]) -> List[Tuple[str, np.ndarray]]:
+    groups: Dict[str, List[int]] = {}
+    for i, name in enumerate(category):
+        groups.setdefault(name, []).append(i)
+    return [(name, np.asarray(idx, dtype=np.int64)) for name, idx in groups.items()]
 
 
 def value(num: np.ndarray, den: np.ndarray, headline: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -247,53 +254,74 @@ def paired_difference(a: Measure, b: Measure, n_boot: int = 2000, n_perm: int = 
     """B minus A on the same pairs (the same order and categories), with a paired-bootstrap
     95 % interval (``n_boot`` stratified resamples, the same draws for both runs) and a paired
     permutation p-value (``n_perm`` random swaps of the two runs' results per pair)."""
-    if a.category != b.category or a.alphas != b.alphas:
-        raise ValueError("paired_difference needs the same pairs (categories) and alphas in both measures")
-    names = [name for name, _ in a.strata()]
-    va, vb = value(*_sums(a)[:2], a.headline), value(*_sums(b)[:2], b.headline)
-    overall, per_cat = vb[0] - va[0], vb[1] - va[1]
-    boot_o, boot_c = [], []
-    for (na, da), (nb, db) in resample([a, b], n_boot, seed):
-        oa, ca = value(na, da, a.headline)
-        ob, cb = value(nb, db, b.headline)
-        boot_o.append(ob - oa)
-        boot_c.append(cb - ca)
-    null_o, null_c = _permutations(a, b, n_perm, seed)
-    ci_o, ci_c = _interval(np.concatenate(boot_o)), _interval(np.concatenate(boot_c))
-    single = sorted(set(a.single_pair_categories()) | set(b.single_pair_categories()))
-    if len(single) == len(names):
-        ci_o[:] = np.nan
-    ci_c[:, [names.index(c) for c in single]] = np.nan
-    return Difference(overall, per_cat, ci_o, ci_c, _p_value(overall, null_o), _p_value(per_cat, null_c),
-                      va, vb, names, a.alphas)
+    return paired_differences({"m": (a, b)}, n_boot, n_perm, seed)["m"]
 
 
-def _permutations(a: Measure, b: Measure, n_perm: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(R, A) overall and (R, C, A) per-category differences with each pair's two results swapped
-    at random (probability 1/2, independently per pair)."""
-    strata = a.strata()
-    num_a, den_a, _ = _sums(a)
-    num_b, den_b, _ = _sums(b)
+def paired_differences(measures: Mapping[str, Tuple[Measure, Measure]], n_boot: int = 2000,
+                       n_perm: int = 10000, seed: int = 0) -> Dict[str, Difference]:
+    """:func:`paired_difference` of several measures (name -> (A, B)) of the same pairs at once:
+    every measure sees the same resamples and the same swaps, drawn once."""
+    names = list(measures)
+    flat = [m for name in names for m in measures[name]]  # a0, b0, a1, b1, ...
+    first = flat[0]
+    for m in flat[1:]:
+        if m.category != first.category:
+            raise ValueError("paired differences need the same pairs (categories) in every measure")
+    for a, b in measures.values():
+        if a.alphas != b.alphas:
+            raise ValueError("paired differences need the same alphas in both runs")
+    boot: List[List[Tuple[np.ndarray, np.ndarray]]] = [[] for _ in names]
+    for sums in resample(flat, n_boot, seed):
+        for i, name in enumerate(names):
+            (na, da), (nb, db) = sums[2 * i], sums[2 * i + 1]
+            a, b = measures[name]
+            oa, ca = value(na, da, a.headline)
+            ob, cb = value(nb, db, b.headline)
+            boot[i].append((ob - oa, cb - ca))
+    null = _permutations([measures[n] for n in names], n_perm, seed)
+    out = {}
+    cats = [name for name, _ in first.strata()]
+    for i, name in enumerate(names):
+        a, b = measures[name]
+        va, vb = value(*_sums(a)[:2], a.headline), value(*_sums(b)[:2], b.headline)
+        overall, per_cat = vb[0] - va[0], vb[1] - va[1]
+        ci_o = _interval(np.concatenate([o for o, _ in boot[i]]))
+        ci_c = _interval(np.concatenate([c for _, c in boot[i]]))
+        single = sorted(set(a.single_pair_categories()) | set(b.single_pair_categories()))
+        if len(single) == len(cats):
+            ci_o[:] = np.nan
+        ci_c[:, [cats.index(c) for c in single]] = np.nan
+        null_o, null_c = null[i]
+        out[name] = Difference(overall, per_cat, ci_o, ci_c, _p_value(overall, null_o),
+                               _p_value(per_cat, null_c), va, vb, cats, a.alphas)
+    return out
+
+
+def _permutations(pairs: Sequence[Tuple[Measure, Measure]], n_perm: int,
+                  seed: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Per (A, B) measure pair: (R, A) overall and (R, C, A) per-category differences with each
+    pair's two results swapped at random (probability 1/2, independently per pair; the same
+    swaps for every measure)."""
+    strata = pairs[0][0].strata()
     rngs = [_rng(seed + 1, name) for name, _ in strata]
-    overall, per_cat = [], []
+    base = [(_sums(a)[:2], _sums(b)[:2]) for a, b in pairs]
+    results: List[List[Tuple[np.ndarray, np.ndarray]]] = [[] for _ in pairs]
     for size in _chunks(n_perm):
-        na = np.broadcast_to(num_a, (size, *num_a.shape)).copy()
-        da = np.broadcast_to(den_a, (size, *den_a.shape)).copy()
-        nb = np.broadcast_to(num_b, (size, *num_b.shape)).copy()
-        db = np.broadcast_to(den_b, (size, *den_b.shape)).copy()
+        state = [[np.broadcast_to(x, (size, *x.shape)).copy() for x in (*sa, *sb)] for sa, sb in base]
         for c, ((_, idx), rng) in enumerate(zip(strata, rngs)):
             swap = _swaps(rng, size, len(idx))
-            # what moves from B to A; one matrix-vector product per column (much faster than a
-            # product with a thin matrix)
-            moved = np.ascontiguousarray((b.num[idx] - a.num[idx]).T)
-            d_num = np.stack([swap @ col for col in moved], axis=-1)
-            d_den = swap @ (b.den[idx] - a.den[idx])
-            na[:, c] += d_num
-            nb[:, c] -= d_num
-            da[:, c] += d_den
-            db[:, c] -= d_den
-        oa, ca = value(na, da, a.headline)
-        ob, cb = value(nb, db, b.headline)
-        overall.append(ob - oa)
-        per_cat.append(cb - ca)
-    return np.concatenate(overall), np.concatenate(per_cat)
+            for (a, b), (na, da, nb, db) in zip(pairs, state):
+                # what moves from B to A; one matrix-vector product per column (much faster
+                # than a product with a thin matrix)
+                moved = np.ascontiguousarray((b.num[idx] - a.num[idx]).T)
+                d_num = np.stack([swap @ col for col in moved], axis=-1)
+                d_den = swap @ (b.den[idx] - a.den[idx])
+                na[:, c] += d_num
+                nb[:, c] -= d_num
+                da[:, c] += d_den
+                db[:, c] -= d_den
+        for i, ((a, b), (na, da, nb, db)) in enumerate(zip(pairs, state)):
+            oa, ca = value(na, da, a.headline)
+            ob, cb = value(nb, db, b.headline)
+            results[i].append((ob - oa, cb - ca))
+    return [(np.concatenate([o for o, _ in r]), np.concatenate([c for _, c in r])) for r in results]
