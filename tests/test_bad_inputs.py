@@ -50,6 +50,8 @@ OTHER_TESTS = {
     "huge-image": "test_robustness.py::test_match_decodes_a_huge_jpeg_small_and_answers_in_original_pixels",
     "train-help": "test_bad_inputs.py::test_train_help_mentions_resume",
     "slow-rate": "test_bad_inputs.py::test_rate_unit_for_slow_runs",
+    "compare-pairs": "test_compare.py::test_compare_refuses_what_cannot_be_paired",
+    "compare-protocols": "test_compare.py::test_compare_refuses_what_cannot_be_paired",
 }
 
 

@@ -140,13 +140,15 @@ def test_compare_refuses_what_cannot_be_paired(runs, tmp_path, capsys):
         _eval(folder, fewer, "data.max_pairs=3")
     assert compare_main([str(a), str(fewer), f"out_dir={tmp_path / 'x'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different pair sets" in err[0]
+    assert len(err) == 1 and ("cannot compare runs of different pair sets: a has 6 pairs, fewer 3, "
+                              "3 in common") in err[0]  # the text of docs/errors.md
     other = base / "kp"
     if not other.exists():
         _eval(folder, other, "metric.average=per_keypoint")
     assert compare_main([str(a), str(other), f"out_dir={tmp_path / 'y'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different protocols" in err[0] and "average" in err[0]
+    assert len(err) == 1 and ("cannot compare runs under different protocols (a vs kp: average "
+                              "'per_image' vs 'per_keypoint')") in err[0]
     assert compare_main([str(a), str(other), f"out_dir={tmp_path / 'z'}", "bootstrap=100",
                          "permutations=100", "--allow-protocol-mismatch"]) == 0
     out = capsys.readouterr().out

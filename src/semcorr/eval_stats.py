@@ -16,15 +16,12 @@ from semcorr.metrics.left_right import SUBSETS, left_right_summary
 from semcorr.metrics.protocol import Protocol
 
 
-def subset_note(data_cfg: Any, limit_test_batches: Any = None) -> Optional[Dict[str, Any]]:
-    """``{"data.max_pairs": n, "data.categories": [...], "trainer.limit_test_batches": x}`` (the
-    keys that were set) when the run evaluated a subset of the split's pairs, else None."""
-    out: Dict[str, Any] = {}
-    if getattr(data_cfg, "max_pairs", None) is not None:
-        out["data.max_pairs"] = int(data_cfg.max_pairs)
-    cats = list(getattr(data_cfg, "categories", None) or [])
-    if cats:
-        out["data.categories"] = [str(c) for c in cats]
+def subset_note(dataset: Any, limit_test_batches: Any = None) -> Optional[Dict[str, Any]]:
+    """The settings that narrowed the evaluated pairs (the dataset's
+    :meth:`~semcorr.data.base.PairDataset.pair_selection`, e.g. ``{"data.max_pairs": 100}``, and
+    ``trainer.limit_test_batches``), or None when every pair of the split was evaluated."""
+    selection = getattr(dataset, "pair_selection", None)
+    out: Dict[str, Any] = dict(selection()) if callable(selection) else {}
     if limit_test_batches not in (None, 1.0):
         out["trainer.limit_test_batches"] = limit_test_batches
     return out or None

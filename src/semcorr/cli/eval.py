@@ -114,7 +114,7 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
     metrics["pck_curve"] = curve_entry(*report.curve_counts(), report.curve_alphas, proto.average)
     if not trainer.is_global_zero:
         return metrics
-    subset = subset_note(cfg.data, cfg.trainer.limit_test_batches)
+    subset = subset_note(dataset, cfg.trainer.limit_test_batches)
     if subset:
         metrics["pairs_subset"] = subset
     metrics.update(evaluation_statistics(report, proto, cfg.metric.alphas, cfg.metric.bootstrap,

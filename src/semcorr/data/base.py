@@ -238,6 +238,16 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def pair_selection(self) -> Dict[str, Any]:
+        """The ``data.*`` settings that narrowed the split's pairs (``{"data.max_pairs": 100}``;
+        empty: every pair), reported next to the numbers."""
+        out: Dict[str, Any] = {}
+        if self.max_pairs is not None:
+            out["data.max_pairs"] = int(self.max_pairs)
+        if self.category_filter:
+            out["data.categories"] = [str(c) for c in self.category_filter]
+        return out
+
     def read_image(self, image_id: str) -> torch.Tensor:
         """(3, h, w) float image of an id relative to ``image_root``; ids ending in
         :data:`FLIP_SUFFIX` are served mirrored horizontally. Decoded files are kept (as uint8)

@@ -100,6 +100,12 @@ class SPairDataset(PairDataset):
                 records.append(rec)
         self.finalize(records)
 
+    def pair_selection(self) -> Dict[str, Any]:
+        """Also the difficulty filters (``data.viewpoint_variation`` ...)."""
+        out = super().pair_selection()
+        out.update({f"data.{k}": sorted(v) for k, v in self.filters.items()})
+        return out
+
     def left_right_of(self, rec: PairRecord) -> Optional[Dict[str, np.ndarray]]:
         """The left/right keys of a pair from its images' ``ImageAnnotation`` files (None without
         that folder)."""
