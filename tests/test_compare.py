@@ -125,6 +125,17 @@ def test_compare_cli(runs, tmp_path, capsys):
     n11 = result["comparisons"][0]["measures"]["n11"]["overall"]["0.1"]
     assert n11["a"] == pytest.approx(ma["left_right"]["n11"]["pck"]["0.1"])
     assert set(result["curves"]) == {"a", "b"} and "all" in result["curves"]["a"]["pck"]
+    # the folder now holds a comparison: another one there needs --overwrite (issue 24's rule), and
+    # an evaluation run's folder is never written into by accident
+    for target in (out, a):
+        assert compare_main([str(a), str(b), f"out_dir={target}", "bootstrap=10", "permutations=10"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "holds another run's results" in err[0] and "--overwrite" in err[0]
+    assert json.loads((out / "compare.json").read_text()) == result
+    assert compare_main([str(a), str(b), f"out_dir={out}", "bootstrap=10", "permutations=10",
+                         "--overwrite"]) == 0
+    assert json.loads((out / "compare.json").read_text())["settings"]["bootstrap"] == 10
+    capsys.readouterr()
     # the same from Python, and a run against itself differs by nothing
     same = compare_runs([a, a])
     zero = same["comparisons"][0]["measures"]["pck"]["overall"]["0.1"]

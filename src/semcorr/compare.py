@@ -21,7 +21,6 @@ interval and a paired permutation p-value (:mod:`semcorr.metrics.bootstrap`).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from semcorr import atomic
 from semcorr.errors import ConfigError
 from semcorr.metrics.bootstrap import LEVEL, Measure, paired_differences
 from semcorr.metrics.curve import alpha_grid
@@ -303,9 +303,8 @@ def write_comparison(result: Dict[str, Any], out_dir: str | Path) -> Dict[str, P
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     written = {"md": out / "compare.md", "json": out / "compare.json"}
-    written["md"].write_text(format_comparison(result), encoding="utf-8")
-    with open(written["json"], "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    atomic.write_text(written["md"], format_comparison(result))
+    atomic.write_json(written["json"], result)  # strict JSON: undefined values are already null
     figure = plot_differences(result, out / "compare.png")
     if figure is not None:
         written["figure"] = figure

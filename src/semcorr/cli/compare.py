@@ -4,38 +4,44 @@
 Prints, for every run after the first, its difference from RUN_A per category and overall with a
 paired-bootstrap 95 % interval and a paired permutation p-value (and the left/right subsets when
 both runs stored them), and writes ``compare.md``, ``compare.json``, ``compare.png`` and
-``pck_curves_per_category.png`` into ``out_dir`` (default ``runs/compare-<timestamp>``). Logic:
-:mod:`semcorr.compare`.
+``pck_curves_per_category.png`` into ``out_dir`` (default ``runs/compare-<date>-<time>-<random>``,
+unique per call; a folder holding another run's results needs ``--overwrite``, as for
+``semcorr-eval``: :mod:`semcorr.rundir`). Logic: :mod:`semcorr.compare`.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import fields
 from typing import Optional, Sequence
+
+from pathlib import Path
 
 from semcorr.cli.common import run_main
 from semcorr.compare import CompareSettings, compare_runs, format_comparison, write_comparison
 from semcorr.errors import ConfigError
+from semcorr.rundir import check_run_folder, claim_run_folder, unique_run_name
 
 USAGE = """usage: semcorr-compare RUN_A RUN_B [RUN_C ...] [out_dir=DIR] [bootstrap=N] [permutations=N]
-                       [seed=S] [curve_max_alpha=A] [--allow-protocol-mismatch] [--help]
+                       [seed=S] [curve_max_alpha=A] [--allow-protocol-mismatch] [--overwrite]
+                       [--help]
 
 RUN_*: evaluation run folders (metrics.json + predictions.jsonl). Every run after the first is
 compared with RUN_A on the same pairs (aligned by pair id): difference, paired-bootstrap 95 %
 interval (bootstrap=2000 resamples, stratified by category) and paired permutation p-value
 (permutations=10000 random swaps). Runs of different datasets, splits, pair sets or protocols
 are refused; --allow-protocol-mismatch scores each run under its own protocol instead.
+out_dir: default runs/compare-<date>-<time>-<random>; a folder with another run's results is
+refused unless --overwrite.
 """
 
 _INTS = ("bootstrap", "permutations", "seed")
 
 
 def parse(argv: Sequence[str]):
-    """(run folders, out_dir or None, :class:`CompareSettings`) from the command line."""
+    """(run folders, out_dir or None, overwrite, :class:`CompareSettings`) from the command line."""
     runs, out_dir, values = [], None, {}
-    allow = False
+    allow = overwrite = False
     known = {f.name for f in fields(CompareSettings)} - {"allow_protocol_mismatch"}
     for token in argv:
         if token in ("-h", "--help"):
@@ -43,8 +49,10 @@ def parse(argv: Sequence[str]):
             raise SystemExit(0)
         if token == "--allow-protocol-mismatch":
             allow = True
+        elif token == "--overwrite":
+            overwrite = True
         elif token.startswith("--"):
-            raise ConfigError(f"unknown flag {token}; valid: --allow-protocol-mismatch, --help")
+            raise ConfigError(f"unknown flag {token}; valid: --allow-protocol-mismatch, --overwrite, --help")
         elif "=" in token:
             key, value = token.split("=", 1)
             if key == "out_dir":
@@ -60,14 +68,20 @@ def parse(argv: Sequence[str]):
             runs.append(token)
     if len(runs) < 2:
         raise ConfigError("semcorr-compare needs at least two run folders (RUN_A RUN_B ...)")
-    return runs, out_dir, CompareSettings(**values, allow_protocol_mismatch=allow)
+    return runs, out_dir, overwrite, CompareSettings(**values, allow_protocol_mismatch=allow)
 
 
 def compare(argv: Sequence[str]) -> int:
-    runs, out_dir, settings = parse(argv)
+    runs, out_dir, overwrite, settings = parse(argv)
+    out_dir = Path(out_dir or f"runs/compare-{unique_run_name()}").expanduser()
+    check_run_folder(out_dir, overwrite)  # before the work, creating nothing
     result = compare_runs(runs, settings)
-    out_dir = out_dir or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    written = write_comparison(result, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = claim_run_folder(out_dir, overwrite)  # --overwrite: an earlier comparison's files go
+    try:
+        written = write_comparison(result, out_dir)
+    finally:
+        lock.release()
     sys.stdout.write(format_comparison(result))
     sys.stdout.write(f"\n{result['seconds']:.1f} s; wrote " + ", ".join(str(p) for p in written.values()) + "\n")
     return 0

@@ -340,6 +340,7 @@ class PairDataset(Dataset):
 
     def _report(self, kept: List[PairRecord], skipped: List[str]) -> None:
         name = self.dataset_name
+        self.bad_pairs_left_out = getattr(self, "bad_pairs_left_out", 0) + len(skipped)
         if skipped and not kept:
             raise DataError(f"{name}: every pair was left out for a bad annotation "
                             f"(data.bad_pairs=skip), e.g. {skipped[0]}")
@@ -383,12 +384,15 @@ class PairDataset(Dataset):
 
     def pair_selection(self) -> Dict[str, Any]:
         """The ``data.*`` settings that narrowed the split's pairs (``{"data.max_pairs": 100}``;
-        empty: every pair), reported next to the numbers."""
+        ``bad_pairs_left_out``: how many pairs ``data.bad_pairs=skip`` left out; empty: every
+        pair), reported next to the numbers."""
         out: Dict[str, Any] = {}
         if self.max_pairs is not None:
             out["data.max_pairs"] = int(self.max_pairs)
         if self.category_filter:
             out["data.categories"] = [str(c) for c in self.category_filter]
+        if getattr(self, "bad_pairs_left_out", 0):
+            out["bad_pairs_left_out"] = int(self.bad_pairs_left_out)  # data.bad_pairs=skip
         return out
 
     def read_image(self, image_id: str) -> torch.Tensor:
