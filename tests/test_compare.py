@@ -76,6 +76,11 @@ def test_eval_writes_left_right_and_intervals(runs):
     assert metrics["bootstrap"]["resamples"] == 1000
     curves = metrics["pck_curve_per_category"]
     assert set(curves["pck"]) == {"cat", "dog"} and len(curves["pck"]["cat"]) == len(curves["alphas"])
+    # the curve passes through the run's own per-category PCK at its alphas (same counts, same rule)
+    for alpha in ("0.05", "0.1", "0.15"):
+        at = curves["alphas"].index(float(alpha))
+        for cat_name in ("cat", "dog"):
+            assert curves["pck"][cat_name][at] == pytest.approx(metrics["pck_per_category"][cat_name][alpha])
     # the loggers get the intervals and the left/right numbers (CSV here; W&B alike)
     header = (path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in ("test/pck_ci95_low@0.1", "test/pck_ci95_high@0.1", "test/left_right/n11/pck@0.1",
@@ -89,7 +94,8 @@ def test_eval_writes_left_right_and_intervals(runs):
 
 @pytest.mark.slow
 def test_eval_table_names_the_subset_and_the_intervals(folder, tmp_path, capsys):
-    _eval(folder, tmp_path / "sub", "data.max_pairs=4", "metric.bootstrap=50")
+    _eval(folder, tmp_path / "sub", "data.max_pairs=4", "metric.bootstrap=50", "plots.category_curves=true")
+    assert (tmp_path / "sub" / "pck_curve_per_category.png").is_file()  # Fig. 6/7: a panel per category
     out = capsys.readouterr().out
     assert "±: half-width of the 95 % bootstrap interval" in out
     assert "a subset of the split's pairs was evaluated (data.max_pairs=4)" in out
@@ -125,6 +131,9 @@ def test_compare_cli(runs, tmp_path, capsys):
     n11 = result["comparisons"][0]["measures"]["n11"]["overall"]["0.1"]
     assert n11["a"] == pytest.approx(ma["left_right"]["n11"]["pck"]["0.1"])
     assert set(result["curves"]) == {"a", "b"} and "all" in result["curves"]["a"]["pck"]
+    at = result["curves"]["b"]["alphas"].index(0.1)
+    assert result["curves"]["b"]["pck"]["dog"][at] == pytest.approx(mb["pck_per_category"]["dog"]["0.1"])
+    assert result["curves"]["b"]["pck"]["all"][at] == pytest.approx(mb["pck"]["0.1"])
     # the folder now holds a comparison: another one there needs --overwrite (issue 24's rule), and
     # an evaluation run's folder is never written into by accident
     for target in (out, a):
