@@ -115,6 +115,27 @@ def test_strict_protocol_applies_to_the_counterpart_too():
     assert counts.correct[1, 0].tolist() == [0, 2] and counts.near_both[1].tolist() == [0, 1]
 
 
+def test_a_square_frame_protocol_scales_the_counterpart_too():
+    """Under a protocol with an F x F scoring frame (x * F / w, y * F / h), the counterpart's
+    distance is measured in that frame like the keypoint's own. Target 100 x 200 (h, w), F = 100:
+    x distances halve; L = F = 100 (threshold_by=image): 5 px at 0.05, 10 px at 0.1 (frame px).
+    Keypoint 0 (gt (100, 50); its counterpart 1 at (118, 50)) predicted at (116, 50): own 16 / 2
+    = 8, counterpart 2 / 2 = 1 -> swapped at 0.05, correct and near both at 0.1. Keypoint 1
+    predicted at (82, 50): own 36 / 2 = 18, counterpart 18 / 2 = 9 -> swapped at 0.1 only (with
+    the counterpart's distance left in original pixels, 18 > 10, it would not be)."""
+    sample = _pair({0, 1}, {0: (100, 50), 1: (118, 50)}, {0: (116, 50), 1: (82, 50)})
+    batch, pred, gt = _batch([sample])
+    imsize = torch.tensor([[100, 200]])
+    box = torch.tensor([[0.0, 0.0, 200.0, 100.0]], dtype=torch.float64)
+    protocol = Protocol(threshold_by="image", frame=100)
+    scores = pck_scores(protocol, ALPHAS, pred, gt, batch["kps_valid"], box, imsize)
+    counts = left_right_counts(scores, evidence_from_batch(batch, batch["kps_valid"]), protocol, imsize)
+    assert counts.count[0].tolist() == [2, 0, 0]
+    assert counts.correct[0, 0].tolist() == [0, 1]
+    assert counts.swap[0].tolist() == [1, 1]
+    assert counts.near_both[0].tolist() == [0, 1]
+
+
 def test_target_to_source_protocols_use_the_source_side():
     """Swapping the images' roles (a trg_to_src protocol) swaps the visibility sides: the subsets
     then follow the counterpart's visibility in the image being predicted in (the source)."""
