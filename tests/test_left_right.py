@@ -9,7 +9,7 @@ import torch
 from semcorr.data.left_right import left_right_fields, visible_points
 from semcorr.data.schema import collate, swap_sides
 from semcorr.metrics import Protocol, pck_scores
-from semcorr.metrics.left_right import (LeftRightEvidence, evidence_from_batch, left_right_counts,
+from semcorr.metrics.left_right import (evidence_from_batch, left_right_counts,
                                         left_right_summary)
 
 PAIRS = [(0, 1), (2, 3)]  # id 4 has no counterpart
