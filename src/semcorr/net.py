@@ -161,14 +161,15 @@ class CorrespondenceNet(nn.Module):
 
         Args:
             batch: ``src_img``, ``trg_img`` (B, 3, H, W) network-frame images, ``src_content_hw``,
-                ``trg_content_hw`` (B, 2); optional ``src_id`` / ``trg_id`` (feature caches and
+                ``trg_content_hw`` (B, 2), optional ``src_content_yx`` / ``trg_content_yx``
+                (B, 2) (content not at the top-left); optional ``src_id`` / ``trg_id`` (feature caches and
                 in-batch deduplication key on the pixels, ids only name them).
             use_cache: read and fill the feature caches.
         """
         src = self.extractor(batch["src_img"], batch.get("src_id"), use_cache)
         trg = self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache)
-        src.valid = valid_cells(batch["src_content_hw"], src.grid, src.stride)
-        trg.valid = valid_cells(batch["trg_content_hw"], trg.grid, trg.stride)
+        src.valid = valid_cells(batch["src_content_hw"], src.grid, src.stride, batch.get("src_content_yx"))
+        trg.valid = valid_cells(batch["trg_content_hw"], trg.grid, trg.stride, batch.get("trg_content_yx"))
         return src, trg
 
     def match(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap) -> MatchOutput:

@@ -32,7 +32,8 @@ from semcorr.figures import prediction_table, write_eval_figures
 from semcorr.matchers import build_matcher
 from semcorr.metrics import alpha_grid, curve_entry
 from semcorr.predictions import write_predictions
-from semcorr.report import EvalReport, EvalTiming
+from semcorr.pose_align import LABEL, pose_align_summary
+from semcorr.report import EvalReport, EvalTiming, PoseAlignReport
 
 log = logging.getLogger("semcorr.eval")
 
@@ -50,9 +51,10 @@ def evaluate(argv: Sequence[str]) -> int:
                         rows=cfg.predictions.enabled, max_points=cfg.predictions.max_points,
                         dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare)
     timing = EvalTiming()
+    pose = PoseAlignReport() if cfg.pose_align.enabled else None
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
     trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,
-                        callbacks=[report, timing], default_root_dir=str(out_dir),
+                        callbacks=[report, timing] + ([pose] if pose else []), default_root_dir=str(out_dir),
                         enable_checkpointing=False)
     quiet_unless(trainer.is_global_zero)
     if trainer.is_global_zero:
@@ -65,21 +67,27 @@ def evaluate(argv: Sequence[str]) -> int:
     success = False
     try:
         with share_out_dir(cfg):
-            metrics = _evaluate(cfg, trainer, run, report, timing, loggers, out_dir)
+            metrics = _evaluate(cfg, trainer, run, report, timing, loggers, out_dir, pose)
         success = True
     finally:
         finish_loggers(loggers, success)
     if not trainer.is_global_zero:
         return 0
+    dagger = f"; Pose-Align: {LABEL}" if cfg.pose_align.enabled else ""
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
-                                        f"protocol {run.protocol.summary()}") + "\n")
+                                        f"protocol {run.protocol.summary()}{dagger}") + "\n")
+    if pose is not None:
+        p = metrics["pose_align"]
+        sys.stdout.write(f"Pose-Align ({p['score']} score) {LABEL}: the mirrored source was kept for "
+                         f"{p['pairs_flipped']} of {p['pairs']} pairs\n")
     sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, "
                      f"{rate(metrics['n_pairs'], metrics['timing']['seconds'])}; "
                      f"wrote {out_dir / 'metrics.json'}\n")
     return 0
 
 
-def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers, out_dir: Path) -> dict:
+def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers, out_dir: Path,
+              pose: Optional[PoseAlignReport] = None) -> dict:
     """Test the run's model; return the metrics (all ranks). Rank 0 writes ``predictions.jsonl``,
     the figures, then ``metrics.json`` (last, atomically: it exists only for a run that finished)."""
     dataset, proto = run.dataset, run.protocol
@@ -99,6 +107,8 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
         "pck_per_category": result["pck_per_category"],
         "pck_per_image": result["pck_per_image"],
         "pck_per_keypoint": result["pck_per_keypoint"],
+        "pose_align": ({"enabled": False} if pose is None else pose_align_summary(
+            cfg.pose_align, [e[2] for e in pose.entries], [e[1] for e in pose.entries])),
         "timing": {
             "seconds": seconds,
             "pairs_per_s": result["n_pairs"] / max(seconds, 1e-9),

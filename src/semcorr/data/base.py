@@ -17,7 +17,7 @@ from semcorr.registry import GroupConfig
 from semcorr.errors import ConfigError, DataError
 from semcorr.metrics.protocol import DIRECTIONS, Protocol, protocol
 from semcorr.stores import MemoryCache
-from semcorr.data.resize import RESIZE_MODES, resize_image, to_network
+from semcorr.data.resize import RESIZE_MODES, resize_image, resize_mask, to_network
 from semcorr.data.schema import swap_sides
 from semcorr.data.transforms import AugmentConfig
 
@@ -33,7 +33,7 @@ class DataConfig(GroupConfig):
     root: Optional[str] = None
     split: str = "test"
     image_size: int = 224
-    resize: str = "longer_side_pad"  # square | longer_side_pad | longer_side
+    resize: str = "longer_side_pad"  # square | longer_side_pad | longer_side | centre_canvas
     batch_size: int = 8
     num_workers: int = 0
     max_pairs: Optional[int] = None
@@ -162,6 +162,17 @@ def load_image_reduced(path: str | Path, keep: int) -> Tuple[torch.Tensor, int, 
     return image, factor, (size[1], size[0])
 
 
+def read_label_image(path: str | Path) -> np.ndarray:
+    """(h, w) int64 label values of a mask file: palette indices of a palette PNG, grey values of
+    a grey one, the luminance of a colour one."""
+    def labels(im: Image.Image) -> np.ndarray:
+        if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+            im = im.convert("L")
+        return np.asarray(im).astype(np.int64)
+
+    return _decode(path, "segmentation", labels)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A foreground mask file as (h, w) bool: grey values above half the file's maximum (so 0/1,
     0/255 and 16-bit masks all work; an all-zero mask is all background)."""
@@ -205,6 +216,9 @@ class PairDataset(Dataset):
         self.image_cache = MemoryCache(cfg.image_cache_mb)
         self.transform = None  # optional paired augmentation (training), see semcorr.data.transforms
         self.direction = "src_to_trg"
+        # foreground masks in the samples (src_mask, trg_mask): None (none), "auto" (the dataset's
+        # segmentation where it has one, else the box) or "box"; set for Pose-Align's mask score
+        self.serve_masks: Optional[str] = None
 
     @property
     def protocol(self) -> Protocol:
@@ -251,6 +265,14 @@ class PairDataset(Dataset):
         image = cached.float().div_(255.0)
         return image.flip(-1) if mirrored else image
 
+    def foreground(self, image_id: str, box: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        """(h, w) bool foreground of an image in its original frame: here the annotated box
+        (:func:`box_mask`); datasets that ship segmentations override this (SPair-71k)."""
+        if box is None or torch.isnan(box).any():
+            raise DataError(f"no foreground for {image_id}: the dataset has no box or segmentation "
+                            "for it (Pose-Align: use pose_align.score=mutual_nn)")
+        return box_mask(box, hw)
+
     def image_ids(self) -> List[str]:
         """Distinct image ids, in first-use order."""
         return list(dict.fromkeys(i for r in self.records for i in (r.src, r.trg)))
@@ -288,8 +310,8 @@ class PairDataset(Dataset):
     def make_sample(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, Any]:
         """Resize an original-frame pair (see :meth:`load_pair`) into a schema sample."""
         src_img, trg_img = pair["src_img"], pair["trg_img"]
-        src_net, src_frame, src_hw = resize_image(src_img, self.image_size, self.resize, self.divisor)
-        trg_net, trg_frame, trg_hw = resize_image(trg_img, self.image_size, self.resize, self.divisor)
+        src_net, src_frame, src_hw, src_yx = resize_image(src_img, self.image_size, self.resize, self.divisor)
+        trg_net, trg_frame, trg_hw, trg_yx = resize_image(trg_img, self.image_size, self.resize, self.divisor)
         k = pair["src_kps"].shape[0]
         ids = pair["kps_ids"] if pair["kps_ids"] is not None else torch.full((k,), -1, dtype=torch.long)
         return {
@@ -305,6 +327,8 @@ class PairDataset(Dataset):
             "trg_frame": trg_frame,
             "src_content_hw": src_hw,
             "trg_content_hw": trg_hw,
+            "src_content_yx": src_yx,
+            "trg_content_yx": trg_yx,
             "src_imsize": torch.tensor(src_img.shape[-2:], dtype=torch.long),
             "trg_imsize": torch.tensor(trg_img.shape[-2:], dtype=torch.long),
             "src_bbox": pair["src_bbox"],
@@ -315,7 +339,28 @@ class PairDataset(Dataset):
             "trg_id": rec.trg,
             "pair_id": rec.pair_id or f"{rec.src}->{rec.trg}",
             "sym_pairs": pair["sym_pairs"],
+            **self._masks(rec, pair),
         }
+
+    def _masks(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """``src_mask``, ``trg_mask`` (H, W) bool in the network frame when :attr:`serve_masks`."""
+        if self.serve_masks is None:
+            return {}
+        out = {}
+        for side, image_id in (("src", rec.src), ("trg", rec.trg)):
+            hw = tuple(pair[f"{side}_img"].shape[-2:])
+            mask = self.foreground(image_id, pair[f"{side}_bbox"], hw)
+            out[f"{side}_mask"] = resize_mask(mask, self.image_size, self.resize, self.divisor)
+        return out
+
+
+def box_mask(box: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """(h, w) bool: the pixels (pixel-index convention) inside an (x1, y1, x2, y2) box, inclusive."""
+    h, w = hw
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ys = torch.arange(h, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, dtype=torch.float32)[None, :]
+    return (ys >= y1) & (ys <= y2) & (xs >= x1) & (xs <= x2)
 
 
 def _box(box: Optional[Sequence[float]]) -> torch.Tensor:
