@@ -168,8 +168,9 @@ class CorrespondenceNet(nn.Module):
         """
         src = self.extractor(batch["src_img"], batch.get("src_id"), use_cache)
         trg = self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache)
-        src.valid = valid_cells(batch["src_content_hw"], src.grid, src.stride, batch.get("src_content_yx"))
-        trg.valid = valid_cells(batch["trg_content_hw"], trg.grid, trg.stride, batch.get("trg_content_yx"))
+        for fmap, side in ((src, "src"), (trg, "trg")):
+            fmap.valid = valid_cells(batch[f"{side}_content_hw"], fmap.grid, fmap.stride,
+                                     batch.get(f"{side}_content_yx"))
         return src, trg
 
     def match(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap) -> MatchOutput:

@@ -51,10 +51,11 @@ def evaluate(argv: Sequence[str]) -> int:
                         rows=cfg.predictions.enabled, max_points=cfg.predictions.max_points,
                         dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare)
     timing = EvalTiming()
-    pose = PoseAlignReport() if cfg.pose_align.enabled else None
+    pose = PoseAlignReport() if cfg.pose_align.enabled else None  # uses GT left/right labels
+    callbacks = [report, timing] + ([pose] if pose else [])
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
     trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,
-                        callbacks=[report, timing] + ([pose] if pose else []), default_root_dir=str(out_dir),
+                        callbacks=callbacks, default_root_dir=str(out_dir),
                         enable_checkpointing=False)
     quiet_unless(trainer.is_global_zero)
     if trainer.is_global_zero:

@@ -310,8 +310,9 @@ class PairDataset(Dataset):
     def make_sample(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, Any]:
         """Resize an original-frame pair (see :meth:`load_pair`) into a schema sample."""
         src_img, trg_img = pair["src_img"], pair["trg_img"]
-        src_net, src_frame, src_hw, src_yx = resize_image(src_img, self.image_size, self.resize, self.divisor)
-        trg_net, trg_frame, trg_hw, trg_yx = resize_image(trg_img, self.image_size, self.resize, self.divisor)
+        size, mode, divisor = self.image_size, self.resize, self.divisor
+        src_net, src_frame, src_hw, src_yx = resize_image(src_img, size, mode, divisor)
+        trg_net, trg_frame, trg_hw, trg_yx = resize_image(trg_img, size, mode, divisor)
         k = pair["src_kps"].shape[0]
         ids = pair["kps_ids"] if pair["kps_ids"] is not None else torch.full((k,), -1, dtype=torch.long)
         return {
