@@ -150,9 +150,10 @@ for name, matcher in {"NN": "nn", "GW-OT": GWOT}.items():
     extra = [] if matcher == "nn" else ["matcher.grad=detach"]  # evaluation needs no gradient
     code = eval_main([*DATA, *BACKBONE, f"matcher={matcher}", *extra, f"data.image_size={SIZE}",
                       "data.max_pairs=4", "plots.n_pairs=1", "logger.wandb=false", "logger.csv=false",
-                      "trainer.enable_progress_bar=false", f"out_dir={runs[name]}"])
+                      "trainer.enable_progress_bar=false", f"out_dir={runs[name]}",
+                      "--overwrite"])  # this cell may run again: it replaces its own results
     assert code == 0, f"eval failed for {matcher}"
-print(sorted(p.name for p in runs["GW-OT"].iterdir()))'''),
+print(sorted(p.name for p in runs["GW-OT"].iterdir() if not p.name.startswith(".")))'''),
     ("code", '''\
 metrics = {name: json.loads((path / "metrics.json").read_text()) for name, path in runs.items()}
 for name, m in metrics.items():

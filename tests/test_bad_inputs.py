@@ -23,6 +23,7 @@ from PIL import Image
 
 from runs import TINY_VIT
 from semcorr.cli import eval as eval_cli
+from semcorr.cli import features as features_cli
 from semcorr.cli import match as match_cli
 from semcorr.cli import sweep as sweep_cli
 from semcorr.cli import train as train_cli
@@ -50,6 +51,37 @@ OTHER_TESTS = {
     "huge-image": "test_robustness.py::test_match_decodes_a_huge_jpeg_small_and_answers_in_original_pixels",
     "train-help": "test_bad_inputs.py::test_train_help_mentions_resume",
     "slow-rate": "test_bad_inputs.py::test_rate_unit_for_slow_runs",
+    "precomputed-bad-file": "test_precomputed.py::test_a_bad_file_found_during_a_run_is_one_line",
+    "precomputed-file-checks": "test_precomputed.py::test_every_file_is_checked",
+    "precomputed-augment": "test_precomputed.py::test_training_with_augmentation_is_refused",
+    "precomputed-mirror-padded": "test_precomputed.py::test_mirrored_files_and_the_mirror_rule",
+    # issue 24: signals, disks, run folders, annotations, caches (tests/test_faults.py)
+    **{case: f"test_faults.py::{name}" for case, name in {
+        "matcher-alone-nan": "test_ot_matchers_alone_refuse_non_finite_features_naming_the_cells",
+        "sigterm-train": "test_a_signalled_training_exits_non_zero_and_says_interrupted",
+        "sigint-train": "test_a_signalled_training_exits_non_zero_and_says_interrupted",
+        "sigterm-eval": "test_a_signalled_evaluation_exits_143_without_metrics",
+        "sigterm-sweep": "test_a_signalled_sweep_never_marks_the_cell_done",
+        "sweep-run-killed": "test_a_run_killed_by_a_signal_is_interrupted_not_done",
+        "bad-pairs-skip": "test_bad_pairs_are_left_out_counted_and_empty_pairs_reported",
+        "threshold-positive": "test_a_threshold_is_never_zero_or_negative",
+        "json-strict": "test_json_is_never_nan_or_infinity",
+        "ckpt-unfinished": "test_eval_of_an_unfinished_run_warns_which_step",
+        "cache-edited": "test_an_edited_cache_file_is_recomputed_not_used",
+        "full-disk-checkpoint": "test_training_on_a_filling_disk_keeps_last_ckpt_and_resumes",
+        "killed-mid-save": "test_a_save_killed_mid_write_leaves_the_previous_checkpoint",
+        "full-disk-write": "test_a_full_disk_keeps_the_previous_file",
+        "out-dir-unique": "test_default_out_dirs_are_unique_within_a_second_and_across_processes",
+        "out-dir-in-use": "test_a_folder_in_use_is_refused_and_free_once_its_run_dies",
+        "out-dir-has-results": "test_an_out_dir_with_results_needs_overwrite",
+        "resume-moved": "test_resume_of_a_moved_or_copied_run_continues_where_it_now_is",
+        "resume-changes": "test_resume_refuses_settings_that_break_exactness",
+        "resume-out-dir": "test_resume_refuses_settings_that_break_exactness",
+        "out-dir-full": "test_a_full_disk_under_out_dir_is_one_line",
+        "cache-unwritable": "test_a_cache_that_cannot_be_written_warns_once_and_the_run_goes_on",
+        "half-precision-eval": "test_eval_runs_in_half_precision",
+        "cache-slice": "test_cache_entries_hold_only_their_own_slice",
+    }.items()},
 }
 
 
@@ -136,9 +168,56 @@ def garbage_weights(tmp: Path) -> Path:
     return path
 
 
+def feature_folder(tmp: Path, image_size: int = 64, resize: str = "square") -> Path:
+    """An empty precomputed-features folder: its features.json only."""
+    from semcorr.backbones.feature_files import FeatureLayout, write_layout
+
+    root = tmp / "feats"
+    write_layout(root, FeatureLayout(stride=8, image_size=image_size, resize=resize, dim=128))
+    return root
+
+
+def folder_pairs(tmp: Path, image: Tuple[int, int] = (48, 64), **changes) -> List[str]:
+    """A one-pair ``data=folder`` dataset (two 64 x 48 images, three keypoints, boxes) with
+    ``changes`` to the pair's annotation; a key set to ``...`` is removed."""
+    import json
+
+    root = tmp / "pairs"
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "a.png")
+    Image.fromarray(rng.integers(0, 255, (*image, 3), dtype=np.uint8)).save(root / "b.png")
+    pair = {"src": "a.png", "trg": "b.png", "src_kps": [[10, 10], [20, 30], [40, 12]],
+            "trg_kps": [[12, 11], [22, 28], [41, 15]], "src_bbox": [0, 0, 60, 45],
+            "trg_bbox": [0, 0, 60, 45], **changes}
+    (root / "pairs.json").write_text(json.dumps([{k: v for k, v in pair.items() if v is not ...}]))
+    return ["data=folder", f"data.root={root}", "data.image_size=64", "backbone=dsift"]
+
+
+def config_dir(tmp: Path, rel: str, content: bytes | str) -> Path:
+    """A --config-dir holding one file ``rel`` (e.g. ``data/mine.yaml``)."""
+    path = tmp / "configs" / rel
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return tmp / "configs"
+
+
+def own_config(tmp: Path, rel: str, content: bytes | str) -> List[str]:
+    group, name = rel.split("/")
+    return ["--config-dir", str(config_dir(tmp, rel, content)), f"{group}={Path(name).stem}"]
+
+
+def sweep_yaml(tmp: Path, content: str) -> List[str]:
+    path = tmp / "bad_sweep.yaml"
+    path.write_text(content)
+    return [str(path)]
+
+
 Case = Callable[[Path], Tuple[Callable, List[str]]]
 EVAL, TRAIN_CMD, MATCH, SWEEP = eval_cli.main, train_cli.main, match_cli.main, sweep_cli.main
-PROG = {EVAL: "eval.py", TRAIN_CMD: "train.py", MATCH: "semcorr-match", SWEEP: "sweep.py"}
+FEATURES = features_cli.main
+PROG = {EVAL: "eval.py", TRAIN_CMD: "train.py", MATCH: "semcorr-match", SWEEP: "sweep.py",
+        FEATURES: "semcorr-features"}
 
 CASES: Dict[str, Case] = {
     "mat-truncated-0": lambda t: (EVAL, truncated_willow(t, 0)),
@@ -168,6 +247,38 @@ CASES: Dict[str, Case] = {
     "out-dir-unwritable-train": lambda t: (TRAIN_CMD, [*TRAIN, f"out_dir={UNWRITABLE}"]),
     "out-dir-unwritable-match": lambda t: (MATCH, [*images(t), f"out_dir={UNWRITABLE}"]),
     "out-dir-unwritable-sweep": lambda t: (SWEEP, [*sweep_file(t), f"out_dir={UNWRITABLE}"]),
+    "precomputed-no-root": lambda t: (EVAL, ["backbone=precomputed"]),
+    "precomputed-no-layout": lambda t: (EVAL, ["backbone=precomputed", f"backbone.root={t}"]),
+    "precomputed-frame": lambda t: (EVAL, ["backbone=precomputed", f"backbone.root={feature_folder(t)}"]),
+    "precomputed-missing-file": lambda t: (EVAL, ["backbone=precomputed", "data.n_pairs.test=2",
+                                                  f"backbone.root={feature_folder(t, 224, 'longer_side_pad')}"]),
+    "upsample-inexact": lambda t: (EVAL, ["backbone.upsample=3"]),
+    "layers-twice": lambda t: (EVAL, [*TINY_VIT, "backbone.layers=[1,-1]"]),
+    "features-format": lambda t: (FEATURES, ["--format", "bogus"]),
+    "features-other-kind": lambda t: (FEATURES, ["data.image_size=64", "data.n_pairs.test=1",
+                                                 f"out_dir={feature_folder(t)}"]),
+    # degenerate annotations (data/annotations.py), found when the dataset is loaded
+    "box-negative": lambda t: (EVAL, folder_pairs(t, trg_bbox=[10, 10, 5, 5])),
+    "box-zero-area": lambda t: (EVAL, folder_pairs(t, trg_bbox=[10, 10, 10, 30])),
+    "one-keypoint-bbox-kp": lambda t: (EVAL, folder_pairs(t, src_bbox=..., trg_bbox=...,
+                                                          src_kps=[[10, 10], None, None])),
+    "keypoints-all-null": lambda t: (EVAL, folder_pairs(t, src_kps=[None, None, None])),
+    "keypoint-far-outside": lambda t: (EVAL, folder_pairs(t, trg_kps=[[12, 11], [22, 28], [900, 15]])),
+    "keypoint-huge": lambda t: (EVAL, folder_pairs(t, trg_kps=[[12, 11], [22, 28], [1e308, 15]])),
+    "keypoints-empty": lambda t: (EVAL, folder_pairs(t, src_kps=[], trg_kps=[])),
+    "image-1x1": lambda t: (EVAL, folder_pairs(t, image=(1, 1))),
+    # config files (config.py load_yaml, group_config; sweep.py load_sweep)
+    "config-file-malformed": lambda t: (EVAL, own_config(t, "data/mine.yaml", "kind: synthetic\nimage_size: [1\n")),
+    "config-file-binary": lambda t: (EVAL, own_config(t, "data/mine.yaml", bytes(range(128, 256)))),
+    "config-file-list": lambda t: (EVAL, own_config(t, "data/mine.yaml", "- a\n- b\n")),
+    "config-file-value-type": lambda t: (EVAL, own_config(t, "data/mine.yaml", "kind: synthetic\nimage_size: abc\n")),
+    "config-file-value-range": lambda t: (EVAL, own_config(t, "data/mine.yaml", "kind: synthetic\nimage_size: 0\n")),
+    "experiment-file-malformed": lambda t: (EVAL, own_config(t, "experiment/mine.yaml", "tokens: [a=\n")),
+    "sweep-file-malformed": lambda t: (SWEEP, sweep_yaml(t, "grid: {matcher: [nn\n")),
+    "sweep-file-list": lambda t: (SWEEP, sweep_yaml(t, "- 1\n- 2\n")),
+    "sweep-file-bad-base": lambda t: (SWEEP, sweep_yaml(t, "grid: {matcher: [nn]}\nbase: 3\n")),
+    "config-dir-missing": lambda t: (EVAL, ["--config-dir", str(t / "no-such-folder")]),
+    "precision-bogus": lambda t: (EVAL, ["trainer.precision=17"]),
 }
 
 

@@ -129,10 +129,12 @@ def test_difficulty_category_and_max_pairs_filters(spair_root):
 
 
 def test_errors_name_the_file(spair_root):
-    (spair_root / "JPEGImages" / "cat" / "2008_000002.jpg").unlink()
-    ds = _dataset(spair_root)
-    with pytest.raises(FileNotFoundError, match="2008_000002.jpg"):
-        ds[0]
+    image = spair_root / "JPEGImages" / "cat" / "2008_000002.jpg"
+    data = image.read_bytes()
+    image.unlink()
+    with pytest.raises(FileNotFoundError, match="2008_000002.jpg"):  # found when loaded (its size)
+        _dataset(spair_root)
+    image.write_bytes(data)
     bad = spair_root / "PairAnnotation" / "test" / "000003-2009_000003-2009_000003:dog.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="000003-2009_000003-2009_000003:dog.json"):
@@ -141,8 +143,8 @@ def test_errors_name_the_file(spair_root):
     (spair_root / "Layout" / "large" / "test.txt").write_text("000001-2008_000001-2008_000002:cat\n")
     assert len(_dataset(spair_root)) == 1
     (spair_root / "JPEGImages" / "cat" / "2008_000001.jpg").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="2008_000001.jpg"):
-        _dataset(spair_root).load_pair(0)
+    with pytest.raises(ValueError, match="2008_000001.jpg"):  # found when loaded (its header)
+        _dataset(spair_root)
 
 
 def test_eval_cli_reports_both_averages(spair_root, tmp_path):

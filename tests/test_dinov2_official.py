@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference.dinov2_oracle import (giant_official, has_official, import_official, official_tokens, rel,
-                                     save_official, small_official, timm_weights_kwargs)
+from reference.dinov2_oracle import (MEAN, STD, giant_official, has_official, import_official,
+                                     official_tokens, rel, save_official, small_official,
+                                     timm_weights_kwargs)
 from semcorr.backbones.dinov2 import DinoV2, official_pos_embed
 from semcorr.paths import SHARED_REFERENCE_ENV, shared_reference_dir
 
@@ -103,6 +104,34 @@ def test_layer_and_norm_options_match_the_official_intermediate_layers(official,
         assert rel(ours_tokens(ours, x), want) < TOL, (layer, norm)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("registers,norm", [(False, True), (True, False)], ids=["plain-norm", "reg-raw"])
+def test_several_layers_match_the_official_intermediate_layers(official, registers, norm, tmp_path):
+    """``layers=[...]``: each listed block's tokens equal the official
+    ``get_intermediate_layers(x, n=[...], norm=norm)``; ``concat`` stacks them in the listed order,
+    ``mean`` averages them."""
+    ref = small_official(official, registers, depth=4)
+    path = save_official(ref, tmp_path / "dinov2_pretrain.pth")
+    name = "vits14_reg" if registers else "vits14"
+    x = torch.rand(2, 3, 224, 168)
+    with torch.no_grad():  # the official call returns the blocks in ascending order
+        want = dict(zip([0, 1, 3], ref.get_intermediate_layers((x - MEAN) / STD, n=[0, 1, 3], norm=norm)))
+    d = ref.embed_dim
+    assert rel(want[0], want[3]) > 0.1 and rel(want[1], want[3]) > 0.1  # the order matters
+    for layers in ([3, 1], [0, -1, 1]):
+        blocks = [b % 4 for b in layers]
+        cat = DinoV2(model=name, weights=str(path), layers=layers, norm=norm,
+                     model_kwargs={"depth": 4}).eval()
+        got = ours_tokens(cat, x)
+        assert cat.dim == d * len(layers) and got.shape == (2, 16 * 12, d * len(layers))
+        for i, block in enumerate(blocks):
+            assert rel(got[..., i * d:(i + 1) * d], want[block]) < TOL, (layers, block)
+        mean = DinoV2(model=name, weights=str(path), layers=layers, fuse="mean", norm=norm,
+                      model_kwargs={"depth": 4}).eval()
+        assert mean.dim == d
+        assert rel(ours_tokens(mean, x), torch.stack([want[b] for b in blocks]).mean(0)) < TOL, layers
+
+
 @pytest.mark.parametrize("registers", [False, True], ids=["plain", "reg"])
 def test_giant_matches_the_official_code(official, registers, tmp_path, monkeypatch):
     """ViT-g/14: SwiGLU FFN (official w12 / w3 'swiglufused' = timm SwiGLUPacked fc1 / fc2,
@@ -138,6 +167,31 @@ def test_pos_embed_option_and_cache_key():
     assert "-peofficial-" in official_mode.cache_key() and "-petimm-" in timm_mode.cache_key()
     with pytest.raises(ValueError, match="official, timm"):
         DinoV2(model="vits14", weights="none", model_kwargs=TINY, pos_embed="bilinear")
+
+
+def test_several_layers_are_cached_under_their_own_key():
+    """The cache key names the blocks and the fusion; a multi-layer backbone goes through the
+    feature caches like a single-layer one."""
+    from semcorr.features import FeatureExtractor
+    from semcorr.stores import MemoryCache
+
+    kwargs = dict(model="vits14", weights="none", model_kwargs=dict(TINY, depth=3))
+    single = DinoV2(**kwargs, layer=1)
+    cat = DinoV2(**kwargs, layers=[2, 0])
+    mean = DinoV2(**kwargs, layers=[2, 0], fuse="mean")
+    assert "-l1-n1-" in single.cache_key()
+    assert "-l2+0-concat-n1-" in cat.cache_key() and "-l2+0-mean-n1-" in mean.cache_key()
+    assert cat.layer == 2 and cat.dim == 96 and mean.dim == 48
+    ex = FeatureExtractor(cat.eval(), [MemoryCache(64)])
+    x = torch.rand(2, 3, 28, 42)
+    with torch.no_grad():
+        first = ex(x, ["a", "b"], use_cache=True).features
+        again = ex(x, ["a", "b"], use_cache=True).features
+    assert ex.backbone_calls == 2 and torch.equal(first, again) and first.shape == (2, 96, 2, 3)
+    with pytest.raises(ValueError, match="name a block twice"):
+        DinoV2(**kwargs, layers=[2, -1])
+    with pytest.raises(ValueError, match="fuse must be one of concat, mean"):
+        DinoV2(**kwargs, layers=[1, 2], fuse="sum")
 
 
 def test_official_resize_arithmetic():

@@ -162,7 +162,9 @@ def test_a_rerun_in_the_same_folder_leaves_no_stale_predictions(tmp_path):
     common = ["data.n_pairs.test=2", "plots.n_pairs=0", f"out_dir={out}", "trainer.enable_progress_bar=false",
               "logger.wandb=false"]
     assert main(common) == 0 and (out / "predictions.jsonl").is_file()
-    assert main([*common, "predictions.enabled=false"]) == 0
+    # without --overwrite the folder of a finished run is refused (docs/errors.md: out-dir-has-results)
+    assert main([*common, "predictions.enabled=false"]) == 2
+    assert main([*common, "predictions.enabled=false", "--overwrite"]) == 0
     assert (out / "metrics.json").is_file() and not (out / "predictions.jsonl").exists()
 
 

@@ -3,10 +3,12 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from semcorr.backbones.base import Backbone, FeatureMap
 from semcorr.cli.eval import main as eval_main
+from semcorr.digest import image_digest
 from semcorr.features import FeatureExtractor
 from semcorr.stores import DiskCache, MemoryCache
 
@@ -26,27 +28,36 @@ def _images(n=3, seed=0):
     return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
+def _digests(images):
+    return [image_digest(im) for im in images]
+
+
 def test_duplicates_in_a_batch_are_computed_once():
     imgs = _images(2)
     batch = torch.stack([imgs[0], imgs[1], imgs[0], imgs[0]])
     ex = FeatureExtractor(Pool())
-    out = ex(batch, ["a", "b", "a", "a"])
+    out = ex(batch, ["a", "b", "a", "a"], digests=_digests(batch))
     assert ex.backbone_calls == 2
     assert torch.equal(out.features, Pool()(batch).features)
     # the same id with different pixels (e.g. an augmented copy) is not a duplicate; the same
     # pixels under two ids are
-    ex(torch.stack([imgs[0], imgs[1]]), ["a", "a"])
+    pair = torch.stack([imgs[0], imgs[1]])
+    ex(pair, ["a", "a"], digests=_digests(pair))
     assert ex.backbone_calls == 4
-    ex(torch.stack([imgs[1], imgs[1]]), ["b", "copy-of-b"])
+    same = torch.stack([imgs[1], imgs[1]])
+    ex(same, ["b", "copy-of-b"], digests=_digests(same))
     assert ex.backbone_calls == 5
-    ex(batch)  # no ids: nothing to dedupe by
+    ex(batch, digests=_digests(batch))  # no ids: nothing to dedupe by
     assert ex.backbone_calls == 9
+    # no digests and no cache (a training step): nothing is hashed, so nothing is deduplicated
+    ex(batch, ["a", "b", "a", "a"])
+    assert ex.backbone_calls == 13
 
 
 def test_dedupe_keeps_gradients():
     imgs = _images(2).requires_grad_(True)
     batch = torch.stack([imgs[0], imgs[0], imgs[1]])
-    FeatureExtractor(Pool())(batch, ["a", "a", "b"]).features.sum().backward()
+    FeatureExtractor(Pool())(batch, ["a", "a", "b"], digests=_digests(batch)).features.sum().backward()
     ref = imgs.detach().clone().requires_grad_(True)
     Pool()(torch.stack([ref[0], ref[0], ref[1]])).features.sum().backward()
     assert torch.allclose(imgs.grad, ref.grad)
@@ -60,6 +71,36 @@ def test_memory_cache_across_batches():
     assert ex.backbone_calls == 3 and torch.equal(out.features, Pool()(imgs[[2, 0]]).features)
     ex(imgs, ["a", "b", "c"], use_cache=False)  # training: no cache
     assert ex.backbone_calls == 6
+
+
+class _CountingDigest:
+    """Replaces ``semcorr.features.image_digest``: counts the images hashed in the extractor."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, image):
+        self.calls += 1
+        return image_digest(image)
+
+
+def test_digests_from_the_workers_are_the_cache_keys(monkeypatch):
+    """The workers' digests give the keys the extractor's own hashing gives (a cache filled by
+    dataset batches is hit by a user batch without digests, and back); with digests, or without a
+    cache, the extractor hashes nothing."""
+    imgs = _images(3)
+    counter = _CountingDigest()
+    monkeypatch.setattr("semcorr.features.image_digest", counter)
+    ex = FeatureExtractor(Pool(), [MemoryCache(1)])
+    ex(imgs, ["a", "b", "c"], use_cache=True, digests=_digests(imgs))
+    assert counter.calls == 0 and ex.backbone_calls == 3
+    ex(imgs[[1, 2]], ["b", "c"], use_cache=True)  # no digests: the fallback hashes each image once
+    assert counter.calls == 2 and ex.backbone_calls == 3
+    ex(imgs, ["a", "b", "c"], use_cache=False)  # training step, no digests: no hashing
+    ex(imgs, ["a", "b", "c"])
+    assert counter.calls == 2 and ex.backbone_calls == 9
+    with pytest.raises(ValueError, match="2 digests for 3 images"):
+        ex(imgs, ["a", "b", "c"], use_cache=True, digests=_digests(imgs)[:2])
 
 
 def test_memory_cache_is_bounded_lru():
@@ -116,8 +157,58 @@ def _eval(tmp_path: Path, name: str, *extra: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_eval_backbone_calls_follow_distinct_images(tmp_path):
+def test_samples_carry_their_images_digests(make_config):
+    """Datasets compute the digests in ``__getitem__`` (the data workers), of the network-frame
+    pixels, after augmentation, swapped with the images; the training split computes none (no
+    cache in training); a one-pair batch for matching carries them too."""
+    from semcorr.builder import build_datamodule
+    from semcorr.data.schema import collate
+    from semcorr.inference import pair_batch
+
+    cfg = make_config("data=synthetic", "data.n_pairs.test=2", "data.n_pairs.train=2", "data.image_size=64",
+                      "data.augment.enabled=true", "data.augment.photometric_p=1")
+    dm = build_datamodule(cfg, divisor=8, training=True)
+    test = dm.dataset("test")
+    sample = test[0]
+    assert sample["src_digest"] == image_digest(sample["src_img"])
+    assert sample["trg_digest"] == image_digest(sample["trg_img"]) != sample["src_digest"]
+    batch = collate([test[0], test[1]])
+    assert batch["trg_digest"] == [image_digest(im) for im in batch["trg_img"]]  # the same bytes
+    test.set_direction("trg_to_src")
+    swapped = test[0]
+    assert (swapped["src_digest"], swapped["trg_digest"]) == (sample["trg_digest"], sample["src_digest"])
+    train = dm.dataset("train")
+    assert not train.image_digests and "src_digest" not in train[0]
+    train.image_digests = True  # an augmented sample: the digest of the augmented pixels
+    augmented = train[0]
+    assert augmented["src_digest"] == image_digest(augmented["src_img"])
+    one = pair_batch(sample["src_img"], sample["trg_img"], torch.tensor([[3.0, 4.0]]), 64,
+                     "longer_side_pad", 8)
+    assert one["src_digest"] == [image_digest(one["src_img"][0])]
+
+
+@pytest.mark.slow
+def test_training_hashes_no_image(tmp_path, monkeypatch, tiny_vit):
+    """A training run (steps and validation) hashes nothing on the main loop's side of the data
+    workers: the training split carries no digests and uses no cache, validation's come with
+    its batches."""
+    from runs import QUIET, SMALL_DATA
+    from semcorr.cli.train import fit, train_config
+
+    counter = _CountingDigest()
+    monkeypatch.setattr("semcorr.features.image_digest", counter)
+    cfg = train_config([*tiny_vit, *SMALL_DATA, *QUIET, "trainer.max_steps=2", "trainer.limit_val_batches=1",
+                        "logger.csv=false", f"out_dir={tmp_path}"])
+    fit(cfg)
+    assert counter.calls == 0
+
+
+def test_eval_backbone_calls_follow_distinct_images(tmp_path, monkeypatch):
+    """... and evaluation hashes no image in its (timed) loop: the workers did."""
+    counter = _CountingDigest()
+    monkeypatch.setattr("semcorr.features.image_digest", counter)
     cached = _eval(tmp_path, "cached", f"cache.disk_dir={tmp_path / 'features'}")
+    assert counter.calls == 0
     # 6 pairs over 2 source images and 6 generated targets: 8 distinct images
     assert cached["timing"]["distinct_images"] == 8
     assert cached["timing"]["backbone_calls"] == 8

@@ -110,6 +110,7 @@ def build_net(cfg: DictConfig, training: bool = False) -> CorrespondenceNet:
     exactly."""
     backbone = _built(f"backbone={cfg.backbone.name}", lambda: build_backbone(cfg.backbone))
     check_image_size(cfg, backbone.stride)
+    backbone.check_network_frame(int(cfg.data.image_size), str(cfg.data.resize))
     head = _built(f"head={cfg.head.name}", lambda: build_head(cfg.head, dim=backbone.dim))
     matcher = _built(f"matcher={cfg.matcher.name}", lambda: build_matcher(cfg.matcher))
     trainable = any(p.requires_grad for p in backbone.parameters())
@@ -165,6 +166,9 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
     if training and loss is None:
         raise ConfigError("training needs a loss: loss=none only evaluates; pick loss=gaussian_ce, "
                           "loss=ot_nll or loss=combined")
+    if training and net.backbone.needs_ids and cfg.data.augment.enabled:
+        raise ConfigError(f"backbone={cfg.backbone.name} reads features by image id and cannot "
+                          "follow data.augment's crops and flips; set data.augment.enabled=false")
     datamodule = dataset = None
     if stage != "predict":
         datamodule = build_datamodule(cfg, net.backbone.stride, training)
@@ -182,9 +186,11 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
             if len(datamodule.dataset(split)) == 0:
                 raise DataError(f"data={cfg.data.name} has no pairs in split {split!r} (after "
                                 "data.categories / data.max_pairs)")
+            net.backbone.check_images(datamodule.dataset(split).image_ids())
     protocol = run_protocol(cfg, dataset)
     if dataset is not None:  # target -> source protocols serve every pair swapped
         dataset.set_direction(protocol.direction)
+        dataset.check_protocol(protocol)  # a threshold L > 0 for every scored pair
         if cfg.pose_align.enabled and cfg.pose_align.score == "mask":
             dataset.serve_masks = cfg.pose_align.masks
     metric = PCK(list(cfg.metric.alphas), protocol,

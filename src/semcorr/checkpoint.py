@@ -10,6 +10,7 @@ every weight) and :func:`load_weights` fills them in.
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from semcorr.config import RunConfig, TrainerConfig
 from semcorr.errors import ConfigError, DataError, first_sentence
 from semcorr.registry import GROUPS, schemas
+
+log = logging.getLogger("semcorr")
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
@@ -79,14 +82,43 @@ def typed_config(saved: Dict[str, Any]) -> DictConfig:
     except ConfigError:
         raise
     except Exception as err:  # a key the current schemas no longer know
-        raise ConfigError(f"the saved config does not fit the current schemas: {err}") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"the saved config does not fit the current schemas: {first}") from None
     OmegaConf.set_struct(cfg, True)
     return cfg
 
 
+def warn_if_unfinished(path: str | Path, ckpt_path: Path, ckpt: Dict[str, Any]) -> Optional[str]:
+    """Log (and return) a warning when the run a checkpoint belongs to did not finish: its
+    ``train_summary.json`` says ``failed`` or ``interrupted`` (or is missing beside a
+    ``checkpoints/`` folder: the run is still going, or was killed). The warning names the step
+    the checkpoint was saved at, so an evaluation of a stale ``last.ckpt`` is never silent."""
+    path = Path(path).expanduser()
+    run_dir = path if path.is_dir() else ckpt_path.parent.parent
+    summary_path = run_dir / "train_summary.json"
+    if not (run_dir / "checkpoints").is_dir() or ckpt_path.parent != run_dir / "checkpoints":
+        return None  # a checkpoint file on its own: nothing says how its run ended
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    except (OSError, ValueError):
+        summary = {"status": "unreadable"}
+    status = None if summary is None else summary.get("status")
+    if status == "finished":
+        return None
+    said = (f"its train_summary.json says {status!r}" + (f" ({summary['error']})" if summary.get("error") else "")
+            if summary is not None else "it has no train_summary.json (still running, or killed)")
+    text = (f"ckpt={path}: the run did not finish: {said}; evaluating {ckpt_path.name}, saved at "
+            f"step {ckpt.get('global_step', '?')}")
+    log.warning(text)
+    return text
+
+
 def checkpoint_config(path: str | Path) -> DictConfig:
-    """The run config stored in a checkpoint, ready to rebuild the model for evaluation."""
-    ckpt = read_checkpoint(resolve_checkpoint(path))
+    """The run config stored in a checkpoint, ready to rebuild the model for evaluation (a
+    checkpoint of a run that did not finish is used with a warning, :func:`warn_if_unfinished`)."""
+    ckpt_path = resolve_checkpoint(path)
+    ckpt = read_checkpoint(ckpt_path, mmap=True)
+    warn_if_unfinished(path, ckpt_path, ckpt)
     saved = (ckpt.get("hyper_parameters") or {}).get("run_config")
     if not saved:
         raise ConfigError(f"{path} has no run_config in its hyper-parameters (not a semcorr "

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import semcorr.components  # noqa: F401  (fills the registry the group schemas come from)
+from semcorr.atomic import write_text
 from semcorr.distributed import launch_out_dir
 from semcorr.checks import number, numbers, one_of
 from semcorr.errors import ConfigError
@@ -96,6 +98,9 @@ class PlotsConfig:
     curve_max_alpha: float = 0.2  # pck_curve.png and metrics.json "pck_curve": alpha in [0, this]
     dense_warp: bool = True  # dense_warp.png: target warped into the source frame
     warp_compare: List[str] = field(default_factory=list)  # more matcher files in dense_warp.png
+    # pca.png: the kept pairs' features as RGB (first 3 principal components, fitted jointly on
+    # both images' foreground; semcorr.pca)
+    pca: bool = False
 
     def __post_init__(self) -> None:
         number(self, "n_pairs", ge=0, integer=True)
@@ -138,6 +143,11 @@ class CacheConfig:
         number(self, "memory_mb", ge=0)
 
 
+# the values lightning.Trainer(precision=...) accepts (its _PRECISION_INPUT; a test keeps them equal)
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
+              "transformer-engine", "transformer-engine-float16", "32", "16", "bf16", "64", 32, 16, 64)
+
+
 @dataclass
 class TrainerConfig:
     """Arguments passed to ``lightning.Trainer`` (``trainer.*`` on the command line)."""
@@ -165,6 +175,9 @@ class TrainerConfig:
     num_sanity_val_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(dict.fromkeys(map(str, PRECISIONS)))}"
+                             f" (or null), got {self.precision!r}")
         number(self, "max_steps", ge=-1, integer=True)
         number(self, "max_epochs", ge=-1, integer=True, none_ok=True)
         number(self, "check_val_every_n_epoch", ge=1, integer=True, none_ok=True)
@@ -208,7 +221,7 @@ class RunConfig:
     checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     pose_align: PoseAlignConfig = field(default_factory=PoseAlignConfig)  # test time; uses GT labels
-    out_dir: Optional[str] = None  # None: runs/<timestamp> (one folder per launch, all ranks)
+    out_dir: Optional[str] = None  # None: runs/<timestamp>-<random> (one folder per launch, all ranks)
     seed: int = 0
     ckpt: Optional[str] = None
     device: str = "auto"  # auto | cpu | cuda
@@ -223,9 +236,14 @@ def config_dirs(extra: Sequence[str | Path] = ()) -> List[Path]:
     ``$SEMCORR_CONFIG_DIR`` (``os.pathsep``-separated), then the configs shipped in the package.
 
     A user's folder holds ``<group>/<name>.yaml`` files like the packaged one; a file there with a
-    packaged name replaces the packaged file.
+    packaged name replaces the packaged file. A folder that does not exist is a
+    :class:`ConfigError`.
     """
     env = [p for p in os.environ.get(CONFIG_DIR_ENV, "").split(os.pathsep) if p]
+    for given, source in ((extra, "--config-dir"), (env, f"${CONFIG_DIR_ENV}")):
+        missing = [str(p) for p in given if not Path(p).expanduser().is_dir()]
+        if missing:  # a typo would otherwise silently fall back to the packaged files
+            raise ConfigError(f"{source} {missing[0]} is not a folder")
     return [Path(p).expanduser() for p in (*extra, *env)] + [PACKAGED_CONFIGS]
 
 
@@ -245,10 +263,42 @@ def group_file(group: str, name: str, extra: Sequence[str | Path] = ()) -> Path:
     )
 
 
+def load_yaml(path: str | Path, holds: str = "key: value pairs") -> DictConfig:
+    """A YAML file of key: value pairs; :class:`ConfigError` naming the file (and the line) when it
+    is not readable text, not YAML, or not a mapping (``holds`` says what it should hold)."""
+    try:
+        raw = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML ({problem}{where})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (cannot be decoded as UTF-8)") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: cannot be read as a config ({type(err).__name__}: "
+                          f"{' '.join(str(err).split()[:20])})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not isinstance(raw, DictConfig):
+        got = "a list" if raw is not None else "nothing"
+        raise ConfigError(f"{path}: a config file holds {holds}, got {got}")
+    return raw
+
+
+def _bad_value(path: Path, section: str, err: OmegaConfBaseException) -> ConfigError:
+    """The one-line error of a value in a file that does not fit its key's type or range."""
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    value = getattr(err, "value", None)
+    shown = f": {value!r}" if value is not None else ""
+    detail = (str(getattr(err, "msg", err)).strip().splitlines() or [type(err).__name__])[0]
+    return ConfigError(f"{path}: bad value for {section}.{key}{shown} ({detail})")
+
+
 def group_config(group: str, name: str, extra: Sequence[str | Path] = ()) -> DictConfig:
     """The typed section of ``group=name`` (its schema's defaults, then the file)."""
     path = group_file(group, name, extra)
-    raw = OmegaConf.load(path)
+    raw = load_yaml(path)
     kind = raw.get("kind", name)
     kinds = schemas(group)
     if kind not in kinds:
@@ -263,6 +313,12 @@ def group_config(group: str, name: str, extra: Sequence[str | Path] = ()) -> Dic
             f"{path}: {err.msg if hasattr(err, 'msg') else err}; valid keys of {group} kind "
             f"{kind!r}: {', '.join(f.name for f in dataclasses.fields(kinds[kind]))}"
         ) from None
+    except OmegaConfBaseException as err:  # a value of the wrong type
+        raise _bad_value(path, group, err) from None
+    try:
+        _validate_node(node, f"{group}.")  # its values' ranges, naming the file
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     node.name = name
     return node
 
@@ -286,7 +342,7 @@ def expand_experiment(tokens: Sequence[str], extra: Sequence[str | Path] = ()) -
     if len(names) > 1:
         raise ConfigError(f"give one experiment=NAME, got {len(names)}: {', '.join(names)}")
     path = group_file(EXPERIMENT, names[0], extra)
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    raw = OmegaConf.to_container(load_yaml(path, "description and tokens"), resolve=True)
     if not isinstance(raw, dict) or set(raw) - set(EXPERIMENT_KEYS) or not isinstance(raw.get("tokens"), list):
         raise ConfigError(f"{path}: an experiment file holds {' and '.join(EXPERIMENT_KEYS)} (a list of "
                           f"group=name / key.path=value strings); got keys {sorted(raw) if isinstance(raw, dict) else raw}")
@@ -368,11 +424,12 @@ def load_config(tokens: Sequence[str] = (), base: Optional[DictConfig] = None,
 
 
 def default_out_dir() -> str:
-    """``runs/<timestamp>``; in a distributed launch the name every process agrees on
-    (:func:`semcorr.distributed.launch_out_dir`)."""
-    import datetime
+    """``runs/<timestamp>-<random>``, unique per run even within a second and across processes
+    (:func:`semcorr.rundir.unique_run_name`); in a distributed launch the name every process
+    agrees on (:func:`semcorr.distributed.launch_out_dir`)."""
+    from semcorr.rundir import unique_run_name
 
-    return launch_out_dir() or "runs/" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return launch_out_dir() or "runs/" + unique_run_name()
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -414,6 +471,4 @@ def save_config(cfg: DictConfig, out_dir: str | Path) -> Path:
     """Write the resolved config to ``<out_dir>/config.yaml`` and return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "config.yaml"
-    path.write_text(to_yaml(cfg))
-    return path
+    return write_text(out / "config.yaml", to_yaml(cfg))

@@ -5,7 +5,11 @@ evaluation the features of each distinct image are computed once. A feature is i
 :meth:`FeatureExtractor.key`: the backbone's ``cache_key()`` (model, weights, layer), the
 network-frame size and a digest of the network-frame pixels -- the content, not the file name, so
 a picture stored twice is computed once and a different resize mode, an augmented copy or an
-edited file never reuses stale features.
+edited file never reuses stale features. The digests come with the batch (``src_digest`` /
+``trg_digest``, computed by the datasets in the data workers: :mod:`semcorr.digest`); a batch
+without them is hashed here, once per image, and only when a cache is read or filled. A backbone
+that reads features by image name (``needs_ids``, e.g. ``backbone=precomputed``) gets the ids, and
+its features are keyed on the id.
 
 Stores (:class:`~semcorr.stores.FeatureStore`: ``get(key)`` / ``put(key, tensor)``) are
 :class:`~semcorr.stores.MemoryCache` and :class:`~semcorr.stores.DiskCache`.
@@ -13,22 +17,14 @@ Stores (:class:`~semcorr.stores.FeatureStore`: ``get(key)`` / ``put(key, tensor)
 
 from __future__ import annotations
 
-import hashlib
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from semcorr.backbones.base import Backbone, FeatureMap
+from semcorr.digest import image_digest
 from semcorr.stores import FeatureStore
-
-
-def image_digest(image: torch.Tensor) -> str:
-    """A short hash of an image tensor's bytes, shape and dtype (SHA-1, 16 hex digits)."""
-    data = image.detach().contiguous().cpu()
-    h = hashlib.sha1(f"{tuple(data.shape)}{data.dtype}".encode())
-    h.update(memoryview(data.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()[:16]
 
 
 class FeatureExtractor(nn.Module):
@@ -50,15 +46,30 @@ class FeatureExtractor(nn.Module):
         self.dedupe = dedupe
         self.backbone_calls = 0
 
-    def key(self, image: torch.Tensor) -> str:
-        """``<backbone cache key>|<H>x<W>|<pixel digest>`` of one (3, H, W) network-frame image.
+    def key(self, image: torch.Tensor, digest: Optional[str] = None,
+            image_id: Optional[str] = None) -> str:
+        """``<backbone cache key>|<H>x<W>|<pixel digest>`` of one (3, H, W) network-frame image;
+        ``digest``: its :func:`~semcorr.digest.image_digest` when known (else computed).
 
         The key names the content, not the file: the same picture under two ids (PF-WILLOW
         subsets share files) is computed once, and an edited or augmented image never reuses
-        stale features.
+        stale features. For a backbone that ``needs_ids`` (its features are files named by the
+        id) the id takes the digest's place.
         """
         h, w = image.shape[-2:]
-        return f"{self.backbone.cache_key()}|{h}x{w}|{image_digest(image)}"
+        content = f"id:{image_id}" if self.needs_ids else (digest or image_digest(image))
+        return f"{self.backbone.cache_key()}|{h}x{w}|{content}"
+
+    @property
+    def needs_ids(self) -> bool:
+        return bool(getattr(self.backbone, "needs_ids", False))
+
+    def _compute(self, images: torch.Tensor, ids: Optional[Sequence[str]]) -> FeatureMap:
+        """The backbone on ``images`` (with their ``ids`` when it needs them), counted."""
+        self.backbone_calls += images.shape[0]
+        if self.needs_ids:
+            return self.backbone(images, ids=list(ids))
+        return self.backbone(images)
 
     def _lookup(self, key: str) -> Optional[torch.Tensor]:
         for i, store in enumerate(self.stores):
@@ -70,19 +81,28 @@ class FeatureExtractor(nn.Module):
         return None
 
     def forward(self, images: torch.Tensor, ids: Optional[Sequence[str]] = None,
-                use_cache: bool = False) -> FeatureMap:
+                use_cache: bool = False, digests: Optional[Sequence[str]] = None) -> FeatureMap:
         """Features of (B, 3, H, W) images. ``ids`` (B,) name the images; without them nothing is
-        deduplicated or cached.
+        deduplicated or cached. ``digests`` (B,): the images' :func:`~semcorr.digest.image_digest`
+        (the batch's ``src_digest`` / ``trg_digest``); without them the images are hashed here when
+        a cache is used, and not deduplicated otherwise (a training step never hashes).
 
         Returns a :class:`FeatureMap` with (B, D, h, w) features.
         """
         # features of a backbone that is being trained go stale after every optimiser step
         trainable = any(p.requires_grad for p in self.backbone.parameters())
         caching = use_cache and bool(self.stores) and ids is not None and not trainable
-        if ids is None or not (caching or self.dedupe):
-            self.backbone_calls += images.shape[0]
-            return self.backbone(images)
-        keys = [self.key(im) for im in images]
+        if ids is None and self.needs_ids:
+            raise ValueError(f"{type(self.backbone).__name__} reads features by image id; the batch has none")
+        if digests is None and caching and not self.needs_ids:  # a batch from outside the datasets
+            digests = [image_digest(im) for im in images]
+        identified = ids is not None and (self.needs_ids or digests is not None)
+        if not identified or not (caching or self.dedupe):
+            return self._compute(images, ids)
+        if digests is not None and len(digests) != images.shape[0]:
+            raise ValueError(f"{len(digests)} digests for {images.shape[0]} images")
+        keys = [self.key(im, digests[b] if digests is not None else None, ids[b])
+                for b, im in enumerate(images)]
         found: dict[str, torch.Tensor] = {}
         if caching:
             for key in dict.fromkeys(keys):
@@ -96,13 +116,13 @@ class FeatureExtractor(nn.Module):
         stride = self.backbone.stride
         if first:
             todo = list(first.values())
-            fmap = self.backbone(images[todo])
-            self.backbone_calls += len(todo)
+            fmap = self._compute(images[todo], [ids[b] for b in todo])
             stride = fmap.stride
             for key, feats in zip(first, fmap.features):
                 found[key] = feats
-                if caching:
+                if caching:  # a copy: a slice would keep the whole batch's storage alive
+                    own = feats.detach().clone()
                     for store in self.stores:
-                        store.put(key, feats.detach())
+                        store.put(key, own)
         feats = torch.stack([found[k].to(images.device) for k in keys])
         return FeatureMap(features=feats, stride=stride)

@@ -10,7 +10,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from semcorr.metrics.protocol import Protocol
 from semcorr.predictions import row_record, table_cell, table_columns
-from semcorr.viz import pair_thumbnail, plot_dense_warp_rows, plot_pck_curves, plot_predictions
+from semcorr.viz import (pair_thumbnail, plot_dense_warp_rows, plot_pca_rows, plot_pck_curves,
+                         plot_predictions)
 
 
 def write_eval_figures(report, read_image, out_dir: Union[str, Path], plots, protocol: Protocol,
@@ -18,8 +19,9 @@ def write_eval_figures(report, read_image, out_dir: Union[str, Path], plots, pro
     """The figures of an evaluation run, written into ``out_dir`` (keys are W&B image keys):
     ``keypoints`` (the ``report``'s kept pairs, correct/wrong at ``plots.alpha``, at most
     ``plots.max_points`` matches per pair), ``pck_curve`` (``curve`` from
-    :func:`semcorr.metrics.curve_entry`, all pairs) and ``dense_warp`` (the kept pairs' panels:
-    the run's matcher and those in ``plots.warp_compare``)."""
+    :func:`semcorr.metrics.curve_entry`, all pairs), ``dense_warp`` (the kept pairs' panels:
+    the run's matcher and those in ``plots.warp_compare``) and ``pca`` (the kept pairs' PCA
+    feature maps, ``plots.pca``)."""
     out_dir = Path(out_dir)
     written: Dict[str, Path] = {}
     path = plot_predictions(report.records, read_image, out_dir / "keypoints.png",
@@ -36,6 +38,8 @@ def write_eval_figures(report, read_image, out_dir: Union[str, Path], plots, pro
         path = plot_dense_warp_rows(panels, out_dir / "dense_warp.png")
         if path is not None:
             written["dense_warp"] = path
+    if plots.pca and report.pca_panels:
+        written["pca"] = plot_pca_rows(report.pca_panels, out_dir / "pca.png")
     return written
 
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from semcorr.builder import build_net
 from semcorr.data.resize import resize_image, to_network
+from semcorr.digest import image_digest
 from semcorr.errors import InputError
 from semcorr.net import CorrespondenceNet, MatchOutput
 
@@ -70,7 +71,8 @@ def pair_batch(src_img: torch.Tensor, trg_img: torch.Tensor, src_points: torch.T
     ``factors``: each image was decoded at 1/k of its original size
     (:func:`semcorr.data.base.load_image_reduced`); the frames then map the *original* pixels,
     so ``src_points`` and the predictions are in original pixels. ``sizes``: the original (h, w)
-    (default: the images' own).
+    (default: the images' own). The images' digests (``src_digest`` / ``trg_digest``, the feature
+    caches' key) are computed here, once, from the network-frame images on the host.
     """
     sizes = sizes or (src_img.shape[-2:], trg_img.shape[-2:])
     src_net, src_frame, src_hw, src_yx = resize_image(src_img, image_size, resize, stride)
@@ -87,6 +89,7 @@ def pair_batch(src_img: torch.Tensor, trg_img: torch.Tensor, src_points: torch.T
         "src_imsize": torch.tensor([[int(v) for v in sizes[0]]]),
         "trg_imsize": torch.tensor([[int(v) for v in sizes[1]]]),
         "src_id": [names[0]], "trg_id": [names[1]],
+        "src_digest": [image_digest(src_net)], "trg_digest": [image_digest(trg_net)],
     }
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from semcorr.backbones.base import Backbone, FeatureMap, valid_cells
+from semcorr.backbones.upsample import upsample_features
 from semcorr.data.resize import to_original
 from semcorr.features import FeatureExtractor
 from semcorr.heads.base import Head, NoHead
@@ -157,17 +158,24 @@ class CorrespondenceNet(nn.Module):
         return self.clock.stage(name, batch["src_img"].device)
 
     def features(self, batch: Dict[str, Any], use_cache: bool = False) -> Tuple[FeatureMap, FeatureMap]:
-        """Backbone features of the batch's source and target images, with ``valid`` cell masks.
+        """Backbone features of the batch's source and target images (upsampled by the backbone's
+        ``upsample`` factor after the caches), with ``valid`` cell masks.
 
         Args:
             batch: ``src_img``, ``trg_img`` (B, 3, H, W) network-frame images, ``src_content_hw``,
                 ``trg_content_hw`` (B, 2), optional ``src_content_yx`` / ``trg_content_yx``
-                (B, 2) (content not at the top-left); optional ``src_id`` / ``trg_id`` (feature caches and
-                in-batch deduplication key on the pixels, ids only name them).
+                (B, 2) (content not at the top-left); optional ``src_id`` / ``trg_id`` (feature
+                caches and in-batch deduplication key on the pixels, ids only name them; a backbone
+                that ``needs_ids``, e.g. ``precomputed``, reads its features by them) and
+                ``src_digest`` / ``trg_digest`` (the pixels' digests from the data workers; hashed
+                here otherwise, only when a cache is used).
             use_cache: read and fill the feature caches.
         """
-        src = self.extractor(batch["src_img"], batch.get("src_id"), use_cache)
-        trg = self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache)
+        k = self.backbone.upsample
+        src = upsample_features(self.extractor(batch["src_img"], batch.get("src_id"), use_cache,
+                                               batch.get("src_digest")), k)
+        trg = upsample_features(self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache,
+                                               batch.get("trg_digest")), k)
         for fmap, side in ((src, "src"), (trg, "trg")):
             fmap.valid = valid_cells(batch[f"{side}_content_hw"], fmap.grid, fmap.stride,
                                      batch.get(f"{side}_content_yx"))

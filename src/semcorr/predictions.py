@@ -13,7 +13,8 @@ src_id, trg_id   image ids as served: the source holds the query keypoints, the 
                  the target (a ``trg_to_src`` protocol swaps them relative to the annotation)
 direction        ``src_to_trg`` or ``trg_to_src``
 src_kps          [[x, y], ...] query keypoints (source ground truth)
-trg_kps          [[x, y], ...] target ground truth
+trg_kps          [[x, y], ...] target ground truth (a coordinate that is not finite, on a keypoint
+                 that is not valid, is null: the file is strict JSON, never NaN / Infinity)
 pred             [[x, y], ...] predicted target locations
 valid            [bool, ...] scored keypoints (annotated in both images)
 error            [float | null, ...] distance / L in the scoring frame (null where not valid)
@@ -38,12 +39,14 @@ gets ``metrics.json`` to the last bit; a sampled row (``kps_index``) contributes
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
+from semcorr.atomic import atomic_open
 from semcorr.metrics.functional import pck_scores, summarize_pairs
 from semcorr.metrics.protocol import Protocol
 
@@ -52,9 +55,11 @@ def _alpha_key(alpha: float) -> str:
     return f"{float(alpha):g}"
 
 
-def _points(t: torch.Tensor) -> List[List[float]]:
-    """Coordinates already on the 0.0001 grid (float64): their shortest decimal form has at most 4 decimals."""
-    return t.detach().cpu().double().tolist()
+def _points(t: torch.Tensor) -> List[List[Optional[float]]]:
+    """Coordinates already on the 0.0001 grid (float64): their shortest decimal form has at most 4
+    decimals. A non-finite coordinate (only ever on a keypoint that is not valid) is ``null``:
+    the file is strict JSON."""
+    return [[v if math.isfinite(v) else None for v in p] for p in t.detach().cpu().double().tolist()]
 
 
 def spread(mask: torch.Tensor, max_points: Optional[int]) -> np.ndarray:
@@ -103,10 +108,16 @@ def write_predictions(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Pa
     """Write rows as JSON lines, sorted by ``index``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w") as f:
         for row in sorted(rows, key=lambda r: r["index"]):
-            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+            f.write(json.dumps(row, separators=(",", ":"), allow_nan=False) + "\n")
     return path
+
+
+def _tensor(points: Sequence[Sequence[Optional[float]]]) -> torch.Tensor:
+    """float64 coordinates of a row, ``null`` read as NaN."""
+    return torch.tensor([[float("nan") if v is None else v for v in p] for p in points],
+                        dtype=torch.float64)
 
 
 def read_predictions(path: str | Path) -> List[Dict[str, Any]]:
@@ -123,7 +134,7 @@ def row_counts(row: Mapping[str, Any], protocol: Protocol,
         return (torch.tensor([float(row["n_correct"][_alpha_key(a)]) for a in alphas],
                              dtype=torch.float64), int(row["n_valid"]))
     def pts(key: str) -> torch.Tensor:
-        return torch.tensor(row[key], dtype=torch.float64).reshape(1, -1, 2)
+        return _tensor(row[key]).reshape(1, -1, 2)
 
     box = row.get("trg_bbox")
     scores = pck_scores(protocol, alphas, pts("pred"), pts("trg_kps"),
@@ -156,7 +167,7 @@ def row_record(row: Mapping[str, Any], protocol: Protocol) -> Dict[str, Any]:
     ``valid`` (K,), ``dist_sq`` (K,) and ``threshold`` (recomputed from the coordinates under
     ``protocol``), ``norm_error`` (K,), ``correct`` (K, A), ``alphas`` and ``strict``."""
     def pts(key: str) -> torch.Tensor:
-        return torch.tensor(row[key], dtype=torch.float64).reshape(-1, 2)
+        return _tensor(row[key]).reshape(-1, 2)
 
     valid = torch.tensor(row["valid"], dtype=torch.bool).reshape(-1)
     box = row.get("trg_bbox")

@@ -6,7 +6,8 @@ batch's :class:`~semcorr.metrics.KeypointScores`) — nothing here scores a keyp
   keypoints are correct), in original image pixels;
 - :class:`EvalReport`: during ``trainer.test``, the metric's result, every pair's
   ``predictions.jsonl`` row (:mod:`semcorr.predictions`) and PCK-curve counts, and the first
-  ``keep`` pairs' records and dense warps (figures are drawn from these: no second forward);
+  ``keep`` pairs' records, dense warps and PCA maps (figures are drawn from these: no second
+  forward);
 - :class:`EvalTiming`: backbone / matching time and backbone calls during ``trainer.test``
   (a :class:`~semcorr.net.StageClock` on the net, only while testing);
 - :class:`PredictionPanel`: during training, a figure of the first validation pairs after each
@@ -29,6 +30,7 @@ from semcorr.matchers.base import Matcher
 from semcorr.metrics.functional import KeypointScores, pck_curve_counts, quantize
 from semcorr.metrics.protocol import Protocol
 from semcorr.net import MatchOutput, StageClock, symmetric_cells
+from semcorr.pca import pca_panel
 from semcorr.predictions import prediction_row
 from semcorr.warp import warp_match
 
@@ -89,8 +91,9 @@ class EvalReport(L.Callback):
     - ``result``: the test metric's :meth:`~semcorr.metrics.PCK.compute` (all ranks);
     - per pair (``entries``): ``curve`` (A',) correct keypoints at each alpha of ``curve_alphas``
       and ``n_valid``; the ``predictions.jsonl`` ``row`` (when ``rows``); for the first ``keep``
-      pairs, their ``record`` (:func:`pair_records`, the keypoint figure) and dense-warp
-      ``panel`` (:func:`warp_panel`, when ``dense_warp``).
+      pairs, their ``record`` (:func:`pair_records`, the keypoint figure), dense-warp
+      ``panel`` (:func:`warp_panel`, when ``dense_warp``) and PCA maps ``pca``
+      (:func:`semcorr.pca.pca_panel` of the features the matcher saw, when ``pca``).
 
     Under N processes each rank collects its shard and, at the end of the test epoch, every rank
     receives all of them (:func:`semcorr.distributed.gather_objects`) ordered by the pairs'
@@ -104,14 +107,17 @@ class EvalReport(L.Callback):
             writes this many (:func:`semcorr.predictions.prediction_row`); None: all.
         dense_warp: keep dense-warp panels of the kept pairs; ``method``: the run's matcher's name
             in them; ``compare``: more matchers warped on the same features.
+        pca: keep PCA feature maps of the kept pairs.
     """
 
     def __init__(self, curve_alphas: Sequence[float], keep: int = 0,
                  rows: bool = True, max_points: Optional[int] = None, dense_warp: bool = False,
-                 method: str = "this run", compare: Optional[Mapping[str, Matcher]] = None) -> None:
+                 method: str = "this run", compare: Optional[Mapping[str, Matcher]] = None,
+                 pca: bool = False) -> None:
         self.curve_alphas = [float(a) for a in curve_alphas]
         self.keep, self.keep_rows, self.max_points = int(keep), rows, max_points
         self.dense_warp, self.method, self.compare = dense_warp, method, dict(compare or {})
+        self.pca = pca
         self.entries: List[Dict[str, Any]] = []
         self.result: Optional[Dict[str, Any]] = None
         self._kept = 0  # entries of this rank holding a record
@@ -133,6 +139,11 @@ class EvalReport(L.Callback):
     def panels(self) -> List[Dict[str, Any]]:
         """The first ``keep`` pairs' dense-warp panels."""
         return [e["panel"] for e in self.entries if "panel" in e][: self.keep]
+
+    @property
+    def pca_panels(self) -> List[Dict[str, Any]]:
+        """The first ``keep`` pairs' PCA feature maps."""
+        return [e["pca"] for e in self.entries if "pca" in e][: self.keep]
 
     def curve_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, A') correct counts at the curve's alphas and (N,) valid counts of every pair."""
@@ -158,6 +169,8 @@ class EvalReport(L.Callback):
                 entry["record"] = record
                 if self.dense_warp:
                     entry["panel"] = warp_panel(batch, outputs["match"], b, self.method, self.compare)
+                if self.pca:
+                    entry["pca"] = pca_panel(batch, outputs["match"], b)
                 self._kept += 1
             self.entries.append(entry)
 

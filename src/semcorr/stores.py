@@ -6,20 +6,21 @@
 
 - :class:`MemoryCache`: bounded LRU in memory, for one run;
 - :class:`DiskCache`: one file per key under a folder, shared between runs, safe to delete
-  (atomic writes; unreadable or corrupt files are misses).
+  (atomic writes; a checksum per entry: unreadable, corrupt or altered files are misses; a
+  folder that cannot be written warns once and is skipped).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Protocol
 
 import torch
+
+from semcorr.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,23 @@ class FeatureStore(Protocol):
     def put(self, key: str, value: torch.Tensor) -> None: ...
 
 
+def stored_bytes(value: torch.Tensor) -> int:
+    """The memory a stored tensor keeps alive: its whole storage (a view of a batch holds the
+    batch), not just its own elements."""
+    return value.untyped_storage().nbytes()
+
+
+def tensor_digest(value: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (what a disk-cache entry is checked against)."""
+    data = value.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
+    h.update(memoryview(data.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 class MemoryCache:
-    """A least-recently-used store of tensors bounded by total size in MB."""
+    """A least-recently-used store of tensors bounded by total size in MB (counted as the
+    storage each holds, :func:`stored_bytes`: store own tensors, e.g. ``.clone()`` of a slice)."""
 
     def __init__(self, max_mb: float = 2048) -> None:
         self.max_bytes = int(max_mb * 2**20)
@@ -50,34 +66,49 @@ class MemoryCache:
         return value
 
     def put(self, key: str, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
+        size = stored_bytes(value)
         if size > self.max_bytes:
             return
         if key in self.items:
-            old = self.items.pop(key)
-            self.bytes -= old.numel() * old.element_size()
+            self.bytes -= stored_bytes(self.items.pop(key))
         self.items[key] = value
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, old = self.items.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
+            self.bytes -= stored_bytes(old)
 
 
 class DiskCache:
     """Features on disk, one ``.pt`` file per key under ``root``; safe to delete at any time.
 
     The file name is a hash of the key (which names backbone, weights, image and resolution, see
-    :meth:`FeatureExtractor.key`); the key is stored inside and checked on reading. Writes go to a
-    temporary file in the same folder and are renamed into place, so a crashed or concurrent
-    writer never leaves a partial file under a final name. Files that cannot be read, or that hold
-    another key, count as misses (and are removed).
+    :meth:`FeatureExtractor.key`). Each file holds the key, the tensor (its own elements only,
+    never a batch's storage) and the SHA-256 of the tensor (:func:`tensor_digest`); reading
+    checks both, so a file that cannot be read, holds another key, or whose content was changed
+    (even in place with the same size) is a miss, removed with a warning. Writes are atomic
+    (:func:`semcorr.atomic.atomic_open`): a crashed or concurrent writer never leaves a partial
+    file under a final name.
+
+    A cache that cannot be written (``root`` is a file, read-only, on a full disk) warns once
+    and stops writing; the run goes on computing the features.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
+        self.writable = True
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            self._stop_writing(err)
+
+    def _stop_writing(self, err: OSError) -> None:
+        if self.writable:
+            log.warning("feature cache: cannot write to cache.disk_dir=%s (%s); the run goes on "
+                        "without storing features there", self.root,
+                        err.strerror or type(err).__name__)
+        self.writable = False
 
     def path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -95,6 +126,8 @@ class DiskCache:
             value = blob["features"]
             if not isinstance(value, torch.Tensor):
                 raise ValueError("no tensor")
+            if blob.get("sha256") != tensor_digest(value):
+                raise ValueError("checksum mismatch: the file was changed after it was written")
         except Exception as err:  # noqa: BLE001 - any unreadable file is a miss
             log.warning("feature cache: ignoring unreadable %s (%s)", path, err)
             path.unlink(missing_ok=True)
@@ -104,13 +137,13 @@ class DiskCache:
         return value
 
     def put(self, key: str, value: torch.Tensor) -> None:
+        if not self.writable:
+            return
+        tensor = value.detach().cpu().contiguous().clone()  # its own storage, not the batch's
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"key": key, "features": value.detach().cpu().contiguous()}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path, "wb") as f:
+                torch.save({"key": key, "features": tensor, "sha256": tensor_digest(tensor)}, f)
+        except OSError as err:
+            self._stop_writing(err)

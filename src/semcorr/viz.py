@@ -20,6 +20,7 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from semcorr.atomic import atomic_open
 from semcorr.metrics.functional import correct_at
 from semcorr.metrics.protocol import Protocol
 from semcorr.predictions import spread
@@ -46,7 +47,8 @@ def _finish(fig, path: Optional[Union[str, Path]], dpi: int = 100):
         return fig
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:  # a killed run never leaves half a PNG
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi, bbox_inches="tight")
     return path
 
 
@@ -347,3 +349,39 @@ def plot_dense_warp_rows(rows: List[Dict[str, Any]], path: Optional[Union[str, P
     return _finish(fig, path)
 
 
+
+
+# ------------------------------------------------------------------------------------------------
+# PCA feature maps
+# ------------------------------------------------------------------------------------------------
+def draw_pca_map(ax, rgb: torch.Tensor, stride: float, title: str = "") -> None:
+    """Draw an (h, w, 3) PCA colour map over the pixels its cells cover (``stride`` px each), so
+    it lines up with the image drawn next to it."""
+    h, w = rgb.shape[:2]
+    ax.imshow(rgb.cpu().numpy(), interpolation="nearest",
+              extent=(-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def plot_pca_rows(rows: List[Dict[str, Any]], path: Optional[Union[str, Path]] = None):
+    """One pair per row: source, its PCA map, target, its PCA map (rows of
+    :func:`semcorr.pca.pca_panel`: the first three principal components of the pair's features,
+    fitted jointly on both images' foreground, as RGB)."""
+    if not rows:
+        return None
+    import textwrap
+
+    fig, axes = _subplots(path, len(rows), 4, figsize=(10.4, 2.5 * len(rows)), squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        ax_row[0].imshow(_hwc(row["src"]))
+        ax_row[0].set_title("\n".join(textwrap.wrap(row["title"], 48)), fontsize=7, loc="left")
+        draw_pca_map(ax_row[1], row["src_pca"], row["stride"], f"source PCA (fit: {row['fit']})")
+        ax_row[2].imshow(_hwc(row["trg"]))
+        draw_pca_map(ax_row[3], row["trg_pca"], row["stride"], "target PCA")
+        for ax in (ax_row[0], ax_row[2]):
+            ax.axis("off")
+    fig.suptitle("first 3 principal components (R, G, B) of the features, fitted jointly on both "
+                 "images' foreground; black: background", fontsize=9)
+    fig.tight_layout()
+    return _finish(fig, path)

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from semcorr.checks import number
+from semcorr.registry import GroupConfig
 
-def cell_centers(grid: tuple[int, int], stride: int, device=None, dtype=torch.float32) -> torch.Tensor:
+
+@dataclass
+class BackboneConfig(GroupConfig):
+    """Fields every backbone config has (``backbone.*``)."""
+
+    # bilinear upsampling of the feature map by this integer factor before head and matcher
+    # (semcorr.backbones.upsample); cells become stride / upsample px; caches hold the native map
+    upsample: int = 1
+
+    def __post_init__(self) -> None:
+        number(self, "upsample", ge=1, integer=True)
+
+
+def cell_centers(grid: tuple[int, int], stride: float, device=None, dtype=torch.float32) -> torch.Tensor:
     """(h*w, 2) (x, y) centres of the cells of an (h, w) grid with ``stride``-px cells, row-major:
     ``c * stride + (stride - 1) / 2`` along each axis (pixel-index convention)."""
     h, w = grid
@@ -33,7 +48,10 @@ class FeatureMap:
     Attributes:
         features: (B, D, h, w) features; cell (r, c) covers pixels
             [r*stride, (r+1)*stride) x [c*stride, (c+1)*stride).
-        stride: pixels per cell (the patch size for a ViT).
+        stride: pixels per cell: the patch size for a ViT, an integer; after upsampling by k
+            (``backbone.upsample``) stride / k, a float whose binary representation is exact
+            (:func:`semcorr.backbones.upsample.upsampled_stride`), so the cell arithmetic below
+            is as exact as with an integer.
         valid: optional (B, h, w) bool, False for cells that lie in padding.
 
     Pixel coordinates follow the pixel-index convention: the centre of pixel (x, y) is at the
@@ -41,7 +59,7 @@ class FeatureMap:
     """
 
     features: torch.Tensor
-    stride: int
+    stride: float
     valid: Optional[torch.Tensor] = None
 
     @property
@@ -56,7 +74,7 @@ class FeatureMap:
         return FeatureMap(features=features, stride=self.stride, valid=self.valid)
 
 
-def valid_cells(content_hw: torch.Tensor, grid: tuple[int, int], stride: int,
+def valid_cells(content_hw: torch.Tensor, grid: tuple[int, int], stride: float,
                 content_yx: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, h, w) mask of cells whose centre lies inside the image content.
 
@@ -81,11 +99,34 @@ class Backbone(nn.Module):
 
     ``forward(images)`` takes (B, 3, H, W) float RGB in [0, 1] (each backbone applies its own
     normalisation) with H and W multiples of ``stride``, and returns a :class:`FeatureMap` with
-    h = H // stride, w = W // stride.
+    h = H // stride, w = W // stride (the native map: ``upsample`` is applied by the pipeline
+    after the feature caches, :meth:`semcorr.net.CorrespondenceNet.features`).
+
+    A backbone whose features are a function of the image's *name* rather than its pixels (files
+    written beforehand: :class:`~semcorr.backbones.precomputed.PrecomputedFeatures`) sets
+    ``needs_ids = True`` and takes ``forward(images, ids)``: ``ids`` (B,) are the images' ids
+    (``src_id`` / ``trg_id`` of the batch); the feature caches then key on the id, not the pixels.
+
+    Attributes:
+        stride: pixels per cell of the native map; the data pipeline makes image sides multiples
+            of it.
+        dim: feature channels D.
+        upsample: the integer factor the pipeline upsamples the map by (``backbone.upsample``).
+        needs_ids: ``forward`` needs the images' ids.
     """
 
     stride: int = 1
     dim: int = 0
+    upsample: int = 1
+    needs_ids: bool = False
+
+    def check_network_frame(self, image_size: int, resize: str) -> None:
+        """Raise :class:`~semcorr.errors.ConfigError` when the run's network frame
+        (``data.image_size``, ``data.resize``) cannot be used; any frame works by default."""
+
+    def check_images(self, image_ids: Sequence[str]) -> None:
+        """Raise :class:`~semcorr.errors.DataError` when the features of some of a dataset's images
+        cannot be had (before a run starts); nothing to check by default."""
 
     def cache_key(self) -> str:
         """A string that identifies the features this backbone computes (for feature caches)."""

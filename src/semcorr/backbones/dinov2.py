@@ -28,17 +28,19 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from semcorr.backbones.base import Backbone, FeatureMap
+from semcorr.backbones.base import Backbone, BackboneConfig, FeatureMap
+from semcorr.backbones.upsample import upsampled_stride
 from semcorr.checks import number, one_of
-from semcorr.registry import GroupConfig, configured, register
+from semcorr.registry import configured, register
 from semcorr.errors import ConfigError, DataError, SemcorrError, first_sentence
+from semcorr.precision import BACKBONE_PRECISIONS, backbone_precision, resolve_backbone_precision
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +58,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HUB_HOST = "huggingface.co"
 POS_EMBED_MODES = ("official", "timm")
+FUSE_MODES = ("concat", "mean")
 # facebookresearch/dinov2 hub builders: plain models interpolate with a scale factor of
 # (n + 0.1) / M and no antialiasing, register models to the exact size with antialiasing
 OFFICIAL_INTERPOLATION = {False: (0.1, False), True: (0.0, True)}  # registers -> (offset, antialias)
 
 
 @dataclass
-class DinoV2Config(GroupConfig):
+class DinoV2Config(BackboneConfig):
     model: str = "vit_base_patch14_dinov2"  # a timm name (see MODELS)
     weights: str = "timm"  # timm | none | /path/to/checkpoint.{pth,safetensors}
     layer: int = -1  # block whose tokens are returned (negative: from the end)
+    # several blocks (replaces layer when non-empty): their tokens fused by `fuse`, each as the
+    # official get_intermediate_layers gives it (through the final norm when `norm`)
+    layers: List[int] = field(default_factory=list)
+    fuse: str = "concat"  # concat (channels in the order of `layers`: D * len(layers)) | mean (D)
     norm: bool = True  # apply the final LayerNorm to the returned tokens
     # the last k blocks (and the final norm) train; the rest, and the patch / position embeddings
     # and class / register tokens, stay frozen and in eval mode. -1: the whole ViT trains (every
@@ -77,11 +84,21 @@ class DinoV2Config(GroupConfig):
     # facebookresearch code: plain models bicubic with scale factor (n + 0.1) / 37, no antialias;
     # register models exact size, antialiased) | timm (timm's resampling: exact size, antialiased)
     pos_embed: str = "official"
+    # the ViT's compute precision (docs/backbones.md, "Precision"): auto (an active autocast is
+    # followed, else tf32 on CUDA and exact fp32 elsewhere) | fp32 | tf32 | bf16; features are
+    # returned in float32 whatever it is
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         number(self, "trainable_blocks", ge=-1, integer=True)
         number(self, "layer", integer=True)
+        for layer in self.layers:
+            if isinstance(layer, bool) or not isinstance(layer, int):
+                raise ValueError(f"layers must be a list of block indices (integers), got {list(self.layers)!r}")
+        one_of(self, "fuse", FUSE_MODES)
         one_of(self, "pos_embed", POS_EMBED_MODES)
+        one_of(self, "precision", BACKBONE_PRECISIONS)
 
 
 class WeightsUnavailable(SemcorrError, RuntimeError):
@@ -208,11 +225,15 @@ def official_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_g
 
 @register("backbone", "dinov2", DinoV2Config)
 class DinoV2(Backbone):
-    """Patch tokens of one block of a DINOv2 ViT as a (B, D, H/14, W/14) map.
+    """Patch tokens of one block (or several) of a DINOv2 ViT as a (B, D, H/14, W/14) map.
 
     ``forward`` normalises [0, 1] RGB with the ImageNet mean/std, runs the ViT at the input's own
     size and returns the tokens of block ``layer`` (optionally through the final norm), without
-    class and register tokens; blocks after ``layer`` are not run. The position embedding is
+    class and register tokens; blocks after ``layer`` are not run. With ``layers=[l1, l2, ...]``
+    the tokens of each listed block (each through the final norm when ``norm``: the official
+    ``get_intermediate_layers(x, n=layers, norm=norm)``) are fused: ``concat`` stacks their
+    channels in the listed order (D * len(layers) channels), ``mean`` averages them (D); blocks
+    after the deepest listed one are not run. The position embedding is
     resized to the input's patch grid as the official DINOv2 code does (``pos_embed="official"``,
     :func:`official_pos_embed`; cached per grid size while it is not being trained) or as timm
     does (``pos_embed="timm"``, timm's ``_pos_embed``).
@@ -223,12 +244,18 @@ class DinoV2(Backbone):
     embedding, the class / register tokens and the final norm (for training a random ViT from
     scratch). Blocks after ``layer`` never train (their output is unused). Frozen modules
     (:meth:`frozen_modules`) are in eval mode from construction on, and :meth:`train` keeps them so.
+
+    ``precision`` (:data:`semcorr.precision.BACKBONE_PRECISIONS`) is the ViT's compute precision
+    (:func:`semcorr.precision.backbone_precision`): ``auto`` follows an active autocast (the
+    trainer's ``bf16-mixed``), else TF32 on CUDA and exact float32 elsewhere; ``fp32`` is exact
+    float32 even under an autocast. The features are returned in float32 whatever it is.
     """
 
     def __init__(self, cfg: Optional[DinoV2Config] = None, **overrides) -> None:
         super().__init__()
         cfg = configured(DinoV2Config, cfg, **overrides)
         self.pos_embed_mode = cfg.pos_embed
+        self.precision = cfg.precision
         self._pos_cache: Dict[tuple, torch.Tensor] = {}
         self.model_name = MODELS.get(cfg.model, cfg.model)
         self.weights = cfg.weights
@@ -238,7 +265,15 @@ class DinoV2(Backbone):
         self.stride = int(self.vit.patch_embed.patch_size[0])
         self.dim = int(self.vit.embed_dim)
         depth = len(self.vit.blocks)
-        self.layer = cfg.layer % depth
+        self.layers = tuple(layer % depth for layer in (cfg.layers or [cfg.layer]))
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers {list(cfg.layers)} name a block twice (depth {depth})")
+        self.layer = max(self.layers)  # the deepest block run
+        self.fuse = cfg.fuse
+        if self.fuse == "concat":
+            self.dim *= len(self.layers)
+        upsampled_stride(self.stride, cfg.upsample)  # a factor whose cells are exact
+        self.upsample = int(cfg.upsample)
         self.norm = cfg.norm
         if cfg.trainable_blocks > depth:  # the schema checks >= -1; the depth is known only here
             raise ValueError(f"trainable_blocks={cfg.trainable_blocks} must be in [0, {depth}], or -1 "
@@ -255,14 +290,28 @@ class DinoV2(Backbone):
         return self.trainable_blocks == -1
 
     def cache_key(self) -> str:
-        """Model, weights, block, norm, position-embedding resizing and architecture overrides.
-        Randomly initialised models get a per-instance id, so no cache ever mixes two random
-        draws."""
+        """Model, weights, block(s) and their fusion, norm, position-embedding resizing,
+        architecture overrides and the compute precision as a call now resolves it
+        (:meth:`resolved_precision`; float32 features keep the key they had before the option
+        existed). Randomly initialised models get a per-instance id, so no cache ever mixes two
+        random draws."""
         weights = Path(str(self.weights)).name if self.weights not in ("none", "", None) else \
             f"random-{self._instance}"
         extra = ",".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items()))
-        return (f"dinov2-{self.model_name}-{weights}-l{self.layer}-n{int(self.norm)}"
-                f"-pe{self.pos_embed_mode}-{extra}")
+        blocks = f"l{self.layer}" if len(self.layers) == 1 else \
+            f"l{'+'.join(map(str, self.layers))}-{self.fuse}"
+        resolved = self.resolved_precision()
+        precision = "" if resolved == "fp32" else f"-{resolved}"
+        weights_dtype = self.vit.patch_embed.proj.weight.dtype  # e.g. trainer.precision=bf16-true
+        if weights_dtype != torch.float32:
+            precision += "-w" + str(weights_dtype).replace("torch.", "")
+        return (f"dinov2-{self.model_name}-{weights}-{blocks}-n{int(self.norm)}"
+                f"-pe{self.pos_embed_mode}-{extra}{precision}")
+
+    def resolved_precision(self) -> str:
+        """``backbone.precision`` for a call now: on the weights' device, under the current
+        autocast (:func:`semcorr.precision.resolve_backbone_precision`)."""
+        return resolve_backbone_precision(self.precision, self.mean.device)
 
     def _first_trainable_block(self) -> int:
         depth = len(self.vit.blocks)
@@ -349,13 +398,17 @@ class DinoV2(Backbone):
         grad = torch.is_grad_enabled() and self.trainable_blocks != 0
         vit = self.vit
         b, _, height, width = images.shape
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), backbone_precision(self.resolved_precision(), images.device):
             # timm's forward_intermediates, stopped at block ``layer``
             x = vit.norm_pre(vit.patch_drop(self._embed(x)))
-            for blk in vit.blocks[: self.layer + 1]:
+            taken = {}
+            for i, blk in enumerate(vit.blocks[: self.layer + 1]):
                 x = blk(x)
-            if self.norm:
-                x = vit.norm(x)
+                if i in self.layers:
+                    taken[i] = vit.norm(x) if self.norm else x
+            tokens = [taken[i][:, vit.num_prefix_tokens:] for i in self.layers]
+            x = tokens[0] if len(tokens) == 1 else (
+                torch.cat(tokens, dim=-1) if self.fuse == "concat" else torch.stack(tokens).mean(0))
             h, w = height // self.stride, width // self.stride
-            feats = x[:, vit.num_prefix_tokens:].reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
-        return FeatureMap(features=feats, stride=self.stride)
+            feats = x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        return FeatureMap(features=feats.float().contiguous(), stride=self.stride)

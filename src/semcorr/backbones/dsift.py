@@ -9,18 +9,20 @@ import cv2
 import numpy as np
 import torch
 
-from semcorr.backbones.base import Backbone, FeatureMap
+from semcorr.backbones.base import Backbone, BackboneConfig, FeatureMap
+from semcorr.backbones.upsample import upsampled_stride
 from semcorr.checks import number
-from semcorr.registry import GroupConfig, configured, register
+from semcorr.registry import configured, register
 
 
 @dataclass
-class DSiftConfig(GroupConfig):
+class DSiftConfig(BackboneConfig):
     stride: int = 8  # grid spacing in pixels (one cell per descriptor)
     keypoint_size: float = 16.0  # SIFT support size in pixels
     root_sift: bool = False  # Hellinger (RootSIFT) mapping before L2 normalisation
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         number(self, "stride", ge=1, integer=True)
         number(self, "keypoint_size", gt=0)
 
@@ -39,6 +41,8 @@ class DenseSift(Backbone):
         super().__init__()
         cfg = configured(DSiftConfig, cfg, **overrides)
         self.stride = int(cfg.stride)
+        upsampled_stride(self.stride, cfg.upsample)  # a factor whose cells are exact
+        self.upsample = int(cfg.upsample)
         self.keypoint_size = float(cfg.keypoint_size)
         self.root_sift = cfg.root_sift
         self._sift = None

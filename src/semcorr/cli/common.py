@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import os
 import sys
@@ -15,10 +15,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from semcorr import atomic
 from semcorr.checkpoint import PLACEMENT_KEYS, checkpoint_config, ckpt_token
 from semcorr.config import EXPERIMENT, available, load_config, to_yaml
 from semcorr.distributed import DEFAULT_OUT_DIR_ENV, launch_rank_is_zero
 from semcorr.errors import ConfigError, SemcorrError
+from semcorr.interrupt import (RunInterrupted, exit_code, interrupting_signal, signal_name,
+                               sigterm_raises)
 from semcorr.registry import GROUPS
 
 log = logging.getLogger("semcorr")
@@ -40,14 +43,17 @@ class Args:
     print_config: bool = False
     resume: Optional[str] = None
     config_dirs: List[str] = field(default_factory=list)
+    overwrite: bool = False
 
 
-FLAG_HELP = {"--resume": "--resume RUN: continue a run (its out_dir or a .ckpt) exactly where it stopped"}
+FLAG_HELP = {"--resume": "--resume RUN: continue a run (its out_dir or a .ckpt) exactly where it stopped",
+             "--overwrite": "--overwrite: replace the results of an earlier run in out_dir (without it, "
+                            "such an out_dir is refused)"}
 
 
 def usage(prog: str, flags: Sequence[str] = (), extra_dirs: Sequence[str] = ()) -> str:
     """The usage text, with the group files each config folder offers."""
-    extra = "".join(f" [{f} ...]" for f in flags)
+    extra = "".join(f" [{f}]" if f == "--overwrite" else f" [{f} ...]" for f in flags)
     text = USAGE.format(prog=prog, extra=extra, groups=", ".join(GROUPS))
     text += "".join(f"{FLAG_HELP[f]}\n" for f in flags if f in FLAG_HELP)
     groups = "\n".join(f"  {g}: {', '.join(available(g, extra_dirs))}" for g in (*GROUPS, EXPERIMENT))
@@ -69,6 +75,8 @@ def parse_args(argv: Sequence[str], prog: str, flags: Sequence[str] = ()) -> Arg
             if value is None:
                 raise ConfigError("--config-dir needs a folder")
             args.config_dirs.append(value)
+        elif token == "--overwrite" and "--overwrite" in flags:
+            args.overwrite = True
         elif token == "--resume" and "--resume" in flags:
             args.resume = next(it, None)
             if args.resume is None:
@@ -96,13 +104,34 @@ def quiet_unless(rank_zero: bool) -> None:
 
 
 def run_main(fn, argv: Optional[Sequence[str]], prog: str) -> int:
-    """Run ``fn(argv)``, turning configuration and input errors into one line on stderr."""
+    """Run ``fn(argv)``, turning configuration and input errors, and a file that cannot be written
+    (full disk, read-only), into one line on stderr and exit code 2; a run stopped by SIGINT /
+    SIGTERM into one line and 130 / 143 (:mod:`semcorr.interrupt`)."""
     setup_logging()
     try:
-        return fn(list(sys.argv[1:] if argv is None else argv)) or 0
+        with sigterm_raises():
+            return fn(list(sys.argv[1:] if argv is None else argv)) or 0
     except (SemcorrError, FileNotFoundError) as err:
         sys.stderr.write(f"{prog}: error: {err}\n")
         return 2
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        sys.stderr.write(f"{prog}: error: {err}\n")
+        return 2
+    except BaseException as err:  # noqa: BLE001  (only interruptions are answered here)
+        signum = interrupting_signal(err)
+        if signum is None:
+            raise
+        detail = err.detail if isinstance(err, RunInterrupted) else ""
+        sys.stderr.write(f"{prog}: interrupted by {signal_name(signum)}"
+                         + (f"; {detail}" if detail else "") + "\n")
+        return exit_code(signum)
+
+
+# a file or folder that cannot be written: the disk, the quota, the permissions (one line, rc 2)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
 
 
 def resolve_config(args: Args) -> Optional[DictConfig]:
@@ -152,19 +181,10 @@ def make_out_dir(path: str | Path) -> Path:
     return path
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (a temporary file renamed into place): a reader never sees a
-    half-written ``metrics.json`` or ``train_summary.json``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_json(path: str | Path, data: Any, non_finite: str = "error") -> Path:
+    """Write strict JSON atomically (:func:`semcorr.atomic.write_json`): a reader never sees a
+    half-written ``metrics.json`` or ``train_summary.json``, nor a ``NaN`` in one."""
+    return atomic.write_json(path, data, non_finite=non_finite)
 
 
 def rate(n: int, seconds: float) -> str:

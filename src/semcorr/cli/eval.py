@@ -2,7 +2,7 @@
 
 Writes ``<out_dir>/config.yaml``, ``metrics.json`` (with the protocol and a PCK-vs-alpha
 ``pck_curve``), ``predictions.jsonl`` (one line per pair, :mod:`semcorr.predictions`) and the
-figures ``keypoints.png``, ``pck_curve.png`` and ``dense_warp.png`` (``plots.*``), logs to CSV and
+figures ``keypoints.png``, ``pck_curve.png``, ``dense_warp.png`` and ``pca.png`` (``plots.*``), logs to CSV and
 W&B (with a table of the first ``logger.table_pairs`` pairs), and prints a PCK table.
 ``ckpt=RUN`` evaluates a trained run's best checkpoint through the same pipeline (see
 :func:`semcorr.cli.common.resolve_config`).
@@ -28,28 +28,36 @@ from semcorr.cli.common import (check_out_dir, make_out_dir, parse_args, pck_tab
                                 write_json)
 from semcorr.cli.loggers import finish_loggers, log_image, log_table, make_loggers, wandb_loggers
 from semcorr.config import group_config, save_config
+from semcorr.distributed import launch_rank_is_zero
+from semcorr.errors import DataError
 from semcorr.figures import prediction_table, write_eval_figures
+from semcorr.interrupt import RunInterrupted, interrupting_signal
 from semcorr.matchers import build_matcher
 from semcorr.metrics import alpha_grid, curve_entry
 from semcorr.predictions import write_predictions
 from semcorr.pose_align import LABEL, pose_align_summary
 from semcorr.report import EvalReport, EvalTiming, PoseAlignReport
+from semcorr.rundir import check_run_folder, claim_run_folder
 
 log = logging.getLogger("semcorr.eval")
 
 
 def evaluate(argv: Sequence[str]) -> int:
-    cfg = resolve_config(parse_args(argv, "eval.py"))
+    args = parse_args(argv, "eval.py", flags=("--overwrite",))
+    cfg = resolve_config(args)
     if cfg is None:
         return 0
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
+    if launch_rank_is_zero():  # the other processes of a distributed run write nothing
+        check_run_folder(out_dir, args.overwrite)
     run = build_run(cfg, stage="test")
     plots = cfg.plots
     compare = {name: build_matcher(group_config("matcher", name)) for name in plots.warp_compare}
     report = EvalReport(alpha_grid(plots.curve_max_alpha), keep=plots.n_pairs,
                         rows=cfg.predictions.enabled, max_points=cfg.predictions.max_points,
-                        dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare)
+                        dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare,
+                        pca=plots.pca)
     timing = EvalTiming()
     pose = PoseAlignReport() if cfg.pose_align.enabled else None  # uses GT left/right labels
     callbacks = [report, timing] + ([pose] if pose else [])
@@ -58,10 +66,10 @@ def evaluate(argv: Sequence[str]) -> int:
                         callbacks=callbacks, default_root_dir=str(out_dir),
                         enable_checkpointing=False)
     quiet_unless(trainer.is_global_zero)
+    lock = None
     if trainer.is_global_zero:
         make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
-        for stale in ("metrics.json", "predictions.jsonl"):  # an earlier run's, not this config's
-            (out_dir / stale).unlink(missing_ok=True)
+        lock = claim_run_folder(out_dir, args.overwrite)  # --overwrite: an earlier run's files go
         save_config(cfg, out_dir)
     log.info("evaluating %d pairs of %s (%s) with %s + %s on %d process(es)", len(run.dataset),
              cfg.data.name, cfg.data.split, cfg.backbone.name, cfg.matcher.name, trainer.world_size)
@@ -70,8 +78,16 @@ def evaluate(argv: Sequence[str]) -> int:
         with share_out_dir(cfg):
             metrics = _evaluate(cfg, trainer, run, report, timing, loggers, out_dir, pose)
         success = True
+    except BaseException as err:
+        signum = interrupting_signal(err)
+        if signum is None:
+            raise
+        raise RunInterrupted(signum, f"the evaluation stopped; no {out_dir / 'metrics.json'} "
+                                     "was written") from None
     finally:
         finish_loggers(loggers, success)
+        if lock is not None:
+            lock.release()
     if not trainer.is_global_zero:
         return 0
     dagger = f"; Pose-Align: {LABEL}" if cfg.pose_align.enabled else ""
@@ -96,6 +112,9 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
     trainer.test(run.module, datamodule=run.datamodule, verbose=False)
     seconds = time.perf_counter() - t0
     result = report.result
+    if result["n_pairs"] == 0:
+        raise DataError(f"no pair of data={cfg.data.name} ({cfg.data.split}) has a valid keypoint: "
+                        "nothing was scored, no metrics.json written")
     metrics = {
         "dataset": cfg.data.name,
         "split": cfg.data.split,

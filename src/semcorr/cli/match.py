@@ -3,12 +3,13 @@
 ::
 
     semcorr-match SRC TRG [--points "x,y;x,y" | --points-file F | --dense [--mask M]]
-                  [group=name ...] [key.path=value ...] [ckpt=RUN]
+                  [--pca] [group=name ...] [key.path=value ...] [ckpt=RUN]
 
 Transfers the given source points (pixel coordinates of the original source image, 0-based,
 pixel-index convention) into the target with the configured backbone, head and matcher (or a
 trained run's, with ``ckpt=RUN``), and writes into ``out_dir``: ``matches.json`` (per point:
-source point, target point, score), ``matches.png`` (side-by-side figure) and ``config.yaml``.
+source point, target point, score), ``matches.png`` (side-by-side figure), ``config.yaml`` and,
+with ``--pca``, ``pca.png`` (the pair's features as colours: :mod:`semcorr.pca`).
 
 The pipeline is :mod:`semcorr.inference` (the evaluation pipeline on one pair); dense points
 (``--dense``, ``--mask``) come from :mod:`semcorr.foreground`.
@@ -26,9 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
+from semcorr.atomic import write_text
 from semcorr.cli.common import (accelerator, check_out_dir, make_out_dir, parse_args, resolve_config,
                                 run_main, usage)
 from semcorr.config import save_config
+from semcorr.rundir import check_run_folder, claim_run_folder
 from semcorr.data.base import load_image_reduced
 from semcorr.data.resize import check_size
 from semcorr.errors import InputError
@@ -39,16 +42,19 @@ log = logging.getLogger("semcorr.match")
 
 PROG = "semcorr-match"
 USAGE = f"""usage: {PROG} SRC TRG [--points "x,y;x,y" | --points-file F | --dense [--mask FILE|all]]
-                     [--print-config] [group=name ...] [key.path=value ...]
+                     [--pca] [--print-config] [--overwrite] [group=name ...] [key.path=value ...]
 
 Transfer points from the source image SRC to the target image TRG; writes matches.json and
-matches.png into out_dir (default runs/<timestamp>).
+matches.png into out_dir (default runs/<timestamp>-<random>; an out_dir holding an earlier run's
+results needs --overwrite).
 
   --points "x,y;x,y"   source points, original-image pixels (0-based)
   --points-file F      the same from a file: .json ([[x, y], ...] or {{"points": [...]}}) or text
                        (one "x,y" or "x y" per line, # comments)
   --dense              a grid of foreground points (one per backbone cell)
   --mask FILE|all      dense foreground: a mask image, or all cells (default: border contrast)
+  --pca                also write pca.png: the first 3 principal components of both images'
+                       features, fitted jointly on their foreground, as RGB
 
 Examples:
   {PROG} a.jpg b.jpg --points "120,80;200,150" backbone=dsift matcher=nn out_dir=out
@@ -65,6 +71,7 @@ class MatchArgs:
     points_file: Optional[str] = None
     dense: bool = False
     mask: Optional[str] = None
+    pca: bool = False
     tokens: List[str] = field(default_factory=list)
 
 
@@ -76,7 +83,7 @@ def parse_match_args(argv: Sequence[str]) -> tuple[MatchArgs, List[str]]:
     positional: List[str] = []
     rest: List[str] = []
     values: Dict[str, Optional[str]] = {"--points": None, "--points-file": None, "--mask": None}
-    dense = False
+    dense = pca = False
     it = iter(argv)
     for token in it:
         if token in ("-h", "--help"):
@@ -92,6 +99,8 @@ def parse_match_args(argv: Sequence[str]) -> tuple[MatchArgs, List[str]]:
             values[key] = value
         elif token == "--dense":
             dense = True
+        elif token == "--pca":
+            pca = True
         elif token.startswith("--") or "=" in token:
             rest.append(token)
         else:
@@ -106,7 +115,7 @@ def parse_match_args(argv: Sequence[str]) -> tuple[MatchArgs, List[str]]:
     if values["--mask"] is not None and not dense:
         raise InputError("--mask only applies with --dense")
     args = MatchArgs(src=positional[0], trg=positional[1], points=values["--points"],
-                     points_file=values["--points-file"], dense=dense, mask=values["--mask"])
+                     points_file=values["--points-file"], dense=dense, mask=values["--mask"], pca=pca)
     return args, rest
 
 
@@ -202,11 +211,12 @@ def dump_matches(record: Dict[str, Any]) -> str:
 
 def run(argv: Sequence[str]) -> int:
     margs, rest = parse_match_args(argv)
-    args = parse_args(rest, PROG)
+    args = parse_args(rest, PROG, flags=("--overwrite",))
     cfg = resolve_config(args)
     if cfg is None:
         return 0
     out_dir = check_out_dir(cfg.out_dir)
+    check_run_folder(out_dir, args.overwrite)
     points = None
     if margs.points is not None:
         points = parse_points(margs.points)
@@ -228,17 +238,23 @@ def run(argv: Sequence[str]) -> int:
                          factors=(src_k, trg_k), sizes=(src_hw, trg_hw),
                          names=(str(margs.src), str(margs.trg)))
     make_out_dir(out_dir)
-    save_config(cfg, out_dir)
-    record = matches_record(match, margs.src, margs.trg, cfg, margs.dense)
-    (out_dir / "matches.json").write_text(dump_matches(record))
-    from semcorr.viz import plot_matches
+    with claim_run_folder(out_dir, args.overwrite):
+        save_config(cfg, out_dir)
+        record = matches_record(match, margs.src, margs.trg, cfg, margs.dense)
+        write_text(out_dir / "matches.json", dump_matches(record))
+        from semcorr.viz import plot_matches
 
-    plot_matches(src_img, trg_img, to_reduced(match.src_points, src_k),
-                 to_reduced(match.trg_points, trg_k), out_dir / "matches.png",
-                 scores=match.scores, title=f"{cfg.backbone.name} + {cfg.matcher.name}")
-    log.info("matched %d points; wrote %s and %s", len(points), out_dir / "matches.json",
-             out_dir / "matches.png")
-    sys.stdout.write(f"{len(points)} matches -> {out_dir / 'matches.json'}, {out_dir / 'matches.png'}\n")
+        plot_matches(src_img, trg_img, to_reduced(match.src_points, src_k),
+                     to_reduced(match.trg_points, trg_k), out_dir / "matches.png",
+                     scores=match.scores, title=f"{cfg.backbone.name} + {cfg.matcher.name}")
+        written = [out_dir / "matches.json", out_dir / "matches.png"]
+        if margs.pca:
+            from semcorr.pca import pca_panel
+            from semcorr.viz import plot_pca_rows
+
+            written.append(plot_pca_rows([pca_panel(match.batch, match.out, 0)], out_dir / "pca.png"))
+    log.info("matched %d points; wrote %s", len(points), ", ".join(map(str, written)))
+    sys.stdout.write(f"{len(points)} matches -> {', '.join(map(str, written))}\n")
     return 0
 
 

@@ -23,9 +23,12 @@ its own; the sweep itself is one process and never repeats the grid per rank.
 Extra command-line tokens are appended to ``base``; ``out_dir=DIR`` sets the sweep folder
 (default ``runs/sweeps/<name>``). Each run lives in ``DIR/<run name>/`` and, once finished, holds
 ``sweep_result.json``; a re-started sweep skips those runs (so an interrupted sweep resumes), and
-failed runs are retried. After every run ``DIR/summary.csv`` and ``DIR/summary.md`` are rewritten
-with one row per run: its overrides, status, PCK (eval: the evaluated split; train: the best
-validation score and, with ``eval_after``, the test split) and wall-clock seconds.
+failed or interrupted runs are retried from the start (``--overwrite`` of the cell's folder).
+A run ended by a signal is ``interrupted``, never ``done``; a SIGINT / SIGTERM to the sweep is
+passed on to the running run, which stops in its own way, and the sweep exits 130 / 143.
+After every run ``DIR/summary.csv`` and ``DIR/summary.md`` are rewritten with one row per run:
+its overrides, status, PCK (eval: the evaluated split; train: the best validation score and,
+with ``eval_after``, the test split) and wall-clock seconds.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -46,10 +50,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from semcorr.atomic import atomic_open, write_text
 from semcorr.cli.common import make_out_dir, run_main, write_json
-from semcorr.config import group_file
+from semcorr.config import group_file, load_yaml
 from semcorr.distributed import launch_rank_is_zero
 from semcorr.errors import ConfigError
+from semcorr.interrupt import RunInterrupted, exit_code, interrupting_signal, signal_name
+from semcorr.rundir import RunLock
 
 log = logging.getLogger("semcorr.sweep")
 RESULT = "sweep_result.json"
@@ -76,12 +83,20 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if path.suffix or len(path.parts) > 1:
             raise FileNotFoundError(f"sweep file not found: {path}")
         path = group_file("sweep", path.name)
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    raw = OmegaConf.to_container(load_yaml(path, "name, mode, base, grid, ..."), resolve=True)
     known = set(SweepSpec.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown}; valid: {', '.join(sorted(known))}")
     spec = SweepSpec(**{"name": path.stem, **raw})
+    for key, kind in (("name", str), ("mode", str), ("base", list), ("grid", dict),
+                      ("eval_after", bool), ("launcher", list)):
+        if not isinstance(getattr(spec, key), kind):
+            raise ConfigError(f"{path}: {key} must be a {kind.__name__}, got "
+                              f"{getattr(spec, key)!r}")
+    bad_tokens = [t for t in (*spec.base, *spec.launcher) if not isinstance(t, str)]
+    if bad_tokens:
+        raise ConfigError(f"{path}: base and launcher hold strings, got {bad_tokens}")
     if spec.mode not in MODES:
         raise ConfigError(f"{path}: mode {spec.mode!r}; valid: {', '.join(MODES)}")
     bad = [k for k, v in spec.grid.items() if not isinstance(v, list) or not v]
@@ -112,6 +127,11 @@ class RunFailed(RuntimeError):
     """A run's process exited with an error; the message is the last line of its output."""
 
 
+class RunStopped(RunFailed):
+    """A run's process was ended by a signal (exit code 128 + n, or killed by it): the run did not
+    finish, and its cell is ``interrupted``, never ``done``."""
+
+
 def command(spec: SweepSpec, cli: str, tokens: Sequence[str]) -> List[str]:
     """The command line of one run: ``launcher + [python, -m, semcorr.cli.<cli>, *tokens]``."""
     return [*spec.launcher, sys.executable, "-m", f"semcorr.cli.{cli}", *tokens]
@@ -127,19 +147,50 @@ def run_process(cmd: Sequence[str], log_path: Path) -> None:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
         start = out.tell()
-        code = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        # its own session: a Ctrl-C reaches the sweep, which passes it on once (wait_forwarding)
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        code = wait_forwarding(proc)
     if code:
         with open(log_path, errors="replace") as f:
             f.seek(start)
             lines = [line.strip() for line in f.read().splitlines() if line.strip()]
-        raise RunFailed(f"exit {code}: {lines[-1] if lines else 'no output'}")
+        last = lines[-1] if lines else "no output"
+        signum = -code if code < 0 else code - 128 if code in STOP_CODES else None
+        if signum is not None:
+            raise RunStopped(f"{signal_name(signum)} (exit {code}): {last}")
+        raise RunFailed(f"exit {code}: {last}")
+
+
+STOP_CODES = tuple(exit_code(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL))
+
+
+def wait_forwarding(proc: subprocess.Popen) -> int:
+    """Wait for a run's process; when the sweep itself is interrupted (SIGINT / SIGTERM), pass
+    the signal on to the run, wait for it to stop in its own way (its summary, its last
+    checkpoint), then raise the interruption. A second interruption kills the run."""
+    try:
+        return proc.wait()
+    except BaseException as err:
+        signum = interrupting_signal(err)
+        if signum is None or proc.poll() is not None:
+            raise
+        proc.send_signal(signum)
+        try:
+            proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+        raise
 
 
 def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,
             extra: Sequence[str]) -> Dict[str, Any]:
     """Run one cell, in its own process(es); returns its result (PCK and seconds)."""
+    # --overwrite: the cell's folder is the sweep's own; a retried run replaces what a failed
+    # or interrupted one left
     tokens = [*spec.base, *extra, *(f"{k}={v}" for k, v in overrides.items()),
-              f"out_dir={run_dir}", f"logger.group={spec.name}"]
+              f"out_dir={run_dir}", f"logger.group={spec.name}", "--overwrite"]
     log_path = run_dir / "run.log"
     t0 = time.perf_counter()
     result: Dict[str, Any] = {}
@@ -157,7 +208,7 @@ def execute(spec: SweepSpec, overrides: Dict[str, str], run_dir: Path,
             placement = [t for t in tokens if t.startswith("trainer.")]
             run_process(command(spec, "eval", [f"ckpt={summary['best_checkpoint']}",
                                                f"out_dir={eval_dir}", f"logger.group={spec.name}",
-                                               *placement, *extra]), log_path)
+                                               *placement, *extra, "--overwrite"]), log_path)
             result["pck"] = json.loads((eval_dir / "metrics.json").read_text())["pck"]
     result["seconds"] = time.perf_counter() - t0
     return result
@@ -181,14 +232,14 @@ def write_summary(out_dir: Path, spec: SweepSpec, rows: List[Dict[str, Any]]) ->
             line += [_fmt(r.get("val_best")), str(r.get("steps", ""))]
         line.append(_fmt(r.get("seconds"), 1))
         table.append(line)
-    with open(out_dir / "summary.csv", "w", newline="") as f:
+    with atomic_open(out_dir / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(table)
     md = [f"# Sweep {spec.name} ({spec.mode})", "", "| " + " | ".join(header) + " |",
           "|" + "---|" * len(header)]
     md += ["| " + " | ".join(line) + " |" for line in table]
-    (out_dir / "summary.md").write_text("\n".join(md) + "\n")
+    write_text(out_dir / "summary.md", "\n".join(md) + "\n")
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -206,6 +257,11 @@ def sweep(argv: Sequence[str]) -> int:
     extra = [t for t in argv[1:] if not t.startswith("out_dir=")]
     outs = [t.split("=", 1)[1] for t in argv[1:] if t.startswith("out_dir=")]
     out_dir = make_out_dir(outs[-1] if outs else spec.out_dir or f"runs/sweeps/{spec.name}")
+    with RunLock.acquire(out_dir):  # one sweep per folder at a time; a re-started one resumes it
+        return _sweep(spec, out_dir, extra)
+
+
+def _sweep(spec: SweepSpec, out_dir: Path, extra: Sequence[str]) -> int:
     rows: List[Dict[str, Any]] = []
     cells = grid_runs(spec)
     for i, overrides in enumerate(cells):
@@ -213,25 +269,35 @@ def sweep(argv: Sequence[str]) -> int:
         run_dir = out_dir / name
         done = run_dir / RESULT
         row: Dict[str, Any] = {"run": name, "overrides": overrides}
+        rows.append(row)
         if done.is_file():
             row.update(json.loads(done.read_text()), status="done (skipped)")
             log.info("[%d/%d] %s: finished before, skipped", i + 1, len(cells), name)
-        else:
-            log.info("[%d/%d] %s", i + 1, len(cells), name)
-            try:
-                result = execute(spec, overrides, run_dir, extra)
-                write_json(done, result)  # atomic: a re-started sweep trusts it
-                row.update(result, status="done")
-            except (Exception, SystemExit) as err:  # one failed run does not stop the sweep
-                log.error("%s failed: %s", name, err)
-                log.debug("%s", traceback.format_exc())
-                row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
-        rows.append(row)
+            write_summary(out_dir, spec, rows)
+            continue
+        log.info("[%d/%d] %s", i + 1, len(cells), name)
+        try:
+            result = execute(spec, overrides, run_dir, extra)
+            write_json(done, result)  # atomic: a re-started sweep trusts it
+            row.update(result, status="done")
+        except RunStopped as err:  # the run alone was stopped (killed, out of memory, ...)
+            log.error("%s interrupted: %s", name, err)
+            row["status"] = f"interrupted: {str(err).splitlines()[0][:80]}"
+        except (Exception, SystemExit, KeyboardInterrupt) as err:  # one failed run does not stop the sweep
+            signum = interrupting_signal(err)
+            if signum is not None:  # the sweep itself was interrupted: it stops here
+                row["status"] = f"interrupted: {signal_name(signum)}"
+                write_summary(out_dir, spec, rows)
+                raise RunInterrupted(signum, f"the sweep stopped in run {name} ({i + 1}/{len(cells)}, "
+                                             "not marked done); start it again to continue") from None
+            log.error("%s failed: %s", name, err)
+            log.debug("%s", traceback.format_exc())
+            row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:80]}"
         write_summary(out_dir, spec, rows)
-    failed = sum(r["status"].startswith("failed") for r in rows)
+    unfinished = sum(not r["status"].startswith("done") for r in rows)
     sys.stdout.write((out_dir / "summary.md").read_text())
-    sys.stdout.write(f"{len(rows) - failed}/{len(rows)} runs finished; {out_dir / 'summary.md'}\n")
-    return 1 if failed else 0
+    sys.stdout.write(f"{len(rows) - unfinished}/{len(rows)} runs finished; {out_dir / 'summary.md'}\n")
+    return 1 if unfinished else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -43,8 +43,11 @@ from semcorr.distributed import launch_rank_is_zero
 from semcorr.errors import ConfigError, NumericalError, TrainingDiverged
 from semcorr.registry import GROUPS
 from semcorr.report import PredictionPanel
-from semcorr.resume import ResumePoint, read_resume_point
-from semcorr.training import History, LastCheckpoint, ResumeDataOrder
+from semcorr.resume import ResumePoint, check_resume_changes, read_resume_point
+from semcorr.interrupt import RunInterrupted, interrupting_signal, signal_name
+from semcorr.rundir import check_run_folder, claim_run_folder
+from semcorr.training import (AtomicCheckpointIO, History, LastCheckpoint, ResumeDataOrder,
+                              RunFolder)
 
 log = logging.getLogger("semcorr.train")
 
@@ -92,14 +95,19 @@ def train_config(tokens: Sequence[str], resume: Optional[ResumePoint] = None,
         cfg = load_config(tokens, default_groups=TRAIN_DEFAULT_GROUPS, extra_dirs=extra_dirs)
         # what an experiment file sets counts as given, like the command line's own tokens
         return apply_train_defaults(cfg, expand_experiment(tokens, extra_dirs)[1], extra_dirs)
-    return load_config(tokens, base=typed_config(resume.config), extra_dirs=extra_dirs)
+    saved = typed_config(resume.config)
+    cfg = load_config(tokens, base=saved, extra_dirs=extra_dirs)
+    check_resume_changes(saved, cfg, resume)
+    cfg.out_dir = str(resume.run_dir)  # where the run is now, not where its config says it was
+    return cfg
 
 
 def training_callbacks(cfg: DictConfig, run: Run, out_dir: Path, with_loggers: bool
                        ) -> Dict[str, L.Callback]:
     """The callbacks of a training run, by name: ``best`` (``checkpoints/best-*.ckpt`` by
     ``checkpointing.monitor``), ``last`` (``last.ckpt``), ``history`` (learning curves),
-    ``data_order`` (exact resume), ``panel`` (validation figure) and, with loggers, ``lr``."""
+    ``data_order`` (exact resume), ``folder`` (a moved run's checkpoint paths), ``panel``
+    (validation figure) and, with loggers, ``lr``."""
     ck = cfg.checkpointing
     callbacks: Dict[str, L.Callback] = {
         "best": ModelCheckpoint(dirpath=out_dir / "checkpoints", monitor=ck.monitor, mode="max",
@@ -107,6 +115,7 @@ def training_callbacks(cfg: DictConfig, run: Run, out_dir: Path, with_loggers: b
                                 filename="best-step{step:06d}"),
         "last": LastCheckpoint(out_dir / "checkpoints", every_n_train_steps=ck.every_n_steps or None),
         "history": History(),
+        "folder": RunFolder(out_dir / "checkpoints"),
         "data_order": ResumeDataOrder(cfg.data.batch_size),
         "panel": PredictionPanel(run.dataset.read_image, out_dir, cfg.plots.alpha, run.protocol,
                                  log_image, keep=cfg.plots.n_pairs),
@@ -130,16 +139,31 @@ def diverged(err: NumericalError, trainer: L.Trainer, last: LastCheckpoint,
 
 
 def fit(cfg: DictConfig, resume: Optional[ResumePoint] = None,
-        callbacks: Sequence[L.Callback] = ()) -> Dict[str, Any]:
+        callbacks: Sequence[L.Callback] = (), overwrite: bool = False) -> Dict[str, Any]:
     """Train one run (continuing ``resume`` when given); returns its summary, also written to
-    ``train_summary.json`` whatever the outcome: ``status`` ``finished``, ``interrupted`` or
-    ``failed`` (and ``error``). A non-finite loss, gradient, feature or plan stops the run with
+    ``train_summary.json`` whatever the outcome: ``status`` ``finished``, ``interrupted`` (and
+    ``signal``; :class:`~semcorr.interrupt.RunInterrupted` is raised) or ``failed`` (and
+    ``error``). A non-finite loss, gradient, feature or plan stops the run with
     :class:`~semcorr.errors.TrainingDiverged` naming the step and the last good checkpoint.
+    ``out_dir`` must not hold another run's results unless ``overwrite`` (:mod:`semcorr.rundir`).
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
+    rank_zero = launch_rank_is_zero()
+    if rank_zero:
+        check_run_folder(out_dir, overwrite, resume=resume is not None)
     run = build_run(cfg, stage="fit")
     make_out_dir(out_dir)  # only once the run is built: a bad config leaves no folder behind
+    lock = claim_run_folder(out_dir, overwrite, resume=resume is not None) if rank_zero else None
+    try:
+        return _fit(cfg, run, out_dir, resume, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(cfg: DictConfig, run: Run, out_dir: Path, resume: Optional[ResumePoint],
+         callbacks: Sequence[L.Callback]) -> Dict[str, Any]:
     # Lightning keeps the modes modules are in when fit starts; train() lets the backbone put its
     # frozen blocks in eval mode (DinoV2.train) before the first step.
     run.module.train()
@@ -147,7 +171,8 @@ def fit(cfg: DictConfig, resume: Optional[ResumePoint] = None,
                            resume=resume)
     named = training_callbacks(cfg, run, out_dir, bool(loggers))
     trainer = L.Trainer(**trainer_kwargs(cfg, "fit", run.module), logger=loggers or False,
-                        callbacks=[*named.values(), *callbacks], default_root_dir=str(out_dir))
+                        callbacks=[*named.values(), *callbacks], default_root_dir=str(out_dir),
+                        plugins=[AtomicCheckpointIO()])
     quiet_unless(trainer.is_global_zero)
     if resume is not None:
         resume.check_world_size(trainer.world_size)
@@ -167,16 +192,39 @@ def fit(cfg: DictConfig, resume: Optional[ResumePoint] = None,
         error = diverged(err, trainer, named["last"], resume)
     except BaseException as err:  # noqa: BLE001  (recorded in the summary, then raised again)
         error = err
-    status = "failed" if error is not None else "interrupted" if trainer.interrupted else "finished"
+    signum = interrupting_signal(error) if error is not None else None
+    status = ("interrupted" if signum is not None or (error is None and trainer.interrupted)
+              else "failed" if error is not None else "finished")
     finish_loggers(loggers, status == "finished")
-    summary = run_summary(cfg, trainer, named, status, error, time.perf_counter() - t0, resume)
+    summary = run_summary(cfg, trainer, named, status, None if signum else error,
+                          time.perf_counter() - t0, resume)
+    if signum is not None:
+        summary["signal"] = signal_name(signum)
     if trainer.is_global_zero:
-        write_json(out_dir / "train_summary.json", summary)
+        try:
+            write_json(out_dir / "train_summary.json", summary, non_finite="null")
+        except OSError as err:  # a full disk: say so, but the run's own error comes first
+            if error is None:
+                raise
+            log.error("could not write %s: %s", out_dir / "train_summary.json", err)
+    if signum is not None:
+        raise RunInterrupted(signum, interrupted_detail(summary, out_dir)) from None
     if isinstance(error, TrainingDiverged):
         raise error from None
     if error is not None:
         raise error
     return summary
+
+
+def interrupted_detail(summary: Dict[str, Any], out_dir: Path) -> str:
+    """What an interrupted run kept, for its one-line message."""
+    if summary["last_checkpoint"]:
+        kept = (f"last checkpoint {summary['last_checkpoint']} (step {summary['last_checkpoint_step']}); "
+                f"continue with: train.py --resume {out_dir}")
+    else:
+        kept = "no last.ckpt was written" + (f" (best checkpoint: {summary['best_checkpoint']})"
+                                             if summary["best_checkpoint"] else "")
+    return f"training stopped at step {summary['global_step']}; {kept}"
 
 
 def run_summary(cfg: DictConfig, trainer: L.Trainer, named: Dict[str, L.Callback], status: str,
@@ -202,14 +250,14 @@ def run_summary(cfg: DictConfig, trainer: L.Trainer, named: Dict[str, L.Callback
 
 
 def train(argv: Sequence[str]) -> int:
-    args = parse_args(argv, "train.py", flags=("--resume",))
+    args = parse_args(argv, "train.py", flags=("--resume", "--overwrite"))
     # a garbage last.ckpt or a missing config.yaml fails here, before anything starts
     resume = read_resume_point(args.resume) if args.resume else None
     cfg = train_config(args.tokens, resume, args.config_dirs)
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return 0
-    summary = fit(cfg, resume=resume)
+    summary = fit(cfg, resume=resume, overwrite=args.overwrite)
     if not launch_rank_is_zero():
         return 0
     best = summary["best_score"]

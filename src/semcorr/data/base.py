@@ -16,7 +16,10 @@ from semcorr.checks import number, one_of
 from semcorr.registry import GroupConfig
 from semcorr.errors import ConfigError, DataError
 from semcorr.metrics.protocol import DIRECTIONS, Protocol, protocol
+from semcorr.digest import image_digest
 from semcorr.stores import MemoryCache
+from semcorr.data.annotations import (box_problem, image_problem, keypoint_problem,
+                                      shape_problem, threshold_problem)
 from semcorr.data.resize import RESIZE_MODES, resize_image, resize_mask, to_network
 from semcorr.data.schema import swap_sides
 from semcorr.data.transforms import AugmentConfig
@@ -24,6 +27,7 @@ from semcorr.data.transforms import AugmentConfig
 log = logging.getLogger(__name__)
 
 FLIP_SUFFIX = "#hflip"  # an image id with this suffix is served mirrored (TSS, PF-PASCAL flips)
+BAD_PAIRS = ("error", "skip")  # data.bad_pairs
 
 
 @dataclass
@@ -39,6 +43,11 @@ class DataConfig(GroupConfig):
     max_pairs: Optional[int] = None
     categories: List[str] = field(default_factory=list)  # empty: all
     image_cache_mb: int = 512  # decoded images kept in memory (per worker)
+    # a pair whose annotation is degenerate (semcorr.data.annotations): error (naming the file) or
+    # skip (left out, counted in a warning)
+    bad_pairs: str = "error"
+    # how far a valid keypoint may lie outside its image, as a fraction of the longer side
+    keypoint_margin: float = 0.1
     # training-time paired augmentation (semcorr.data.transforms); not a dataset argument
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -49,6 +58,8 @@ class DataConfig(GroupConfig):
         number(self, "num_workers", ge=0, integer=True)
         number(self, "max_pairs", ge=1, integer=True, none_ok=True)
         number(self, "image_cache_mb", ge=0)
+        one_of(self, "bad_pairs", BAD_PAIRS)
+        number(self, "keypoint_margin", ge=0)
 
 
 @dataclass
@@ -71,6 +82,7 @@ class PairRecord:
     sym_pairs: Optional[np.ndarray] = None  # (S, 2) indices into the K keypoints
     pair_id: Optional[str] = None
     meta: Dict[str, Any] = field(default_factory=dict)
+    annotation: Optional[str] = None  # the file (and row) the annotation was read from
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -95,6 +107,20 @@ def _decode(path: str | Path, what: str, read) -> Any:
         raise DataError(f"cannot read {what} {path}: {err}") from None
 
 
+def read_image_size(path: str | Path) -> Tuple[int, int]:
+    """(h, w) of an image file as displayed (EXIF orientation applied), from its header alone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
 def _rgb_uint8(im: Image.Image) -> np.ndarray:
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float grey-scale
         grey = np.asarray(im, dtype=np.float64)
@@ -105,8 +131,13 @@ def _rgb_uint8(im: Image.Image) -> np.ndarray:
 
 
 def load_image_uint8(path: str | Path) -> torch.Tensor:
-    """:func:`load_image` as (3, h, w) uint8."""
-    return torch.from_numpy(_decode(path, "image", _rgb_uint8)).permute(2, 0, 1)
+    """:func:`load_image` as (3, h, w) uint8; an image smaller than
+    :data:`~semcorr.data.annotations.MIN_IMAGE_SIDE` px a side is a :class:`DataError`."""
+    array = _decode(path, "image", _rgb_uint8)
+    problem = image_problem(array.shape[:2], str(path))
+    if problem:
+        raise DataError(problem)
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 # EXIF orientation -> the transpose that turns the stored image upright (as ImageOps.exif_transpose)
@@ -158,6 +189,9 @@ def load_image_reduced(path: str | Path, keep: int) -> Tuple[torch.Tensor, int, 
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
     size = (w, h) if orientation not in (5, 6, 7, 8) else (h, w)
+    problem = image_problem((size[1], size[0]), str(path))
+    if problem:
+        raise DataError(problem)
     image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
     return image, factor, (size[1], size[0])
 
@@ -195,10 +229,18 @@ class PairDataset(Dataset):
     ``direction`` (set by the run builder from the protocol): ``trg_to_src`` serves every pair
     with the roles of its images swapped (:func:`semcorr.data.schema.swap_sides`), so the whole
     pipeline predicts target keypoints in the source and PCK scores them against the source.
+
+    ``image_digests`` (default True): samples carry ``src_digest`` / ``trg_digest``, the content
+    digests of the network-frame images (:mod:`semcorr.digest`) that the feature caches key on,
+    computed here, in the data workers, rather than on the device in the timed loop. The
+    datamodule turns them off for the training split (training uses no feature cache).
     """
 
     protocols: Dict[str, Protocol] = {"default": protocol(threshold_by="bbox")}
     default_protocol: str = "default"
+    # False for datasets that make their keypoints when a pair is loaded (synthetic warps, TSS
+    # flow): their records hold none to check
+    keypoints_in_records: bool = True
 
     def __init__(self, cfg: DataConfig, divisor: int = 1) -> None:
         """``cfg``: the dataset's config (:class:`DataConfig` or its subclass; the network frame
@@ -216,6 +258,9 @@ class PairDataset(Dataset):
         self.image_cache = MemoryCache(cfg.image_cache_mb)
         self.transform = None  # optional paired augmentation (training), see semcorr.data.transforms
         self.direction = "src_to_trg"
+        self.image_digests = True
+        self.annotation_source = ""  # where a record without its own ``annotation`` comes from
+        self._sizes: Dict[str, Tuple[int, int]] = {}
         # foreground masks in the samples (src_mask, trg_mask): None (none), "auto" (the dataset's
         # segmentation where it has one, else the box) or "box"; set for Pose-Align's mask score
         self.serve_masks: Optional[str] = None
@@ -233,6 +278,11 @@ class PairDataset(Dataset):
 
     # ---- subclasses call this after loading their records
     def finalize(self, records: List[PairRecord], categories: Optional[List[str]] = None) -> None:
+        """Keep the records of ``data.categories`` whose annotations pass the checks of
+        :mod:`semcorr.data.annotations` (a bad one is a :class:`DataError` naming its file, or
+        with ``data.bad_pairs=skip`` left out and counted in a warning), up to ``max_pairs``.
+        Pairs without a valid keypoint are reported (count and ids); a split where no pair has
+        one is an error."""
         if self.category_filter:
             known = sorted({r.category for r in records})
             unknown = [c for c in self.category_filter if c not in known]
@@ -240,12 +290,105 @@ class PairDataset(Dataset):
                 raise ConfigError(f"data.categories: unknown categories {unknown}; valid: "
                                   f"{', '.join(known)}")
             records = [r for r in records if r.category in self.category_filter]
-        if self.max_pairs is not None:
-            records = records[: self.max_pairs]
+        kept: List[PairRecord] = []
+        skipped: List[str] = []
+        for rec in records:
+            if self.max_pairs is not None and len(kept) >= self.max_pairs:
+                break
+            problem = self.annotation_problem(rec)
+            if problem is None:
+                kept.append(rec)
+            else:
+                skipped.append(self._bad_pair(rec, problem))
+        self._report(kept, skipped)
+        self._set_records(kept, categories)
+
+    def _set_records(self, records: List[PairRecord], categories: Optional[List[str]] = None) -> None:
         self.records = records
         present = {r.category for r in records}
-        self.categories = [c for c in (categories or sorted(present)) if c in present]
+        self.categories = [c for c in (categories or self.categories or sorted(present)) if c in present]
         self._category_idx = {c: i for i, c in enumerate(self.categories)}
+
+    @property
+    def dataset_name(self) -> str:
+        return getattr(self.cfg, "name", "") or type(self).__name__
+
+    def annotation_of(self, rec: PairRecord) -> str:
+        """Where a record's annotation comes from (its file, for messages)."""
+        return rec.annotation or self.annotation_source or f"the annotations under {self.image_root}"
+
+    def original_size(self, image_id: str) -> Tuple[int, int]:
+        """(h, w) of an image as served, from its file's header (cached)."""
+        key = str(image_id)
+        key = key[: -len(FLIP_SUFFIX)] if key.endswith(FLIP_SUFFIX) else key
+        if key not in self._sizes:
+            self._sizes[key] = read_image_size(self.image_root / key)
+        return self._sizes[key]
+
+    def annotation_problem(self, rec: PairRecord) -> Optional[str]:
+        """The first problem of a record's annotations (:mod:`semcorr.data.annotations`), or None."""
+        if not self.keypoints_in_records:
+            return None
+        src_kps = np.asarray(rec.src_kps, dtype=np.float64)
+        trg_kps = np.asarray(rec.trg_kps, dtype=np.float64)
+        valid = np.asarray(rec.valid, dtype=bool).reshape(-1)
+        problem = shape_problem(src_kps, trg_kps, valid)
+        for box, which in ((rec.src_bbox, "source"), (rec.trg_bbox, "target")):
+            problem = problem or box_problem(box, which)
+        for image, kps, which in ((rec.src, src_kps, "source"), (rec.trg, trg_kps, "target")):
+            if problem is None:
+                size = self.original_size(image)
+                problem = (image_problem(size, image)
+                           or keypoint_problem(kps, valid, size, which, image, self.cfg.keypoint_margin))
+        return problem
+
+    def _bad_pair(self, rec: PairRecord, problem: str) -> str:
+        """The message of a bad pair: raised (``data.bad_pairs=error``) or returned to be counted."""
+        text = (f"{self.dataset_name}: bad annotation of pair {rec.pair_id or rec.src + '->' + rec.trg!r} "
+                f"in {self.annotation_of(rec)}: {problem}")
+        if self.cfg.bad_pairs == "error":
+            raise DataError(f"{text}; fix the file, or set data.bad_pairs=skip to leave such pairs out")
+        return text
+
+    def _report(self, kept: List[PairRecord], skipped: List[str]) -> None:
+        name = self.dataset_name
+        if skipped and not kept:
+            raise DataError(f"{name}: every pair was left out for a bad annotation "
+                            f"(data.bad_pairs=skip), e.g. {skipped[0]}")
+        if skipped:
+            log.warning("%s: left out %d pair(s) with bad annotations (data.bad_pairs=skip), e.g. %s",
+                        name, len(skipped), " | ".join(skipped[:3]))
+        if not self.keypoints_in_records or not kept:
+            return
+        empty = [r.pair_id or f"{r.src}->{r.trg}" for r in kept if not np.asarray(r.valid).any()]
+        if empty and len(empty) == len(kept):
+            raise DataError(f"{name}: none of the {len(kept)} pairs has a keypoint annotated in both "
+                            f"images (valid); there is nothing to score ({self.annotation_of(kept[0])})")
+        if empty:
+            log.warning("%s: %d of %d pairs have no keypoint annotated in both images and are not "
+                        "scored: %s%s", name, len(empty), len(kept), ", ".join(map(str, empty[:10])),
+                        " ..." if len(empty) > 10 else "")
+
+    def check_protocol(self, protocol: Protocol) -> None:
+        """Every scored pair has a threshold L > 0 under ``protocol`` (as this dataset serves its
+        pairs, :meth:`set_direction`): a target box for ``bbox``, target keypoints spanning more
+        than a point for ``bbox_kp``. A pair that has not is a :class:`DataError`, or left out
+        with ``data.bad_pairs=skip``."""
+        if not self.keypoints_in_records or protocol.threshold_by == "image":
+            return
+        trg = "src" if self.direction == "trg_to_src" else "trg"
+        kept, skipped = [], []
+        for rec in self.records:
+            problem = threshold_problem(np.asarray(getattr(rec, f"{trg}_kps"), dtype=np.float64),
+                                        np.asarray(rec.valid, dtype=bool).reshape(-1),
+                                        getattr(rec, f"{trg}_bbox"), protocol.threshold_by)
+            if problem is None:
+                kept.append(rec)
+            else:
+                skipped.append(self._bad_pair(rec, problem))
+        if skipped:
+            self._report(kept, skipped)
+            self._set_records(kept)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -301,6 +444,9 @@ class PairDataset(Dataset):
         if self.transform is not None:
             pair = self.transform(pair)
         sample = self.make_sample(self.records[index], pair)
+        if self.image_digests:  # after any augmentation: the pixels the backbone will see
+            sample["src_digest"] = image_digest(sample["src_img"])
+            sample["trg_digest"] = image_digest(sample["trg_img"])
         if self.direction == "trg_to_src":
             sample = swap_sides(sample)
         sample["index"] = index

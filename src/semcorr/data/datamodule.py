@@ -56,6 +56,8 @@ class CorrespondenceDataModule(L.LightningDataModule):
             ds = self.make_dataset(split)
             if split == "train" and self.train_transform is not None:
                 ds.transform = self.train_transform
+            if split == "train" and split not in (self.val_split, self.test_split):
+                ds.image_digests = False  # training reads no feature cache: no hashing
             self.datasets[split] = ds
         return self.datasets[split]
 

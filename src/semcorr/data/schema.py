@@ -24,6 +24,11 @@ src_bbox           (4,) float          annotated source box, original frame; NaN
 category           str                 category name
 category_idx       int                 index into the dataset's ``categories``
 src_id, trg_id     str                 image ids (relative paths), unique within the dataset
+src_digest,        str                 :func:`semcorr.digest.image_digest` of ``src_img`` /
+trg_digest                             ``trg_img``: the feature caches' image identity, computed
+                                       in the data workers; absent where the dataset does not
+                                       compute it (``PairDataset.image_digests``: the training
+                                       split, which uses no cache)
 pair_id            str                 pair id
 index              int                 the pair's index in its dataset (orders gathered results)
 direction          str                 ``src_to_trg``, or ``trg_to_src`` when the dataset serves
@@ -46,7 +51,7 @@ from typing import Any, Dict, List
 import torch
 
 KEYPOINT_KEYS = ("src_kps", "trg_kps", "src_kps_orig", "trg_kps_orig")
-STRING_KEYS = ("category", "src_id", "trg_id", "pair_id")
+STRING_KEYS = ("category", "src_id", "trg_id", "pair_id", "src_digest", "trg_digest")
 
 
 def collate(samples: List[Dict[str, Any]]) -> Dict[str, Any]:

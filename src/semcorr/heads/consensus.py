@@ -131,7 +131,13 @@ class NeighbourhoodConsensus(Head):
         self.mutual, self.symmetric = cfg.mutual, cfg.symmetric
 
     def refine(self, similarity: torch.Tensor, src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
-        """(B, Ns, Nt) similarity (-inf at padded target cells) -> refined (B, Ns, Nt)."""
+        """(B, Ns, Nt) similarity (-inf at padded target cells) -> refined (B, Ns, Nt) float32.
+
+        Precision (docs/backbones.md, "Precision"): the input similarity is float32 (the pipeline
+        computes it with autocast off); the 4-D convolutions are learned layers and follow an
+        active autocast (bf16 under ``bf16-mixed`` halves their activations); their outputs are
+        upcast, so both directions are summed, mutually filtered and returned in float32 (float64
+        for a float64 input)."""
         (h1, w1), (h2, w2) = src.grid, trg.grid
         b = similarity.shape[0]
         corr = similarity.masked_fill(torch.isinf(similarity), 0.0)
@@ -140,10 +146,11 @@ class NeighbourhoodConsensus(Head):
         corr = corr.view(b, 1, h1, w1, h2, w2)
         if self.mutual:
             corr = mutual_filter(corr)
-        out = self.net(corr)
+        dt = torch.float64 if corr.dtype == torch.float64 else torch.float32
+        out = self.net(corr).to(dt)
         if self.symmetric:
             swapped = corr.permute(0, 1, 4, 5, 2, 3)
-            out = out + self.net(swapped).permute(0, 1, 4, 5, 2, 3)
+            out = out + self.net(swapped).permute(0, 1, 4, 5, 2, 3).to(dt)
         if self.mutual:
             out = mutual_filter(out)
         out = out.reshape(b, h1 * w1, h2 * w2)

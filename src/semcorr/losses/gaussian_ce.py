@@ -24,7 +24,8 @@ from semcorr.backbones.base import FeatureMap, grid_rows_cols
 from semcorr.checks import number, one_of
 from semcorr.registry import GroupConfig, configured, register
 from semcorr.losses.common import gather_rows, keypoint_cells, masked_mean, sample_features
-from semcorr.matchers.base import MatchResult
+from semcorr.matchers.base import MatchResult, score_dtype
+from semcorr.precision import autocast_off
 
 
 @dataclass
@@ -80,13 +81,19 @@ class GaussianCELoss(nn.Module):
 
     def logits(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap,
                result: MatchResult, src_idx: torch.Tensor) -> torch.Tensor:
-        """(B, K, Nt) logits of the keypoints against every target cell (-inf at padding)."""
+        """(B, K, Nt) logits of the keypoints against every target cell (-inf at padding).
+
+        Float32 (float64 for float64 features) with autocast off: the cosine similarities and the
+        bilinear sampling of the query features are never computed in bf16 / fp16."""
         if self.logits_from == "scores":
             rows = gather_rows(result.scores, src_idx)
         else:
-            query = F.normalize(sample_features(src, batch["src_kps"]), dim=-1)  # (B, K, D)
-            keys = F.normalize(trg.flat(), dim=-1)  # (B, Nt, D)
-            rows = query @ keys.transpose(1, 2)
+            dt = score_dtype(src.features)
+            with autocast_off(src.features.device):
+                src32, trg32 = src.with_features(src.features.to(dt)), trg.with_features(trg.features.to(dt))
+                query = F.normalize(sample_features(src32, batch["src_kps"]), dim=-1)  # (B, K, D)
+                keys = F.normalize(trg32.flat(), dim=-1)  # (B, Nt, D)
+                rows = query @ keys.transpose(1, 2)
             if trg.valid is not None:
                 rows = rows.masked_fill(~trg.valid.flatten(1)[:, None, :], float("-inf"))
         return rows.float() / self.temperature

@@ -13,6 +13,7 @@ from semcorr.backbones.base import FeatureMap
 from semcorr.errors import NumericalError
 from semcorr.matchers.sinkhorn import MARGINALS
 from semcorr.matchers.transfer import TransferConfig
+from semcorr.precision import autocast_off
 from semcorr.registry import GroupConfig
 
 
@@ -59,29 +60,42 @@ class Matcher(nn.Module):
         raise NotImplementedError
 
 
+def score_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype similarities are computed in: float64 for float64 input, else float32 (half
+    precision features are upcast; docs/backbones.md, "Precision")."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def cosine_similarity(src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
-    """(B, Ns, Nt) cosine similarity of L2-normalised features; -inf at invalid target cells."""
-    a = nn.functional.normalize(src.flat(), dim=-1)
-    b = nn.functional.normalize(trg.flat(), dim=-1)
-    sim = a @ b.transpose(1, 2)
+    """(B, Ns, Nt) cosine similarity of L2-normalised features; -inf at invalid target cells.
+
+    Computed in float32 (float64 for float64 features) with autocast off, so a bf16 / fp16
+    autocast around it (``trainer.precision=bf16-mixed``) leaves every score, and the argmax
+    and softmax taken of it, as in float32."""
+    dt = score_dtype(src.features)
+    with autocast_off(src.features.device):
+        a = nn.functional.normalize(src.flat().to(dt), dim=-1)
+        b = nn.functional.normalize(trg.flat().to(dt), dim=-1)
+        sim = a @ b.transpose(1, 2)
     if trg.valid is not None:
         sim = sim.masked_fill(~trg.valid.flatten(1)[:, None, :], float("-inf"))
     return sim
 
 
 def cosine_cost(src: FeatureMap, trg: FeatureMap) -> torch.Tensor:
-    """(B, Ns, Nt) C = 1 - cos(y_i, ŷ_j), computed in float32 (or float64 for float64 input)."""
-    dt = torch.float64 if src.features.dtype == torch.float64 else torch.float32
-    a = nn.functional.normalize(src.flat().to(dt), dim=-1)
-    b = nn.functional.normalize(trg.flat().to(dt), dim=-1)
-    return 1.0 - a @ b.transpose(1, 2)
+    """(B, Ns, Nt) C = 1 - cos(y_i, ŷ_j), computed in float32 (or float64 for float64 input),
+    autocast off."""
+    dt = score_dtype(src.features)
+    with autocast_off(src.features.device):
+        a = nn.functional.normalize(src.flat().to(dt), dim=-1)
+        b = nn.functional.normalize(trg.flat().to(dt), dim=-1)
+        return 1.0 - a @ b.transpose(1, 2)
 
 
 def similarity_cost(similarity: torch.Tensor) -> torch.Tensor:
     """(B, Ns, Nt) C = 1 - s for a given (e.g. consensus-refined) similarity; -inf entries (invalid
     target cells, which the solvers mask anyway) become a finite cost of 2."""
-    dt = torch.float64 if similarity.dtype == torch.float64 else torch.float32
-    s = similarity.to(dt)
+    s = similarity.to(score_dtype(similarity))
     return 1.0 - torch.where(torch.isfinite(s), s, torch.full_like(s, -1.0))
 
 
@@ -126,6 +140,14 @@ def _where(ids: Optional[Sequence[str]], b: int, what: str) -> str:
     return f"{what} {ids[b]!r}" if ids is not None and b < len(ids) else f"{what} {b} of the batch"
 
 
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether the host may read values of ``t`` now (not a ``meta`` tensor, not while
+    ``torch.compile`` traces, not during CUDA-graph capture)."""
+    if t.device.type == "meta" or torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def check_finite_inputs(src: FeatureMap, trg: FeatureMap, src_ids: Optional[Sequence[str]] = None,
                         trg_ids: Optional[Sequence[str]] = None,
                         similarity: Optional[torch.Tensor] = None) -> None:
@@ -136,15 +158,24 @@ def check_finite_inputs(src: FeatureMap, trg: FeatureMap, src_ids: Optional[Sequ
     after which argmax sends every keypoint to cell 0: a low PCK with no warning. Such values come
     from a broken image, weights or an overflow (``trainer.precision``); they are refused, never
     masked. ``similarity`` may hold ``-inf`` (padded target cells), not NaN or ``+inf``.
+
+    Reading the verdict is one host synchronisation per call, outside any solver loop; where values
+    cannot be read (``meta`` tensors, ``torch.compile`` tracing, CUDA-graph capture) nothing is
+    checked.
     """
+    if not values_readable(src.features):
+        return
     for fmap, ids, side in ((src, src_ids, "source image"), (trg, trg_ids, "target image")):
         bad = ~torch.isfinite(fmap.features).all(dim=1)  # (B, h, w) cells with any bad channel
         if bool(bad.any()):
             b = int(bad.flatten(1).any(1).nonzero()[0])
             n, total = int(bad[b].sum()), bad[b].numel()
+            cells = [tuple(c) for c in bad[b].nonzero().tolist()[:3]]
+            where = ", ".join(f"({r}, {c})" for r, c in cells) + (", ..." if n > len(cells) else "")
             raise NumericalError(
                 f"non-finite features (NaN or Inf) in {n} of {total} cells of {_where(ids, b, side)} "
-                "entering the matcher; check the image file, backbone.weights and trainer.precision")
+                f"entering the matcher (cells (row, column): {where}); check the image file, "
+                "backbone.weights and trainer.precision")
     if similarity is not None:
         bad = torch.isnan(similarity) | (similarity == float("inf"))
         if bool(bad.any()):

@@ -23,6 +23,13 @@ cache-sized blocks (:data:`CPU_CHUNK_ELEMS` values on a CPU; the whole tensor on
 tensor is read and written once from memory, and the 2 R_x + 2 R_y passes of the sums run over a
 block that stays in cache. They record no autograd graph (the GW filter's autograd function,
 :func:`semcorr.matchers.gwot.terms.gw_filter`, uses them for its forward and its backward).
+
+The ``gpu`` formulation (:mod:`semcorr.matchers.static`) filters with whole-tensor operations
+instead: :func:`disc_kernel` is the disc as a 0/1 stencil, :func:`conv_filter_trailing` one
+``conv2d`` over the (h, w) images of the trailing axis, :func:`conv_filter_leading` one ``conv3d``
+over the (h, w) grid of axis 1 (the trailing axis riding along as a width-1 kernel axis). One
+kernel each, no Python loop, no host synchronisation, and autograd-able (both are correlations
+with a point-symmetric kernel, so their adjoint is the same filter).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 # Elements per work buffer of the chunked CPU filters: a few such buffers stay in L2 / L3.
 CPU_CHUNK_ELEMS = 1 << 18
@@ -224,3 +232,53 @@ def filter_leading(x: torch.Tensor, grid: Tuple[int, int], delta: float, strict:
         for src in srcs[2:]:
             dst.add_(src)
     return out
+
+
+def disc_r2_limit(delta: float, strict: bool) -> int:
+    """The largest integer dx^2 + dy^2 inside the disc (-1 when it is empty): the disc is
+    {dx^2 + dy^2 <= limit}, decided on the host with :func:`disc_rows`' predicate."""
+    d2 = float(delta) ** 2
+    return (math.ceil(d2) - 1) if strict else math.floor(d2 + 1e-9)
+
+
+def disc_kernel(delta: float, strict: bool, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """(2 R_y + 1, 2 R_x + 1) 0/1 stencil of the disc (:func:`disc_rows`), in ``like``'s dtype and
+    on its device, built there from ``arange`` (no host-to-device copy). None for an empty disc."""
+    rows = disc_rows(delta, strict)
+    if not rows:
+        return None
+    ry = max(abs(dy) for dy, _ in rows)
+    rx = max(wd for _, wd in rows)
+    dy = torch.arange(-ry, ry + 1, device=like.device)[:, None]
+    dx = torch.arange(-rx, rx + 1, device=like.device)[None, :]
+    return (dy * dy + dx * dx <= disc_r2_limit(delta, strict)).to(like.dtype)
+
+
+def conv_filter_trailing(x: torch.Tensor, grid: Tuple[int, int], weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """Disc-filter the trailing grid axis with one ``conv2d``: x (..., h*w) -> (..., h*w).
+
+    ``weight``: (1, 1, kh, kw) :func:`disc_kernel` (None: the empty disc, zeros). x is read as
+    a batch of (h, w) images, zero-padded: out[..., y, x] = sum over the disc of x[..., y+dy, x+dx].
+    """
+    if weight is None:
+        return torch.zeros_like(x)
+    h, w = grid
+    kh, kw = weight.shape[-2:]
+    out = F.conv2d(x.reshape(-1, 1, h, w), weight, padding=((kh - 1) // 2, (kw - 1) // 2))
+    return out.view(x.shape)
+
+
+def conv_filter_leading(x: torch.Tensor, grid: Tuple[int, int], weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """Disc-filter axis 1 with one ``conv3d``: x (B, h*w, M) -> (B, h*w, M).
+
+    ``weight``: (1, 1, kh, kw, 1) :func:`disc_kernel` (None: zeros). x is read as one (h, w, M)
+    volume per pair; the kernel spans the grid and is 1 wide along M, so every column m is
+    filtered over the grid, zero-padded, without a transposed copy.
+    """
+    if weight is None:
+        return torch.zeros_like(x)
+    h, w = grid
+    b, _, m = x.shape
+    kh, kw = weight.shape[-3:-1]
+    out = F.conv3d(x.reshape(b, 1, h, w, m), weight, padding=((kh - 1) // 2, (kw - 1) // 2, 0))
+    return out.view(x.shape)

@@ -8,7 +8,9 @@ and no NaN reaches autograd).
 iteration is two matrix-vector products over K, one pass each, instead of two log-sum-exps
 over (B, Ns, Nt) of several passes and a temporary each; only (B, Ns) and (B, Nt) vectors stay
 in the log domain. It falls back to :func:`sinkhorn_log`, the plain log-domain iteration, when a
-scaling vector leaves the floating-point range (tiny ε).
+scaling vector leaves the floating-point range (tiny ε). That check is a host synchronisation;
+the ``gpu`` formulation (``implementation="gpu"``, :mod:`semcorr.matchers.static`) runs the
+log-domain iteration instead: exact at any ε, sync-free, and capturable as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+import semcorr.matchers.static as static
+from semcorr.matchers.static import GraphCache
+
 NEG = -1e20  # log-mass outside the support
 MARGINALS = ("balanced", "unbalanced")
 
 
 def per_pair(value, b: int, like: torch.Tensor) -> torch.Tensor:
     """A float, 0-d or (B,) tensor -> (B,) tensor with ``like``'s dtype and device."""
-    if isinstance(value, torch.Tensor):
-        t = value.to(device=like.device, dtype=like.dtype)
-    else:
-        t = torch.as_tensor(float(value), dtype=like.dtype, device=like.device)
+    if not isinstance(value, torch.Tensor):  # a fill on the device: no host-to-device copy
+        return like.new_full((b,), float(value))
+    t = value.to(device=like.device, dtype=like.dtype)
     if t.ndim == 0:
         return t.expand(b)
     if t.shape != (b,):
@@ -68,15 +72,69 @@ def sinkhorn_log(
     """
     if g is None:
         g = torch.zeros_like(log_q)
-    rho = torch.as_tensor(rho, dtype=logits.dtype, device=logits.device)
-    if rho.ndim == 1:
-        rho = rho[:, None]
+    rho = _rho(rho)
     f = log_p - torch.logsumexp(logits + g[:, None, :], dim=2)
     for _ in range(n_iters):
-        g = rho * (log_q - torch.logsumexp(logits + f[:, :, None], dim=1))
-        g = torch.where(trg_valid, g, torch.zeros_like(g))
-        f = log_p - torch.logsumexp(logits + g[:, None, :], dim=2)
+        f, g, _ = log_iteration(logits, f, log_p, log_q, trg_valid, rho)
     return f, g
+
+
+def _rho(rho):
+    """A float stays a float (no tensor made from host data); a (B,) tensor becomes (B, 1)."""
+    if isinstance(rho, torch.Tensor):
+        return rho[:, None] if rho.ndim == 1 else rho
+    return float(rho)
+
+
+def log_iteration(logits: torch.Tensor, f: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor,
+                  trg_valid: torch.Tensor, rho) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One log-domain Sinkhorn iteration (a column update, then a row update) from f (B, Ns).
+
+    ``rho``: a float or a (B, 1) tensor. Returns f (B, Ns), g (B, Nt) and the row
+    log-sum-exp lse_j(Z_ij + g_j) (B, Ns), so that f = log p - lse.
+    """
+    g = log_q - torch.logsumexp(logits + f[:, :, None], dim=1)
+    if not (isinstance(rho, float) and rho == 1.0):
+        g = rho * g
+    g = torch.where(trg_valid, g, 0.0)
+    lse = torch.logsumexp(logits + g[:, None, :], dim=2)
+    return log_p - lse, g, lse
+
+
+def sinkhorn_static(
+    logits: torch.Tensor,
+    log_p: torch.Tensor,
+    log_q: torch.Tensor,
+    trg_valid: torch.Tensor,
+    n_iters: int,
+    rho=1.0,
+    g: Optional[torch.Tensor] = None,
+    cuda_graph: bool = False,
+    graphs: Optional[GraphCache] = None,
+) -> "Potentials":
+    """The gpu formulation of :func:`sinkhorn` (same arguments and result): the log-domain
+    iteration (:func:`log_iteration`), exact at any ε with no fallback to decide, so no host
+    synchronisation. With ``cuda_graph`` (on a CUDA device, without autograd) the iterations are
+    one captured CUDA graph replayed ``n_iters`` times (cached in ``graphs``)."""
+    if g is None:
+        g = torch.zeros_like(log_q)
+    rho = _rho(rho)
+    lse = torch.logsumexp(logits + g[:, None, :], dim=2)
+    f = log_p - lse
+    if cuda_graph and static.graphs_available(logits.device) and not torch.is_grad_enabled() and n_iters > 0:
+        scalar = rho if isinstance(rho, float) else None
+
+        def step(state, consts):
+            z, lp, lq, tv, r = consts
+            for dst, src in zip(state, log_iteration(z, state[0], lp, lq, tv, scalar if r is None else r)):
+                dst.copy_(src)
+
+        consts = [logits, log_p, log_q, trg_valid, None if scalar is not None else rho]
+        f, g, lse = static.run_graphed(step, [f, g, lse], consts, n_iters, graphs, key=("sinkhorn", scalar))
+        return Potentials(f, g, lse)
+    for _ in range(n_iters):
+        f, g, lse = log_iteration(logits, f, log_p, log_q, trg_valid, rho)
+    return Potentials(f, g, lse)
 
 
 class Potentials(NamedTuple):
@@ -96,9 +154,13 @@ def sinkhorn(
     n_iters: int,
     rho=1.0,
     g: Optional[torch.Tensor] = None,
+    implementation: str = "cpu",
+    cuda_graph: bool = False,
+    graphs: Optional[GraphCache] = None,
 ) -> Potentials:
     """Sinkhorn potentials of the kernel ``exp(logits)``: the iteration of :func:`sinkhorn_log`
-    (same arguments, same result), on the kernel.
+    (same arguments, same result), on the kernel. ``implementation="gpu"``: :func:`sinkhorn_static`
+    (with ``cuda_graph`` and ``graphs``) instead.
 
     With the shift s = g (the warm start, detached) and m_i = max_j (Z_ij + s_j), K = exp(Z + s - m)
     has entries in [0, 1] and a 1 in every row, and the updates are
@@ -111,6 +173,8 @@ def sinkhorn(
     autograd (detached). If a potential ends non-finite (a row or column of K underflowed, tiny
     ε), the log-domain iteration is run instead.
     """
+    if implementation == "gpu":
+        return sinkhorn_static(logits, log_p, log_q, trg_valid, n_iters, rho, g, cuda_graph, graphs)
     if g is None:
         g = torch.zeros_like(log_q)
     g_start = g

@@ -9,6 +9,7 @@ import torch
 
 from semcorr.backbones.base import cell_centers, grid_rows_cols
 from semcorr.checks import number, one_of
+from semcorr.precision import autocast_off
 from semcorr.registry import configured
 
 TRANSFER_METHODS = ("argmax", "soft_argmax", "window_soft_argmax")
@@ -61,6 +62,8 @@ def transfer_rows(
             ``window`` x ``window`` block of cells centred on the argmax).
     Returns:
         points (B, K, 2) (x, y) in target network-frame pixels, and scores (B, K): the best score.
+        The soft variants compute in float32 with autocast off (a bf16 product of the weights and
+        the cell centres would round the coordinates to ~0.4 %).
     """
     t = configured(TransferConfig, transfer, **overrides)
     method, window, temperature = t.method, t.window, t.temperature
@@ -69,16 +72,17 @@ def transfer_rows(
     best, idx = rows.max(dim=-1)
     if method == "argmax":
         return centers[idx], best
-    logits = rows.float() / temperature
-    if method == "window_soft_argmax":
-        r, c = idx // w, idx % w
-        rr, cc = grid_rows_cols(trg_grid, rows.device)
-        half = window // 2
-        inside = ((rr - r[..., None]).abs() <= half) & ((cc - c[..., None]).abs() <= half)
-        logits = logits.masked_fill(~inside, float("-inf"))
-    prob = torch.softmax(logits, dim=-1)
-    prob = torch.nan_to_num(prob, nan=0.0)
-    return prob @ centers, best
+    with autocast_off(rows.device):
+        logits = rows.float() / temperature
+        if method == "window_soft_argmax":
+            r, c = idx // w, idx % w
+            rr, cc = grid_rows_cols(trg_grid, rows.device)
+            half = window // 2
+            inside = ((rr - r[..., None]).abs() <= half) & ((cc - c[..., None]).abs() <= half)
+            logits = logits.masked_fill(~inside, float("-inf"))
+        prob = torch.softmax(logits, dim=-1)
+        prob = torch.nan_to_num(prob, nan=0.0)
+        return prob @ centers, best
 
 
 def transfer_keypoints(

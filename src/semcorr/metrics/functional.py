@@ -11,6 +11,7 @@ the run report. The rule, for one pair under a :class:`~semcorr.metrics.protocol
    ``y * (F / h)`` (NC-Net, CATs).
 3. L (:func:`pck_lengths`) is max(w, h) of the target box (``bbox``), of the box around the valid
    target keypoints (``bbox_kp``) or of the target image (``image``; F in a frame).
+   L must be finite and > 0 for every pair with a valid keypoint (:func:`check_thresholds`).
 4. A valid keypoint is correct at alpha when ``dx*dx + dy*dy <= (alpha * L)**2`` (``<`` when
    ``protocol.strict``), in float64 — no square root, so anyone recomputing PCK from
    ``predictions.jsonl`` with these float64 operations gets ``metrics.json`` to the last bit.
@@ -28,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from semcorr.errors import DataError
 from semcorr.metrics.protocol import Protocol
 
 COORD_DECIMALS = 4  # predictions.jsonl writes coordinates in 0.0001 px
@@ -82,6 +84,21 @@ def pck_lengths(threshold_by: str, gt: torch.Tensor, valid: torch.Tensor,
             raise ValueError("threshold_by='image' needs the target image size")
         return trg_imsize.amax(dim=-1).to(gt.dtype)
     raise ValueError(f"unknown threshold_by {threshold_by!r}")
+
+
+def check_thresholds(lengths: torch.Tensor, valid: torch.Tensor, threshold_by: str) -> None:
+    """A threshold is never <= 0 or non-finite for a pair that is scored (one with a valid
+    keypoint): :class:`~semcorr.errors.DataError` otherwise. (A box ``[10, 10, 5, 5]`` gives
+    L = -5 and negative "errors"; one keypoint under ``bbox_kp`` gives L = 0 and PCK 0 for a
+    perfect match.) Datasets refuse such pairs when loaded (:mod:`semcorr.data.annotations`);
+    this guards every other caller of the rule."""
+    scored = valid.bool().any(1)
+    bad = scored & ~(torch.isfinite(lengths) & (lengths > 0))
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0])
+        raise DataError(f"PCK threshold L = {float(lengths[b]):g} (threshold_by={threshold_by}) for "
+                        f"pair {b} of the batch and {int(bad.sum()) - 1} more: L must be > 0; check "
+                        "its target box / keypoints")
 
 
 def within(dist_sq: torch.Tensor, lengths: torch.Tensor, alphas: Sequence[float],
@@ -159,6 +176,7 @@ def pck_scores(protocol: Protocol, alphas: Sequence[float], pred: torch.Tensor, 
             box_s = to_frame(box.view(-1, 2, 2), trg_imsize, f).view(-1, 4)
         size_s = torch.full_like(trg_imsize, f)
     lengths = pck_lengths(protocol.threshold_by, gt_s, valid, box_s, size_s)
+    check_thresholds(lengths, valid, protocol.threshold_by)
     delta = pred_s - gt_s
     dist_sq = (delta[..., 0] * delta[..., 0] + delta[..., 1] * delta[..., 1])
     dist_sq = torch.where(valid, dist_sq, torch.zeros_like(dist_sq))

@@ -48,8 +48,21 @@ class PCK(Metric):
         self.protocol = protocol if protocol is not None else Protocol()
         self.categories = list(categories)
         zeros = PCKStates.zeros(len(self.categories), len(self.alphas))
-        for name in ("kp_correct", "kp_total", "img_pck_sum", "img_count"):
+        for name in self.STATES:
             self.add_state(name, getattr(zeros, name), dist_reduce_fx="sum")
+
+    STATES = ("kp_correct", "kp_total", "img_pck_sum", "img_count")
+
+    def _apply(self, fn, exclude_state=()):
+        """Move the states with the module, never change their dtype: they stay float64 (exact
+        sums) when Lightning casts the whole module, e.g. ``trainer.precision=bf16-true`` /
+        ``16-true`` (a bfloat16 count is not exact above 256)."""
+        this = super()._apply(fn, exclude_state=(*exclude_state, *self.STATES))
+        device = this.device  # where ``fn`` sends tensors (torchmetrics tracks it)
+        for name in self.STATES:
+            setattr(this, name, getattr(this, name).to(device=device, dtype=torch.float64))
+            this._defaults[name] = this._defaults[name].to(device=device, dtype=torch.float64)
+        return this
 
     def score(self, pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
               trg_bbox: Optional[torch.Tensor] = None,

@@ -218,6 +218,7 @@ class AP10KDataset(PairDataset):
             path = Path(cfg.annotation.format(split=name, fold=cfg.fold))
             path = path if path.is_absolute() else base / path
             files.append((path, read_json(path, "ap10k")))
+        self.annotation_source = ", ".join(str(p) for p, _ in files)
         images = merged_annotations(files, cfg.single_instance, cfg.min_keypoints)
         species_split = split_species(images, cfg.test_per_species, cfg.val_per_species)[split]
         self.min_keypoints = cfg.min_keypoints

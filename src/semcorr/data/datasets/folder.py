@@ -87,7 +87,8 @@ class FolderDataset(PairDataset):
             ids = item.get("kps_ids")
             return self._record(str(item["src"]), str(item["trg"]), src_kps, trg_kps, src_ok & trg_ok,
                                 item.get("category"), item.get("src_bbox"), item.get("trg_bbox"),
-                                None if ids is None else np.asarray(ids, dtype=np.int64), index)
+                                None if ids is None else np.asarray(ids, dtype=np.int64), index,
+                                f"{path}, pair {index}")
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise DataError(f"folder: {path}, pair {index}: {err!r}") from None
 
@@ -100,12 +101,12 @@ class FolderDataset(PairDataset):
             valid = (np.isfinite(src) & (src >= 0)).all(1) & (np.isfinite(trg) & (trg >= 0)).all(1)
             boxes = [split_floats(row[k]) if row.get(k) else None for k in ("src_bbox", "trg_bbox")]
             return self._record(row["src"], row["trg"], np.nan_to_num(src), np.nan_to_num(trg), valid,
-                                row.get("category"), *boxes, None, index)
+                                row.get("category"), *boxes, None, index, f"{path}, row {index + 2}")
         except (KeyError, ValueError) as err:
             raise DataError(f"folder: {path}, row {index + 2}: {err}") from None
 
     def _record(self, src: str, trg: str, src_kps, trg_kps, valid, category, src_bbox, trg_bbox,
-                ids, index: int) -> PairRecord:
+                ids, index: int, annotation: str) -> PairRecord:
         for name, box in (("src_bbox", src_bbox), ("trg_bbox", trg_bbox)):
             if box is not None and len(box) != 4:
                 raise DataError(f"{name} needs 4 numbers x1, y1, x2, y2, got {list(box)}")
@@ -120,5 +121,5 @@ class FolderDataset(PairDataset):
             category=str(category) if category else "all", kps_ids=ids,
             src_bbox=None if src_bbox is None else [float(v) for v in src_bbox],
             trg_bbox=None if trg_bbox is None else [float(v) for v in trg_bbox],
-            pair_id=f"{index}:{src}->{trg}",
+            pair_id=f"{index}:{src}->{trg}", annotation=annotation,
         )

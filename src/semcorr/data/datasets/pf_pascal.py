@@ -113,7 +113,7 @@ class PFPascalDataset(PairDataset):
         return PairRecord(src=src + suffix, trg=trg + suffix, src_kps=src_kps, trg_kps=trg_kps,
                           valid=valid, category=VOC_CLASSES[cls - 1],
                           kps_ids=np.arange(len(src_kps)), pair_id=f"{index}:{src}->{trg}{suffix}",
-                          meta={"flip": flip})
+                          meta={"flip": flip}, annotation=f"{path}, row {index + 2}")
 
     def load_pair(self, index: int):
         pair = super().load_pair(index)

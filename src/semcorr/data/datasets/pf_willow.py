@@ -78,13 +78,15 @@ class PFWillowDataset(PairDataset):
             return p.as_posix()
         return (Path(FOLDER) / p.parent.name / p.name).as_posix()
 
-    def _record(self, subset: str, src: str, trg: str, src_kps=None, trg_kps=None) -> PairRecord:
+    def _record(self, subset: str, src: str, trg: str, src_kps=None, trg_kps=None,
+                annotation: Optional[str] = None) -> PairRecord:
         if src_kps is None:
-            src_kps = read_points((self.image_root / src).with_suffix(".mat"))
-            trg_kps = read_points((self.image_root / trg).with_suffix(".mat"))
+            mats = [(self.image_root / name).with_suffix(".mat") for name in (src, trg)]
+            src_kps, trg_kps = (read_points(m) for m in mats)
+            annotation = f"{mats[0]} and {mats[1]}"
         return PairRecord(src=src, trg=trg, src_kps=src_kps, trg_kps=trg_kps,
                           valid=np.ones(len(src_kps), dtype=bool), category=subset,
-                          kps_ids=np.arange(len(src_kps)))
+                          kps_ids=np.arange(len(src_kps)), annotation=annotation)
 
     def _all_pairs(self) -> List[PairRecord]:
         records = []
@@ -113,7 +115,8 @@ class PFWillowDataset(PairDataset):
                     src, trg = self._image_id(row["imageA"]), self._image_id(row["imageB"])
                     src_kps = _coords(row["XA"], row["YA"])
                     trg_kps = _coords(row["XB"], row["YB"])
-                    records.append(self._record(Path(src).parent.name, src, trg, src_kps, trg_kps))
+                    records.append(self._record(Path(src).parent.name, src, trg, src_kps, trg_kps,
+                                                f"{path}, row {i + 2}"))
                 else:
                     raise DataError(
                         f"pf_willow: {path}: unknown pair-list header {list(row)}; expected "

@@ -169,6 +169,6 @@ class SPairDataset(PairDataset):
             src=src, trg=trg, src_kps=src_kps, trg_kps=trg_kps, valid=valid, category=category,
             kps_ids=ids, src_bbox=src_box, trg_bbox=trg_box,
             sym_pairs=sym_indices(ids, valid, symmetry.pairs("spair", category)),
-            pair_id=path.stem,
+            pair_id=path.stem, annotation=str(path),
             meta={**flags, "src_imsize": ann.get("src_imsize"), "trg_imsize": ann.get("trg_imsize")},
         )

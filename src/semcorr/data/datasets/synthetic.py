@@ -103,6 +103,7 @@ class ThinPlateSpline:
 class SyntheticPairs(PairDataset):
     protocols = {"image": protocol(threshold_by="image", average="per_image")}
     default_protocol = "image"
+    keypoints_in_records = False  # each pair's keypoints are made by its warp when it is loaded
 
     def __init__(self, cfg: Optional[SyntheticConfig] = None, split: Optional[str] = None,
                  divisor: int = 1, **overrides) -> None:

@@ -128,6 +128,7 @@ class TSSDataset(PairDataset):
         reference="t-taniai/TSS_CVPR2016_EvaluationKit EvalToolMATLAB/compute_scores.m, "
                   "RunEvaluation.m")}
     default_protocol = "tss_kit"
+    keypoints_in_records = False  # the keypoints are the flow's grid, made when a pair is loaded
 
     def __init__(self, cfg: Optional[TSSConfig] = None, split: Optional[str] = None,
                  divisor: int = 1, **overrides) -> None:

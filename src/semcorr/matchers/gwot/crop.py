@@ -1,7 +1,10 @@
 """Solve on the bounding box of the valid cells: crop padded batches, and undo the crop.
 
 Padded cells carry no mass, so cropping them away before the solve is exact (tested); the
-output is padded back to the full grids.
+output is padded back to the full grids. The crop synchronises with the host and changes shapes
+per batch, so the ``gpu`` formulation solves on the full grids instead (exact for the same
+reason) and gives the rows outside the box what the crop gives them with :func:`box_rows`,
+computed on the device.
 """
 
 from __future__ import annotations
@@ -73,3 +76,23 @@ def uncrop(log_plan: torch.Tensor, src_grid, s_box: Box, trg_grid, t_box: Box) -
         rows = (rr[:, None] * (c1 - c0) + cc[None, :]).reshape(-1)
         log_plan = log_plan[:, rows]
     return log_plan
+
+
+def box_rows(valid: torch.Tensor, grid) -> torch.Tensor:
+    """(h*w,) long: the source row each cell gets in :func:`uncrop` after :func:`crop_to_valid`:
+    itself inside the bounding box of the cells valid in any pair, the nearest cell of the box
+    outside it (the whole grid when no cell is valid). Computed on the device, without a host
+    synchronisation: ``log_plan.index_select(1, box_rows(valid, grid))`` of a full-grid solve
+    equals the uncropped cropped solve."""
+    h, w = grid
+    any_valid = valid.reshape(-1, h, w).any(0)
+
+    def span(mask, n):  # first and last True (0 and n - 1 when none)
+        m = mask.to(torch.uint8)
+        return m.argmax(), (n - 1) - m.flip(0).argmax()
+
+    r0, r1 = span(any_valid.any(1), h)
+    c0, c1 = span(any_valid.any(0), w)
+    rr = torch.arange(h, device=valid.device).clamp(r0, r1)
+    cc = torch.arange(w, device=valid.device).clamp(c0, c1)
+    return (rr[:, None] * w + cc[None, :]).reshape(-1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from semcorr.matchers.base import check_options
+from semcorr.matchers.static import check_static_options
 
 GRAD_MODES = ("unroll", "checkpoint", "detach")
 SCALES = ("asot", "fraction", "grid", "raw")
@@ -60,6 +61,13 @@ class GWOTOptions:
             backward) | ``detach`` (no gradient).
         tol: > 0 stops after a block in which the plan moved less than ``tol`` per step (L1).
         return_objective: also return the objective after each step.
+        implementation: ``auto`` (``cpu`` on a CPU, ``gpu`` on other devices) | ``cpu`` (chunked,
+            in-place, host-side decisions) | ``gpu`` (whole-tensor ops, sync-free, static shapes;
+            the matcher solves on the full grid instead of cropping). Same plan either way; see
+            :mod:`semcorr.matchers.static`.
+        cuda_graph: replay the step loop as a captured CUDA graph (``gpu`` formulation on a CUDA
+            device, without autograd, ``tol`` 0 and no objective; elsewhere ignored). The
+            module keeps a graph per batch size and grid (the two most recent).
     """
 
     lam: float = 0.2  # Tab. 5 (TSS, PF-PASCAL)
@@ -79,10 +87,13 @@ class GWOTOptions:
     checkpoint_every: int = 5  # semcorr
     tol: float = 0.0  # semcorr: always n_steps steps
     return_objective: bool = False  # semcorr
+    implementation: str = "auto"  # semcorr (issue 22)
+    cuda_graph: bool = False  # semcorr (issue 22)
 
     def __post_init__(self) -> None:
         if self.grad not in GRAD_MODES:
             raise ValueError(f"grad must be one of {GRAD_MODES}, got {self.grad!r}")
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
+        check_static_options(self)
         check_options(self)

@@ -44,6 +44,12 @@ iteration of entropic GW (Peyré et al. 2016; POT's ``PGD``).
 
 The gradient pieces (GW filter, symmetry rows) are in :mod:`semcorr.matchers.gwot.terms`;
 padded cells have zero mass, so they drop out of marginals and filters.
+
+**Implementations** (``implementation``, :mod:`semcorr.matchers.static`): ``cpu`` runs the step
+in cache-sized chunks into reused buffers (this module); ``gpu`` runs it as a fixed sequence of
+whole-tensor ops (:mod:`semcorr.matchers.gwot.gpu`), sync-free, with the step loop optionally
+replayed as a CUDA graph (``cuda_graph``). Both give the dense reference's plan. Half-precision
+costs are solved in float32 (:func:`~semcorr.matchers.static.solver_dtype`), with autocast off.
 """
 
 from __future__ import annotations
@@ -56,9 +62,13 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from semcorr.matchers.gridfilter import CPU_CHUNK_ELEMS, disc_size
+from semcorr.matchers.gwot.gpu import StepConfig, StepTensors, gpu_step
 from semcorr.matchers.gwot.options import GW_FRACTION_WEIGHT, GWOTOptions
-from semcorr.matchers.gwot.terms import SymPairs, gw_filter, gw_row_term, sym_gradient, sym_setup, sym_value
+from semcorr.matchers.gwot.terms import (DiscKernels, SymPairs, disc_kernels, gw_filter, gw_row_term,
+                                         sym_gradient, sym_rows, sym_setup, sym_value)
+import semcorr.matchers.static as static
 from semcorr.matchers.sinkhorn import NEG, per_pair, sinkhorn, uniform_log_marginals
+from semcorr.matchers.static import GraphCache, autocast_off, exact_fp32, resolve_implementation, solver_dtype
 
 
 class GWOTResult(NamedTuple):
@@ -90,7 +100,9 @@ class _Problem(NamedTuple):
     pairs: Optional[SymPairs]
     balanced: bool
     sinkhorn_iters: int
-    work: Optional["_Work"] = None  # reused buffers, set when no gradient is recorded
+    work: Optional["_Work"] = None  # reused buffers, set when no gradient is recorded (cpu)
+    impl: str = "cpu"  # the formulation: "cpu" | "gpu"
+    kernels: Optional[DiscKernels] = None  # the gpu formulation's disc stencils
 
 
 class _Work(NamedTuple):
@@ -127,7 +139,8 @@ def _plan(pb: _Problem, z: torch.Tensor, g: torch.Tensor, need_log: bool = True,
     ``work.plan`` chunk by chunk (softmax and the row mass while the chunk is in cache).
     """
     if pb.balanced:
-        f, g, _ = sinkhorn(z, pb.log_p, pb.log_q, pb.trg_valid, pb.sinkhorn_iters, 1.0, g)
+        f, g, _ = sinkhorn(z, pb.log_p, pb.log_q, pb.trg_valid, pb.sinkhorn_iters, 1.0, g,
+                           implementation=pb.impl)
         log_t = z + f[:, :, None] + g[:, None, :]
         return log_t.exp(), log_t, g
     if not need_log:
@@ -146,21 +159,26 @@ def _plan(pb: _Problem, z: torch.Tensor, g: torch.Tensor, need_log: bool = True,
 def _parts(pb: _Problem, t: torch.Tensor, work: Optional[_Work] = None):
     """Pieces shared by the gradient and the objective at plan T."""
     filt = gw_filter(t, pb.src_grid, pb.trg_grid, pb.delta_min, pb.delta_max,
-                     out=None if work is None else work.filt, tmp=None if work is None else work.trail)
+                     out=None if work is None else work.filt, tmp=None if work is None else work.trail,
+                     kernels=pb.kernels)
     col = t.sum(1)  # (B, Nt)
-    log_ratio = torch.where(
-        pb.trg_valid, col.clamp_min(torch.finfo(t.dtype).tiny).log() - pb.log_q, torch.zeros_like(col)
-    )
+    log_ratio = _log_ratio(pb, col)
     sym = None
     if pb.pairs is not None:
         sym = sym_gradient(t, pb.pairs, pb.trg_grid)
     return filt, col, log_ratio, sym
 
 
+def _log_ratio(pb: _Problem, col: torch.Tensor) -> torch.Tensor:
+    """(B, Nt) log(q̃ / q) at valid targets, 0 elsewhere."""
+    return torch.where(pb.trg_valid, col.clamp_min(torch.finfo(col.dtype).tiny).log() - pb.log_q,
+                       torch.zeros_like(col))
+
+
 def _objective(pb: _Problem, t, log_t, filt, col, log_ratio) -> torch.Tensor:
     """(B,) F(T) - ε H(T)."""
     lin = (pb.cost * t).sum((1, 2))
-    row_term = gw_row_term(pb.p, pb.src_grid, pb.delta_min)
+    row_term = gw_row_term(pb.p, pb.src_grid, pb.delta_min, pb.kernels)
     gw = (row_term * pb.p).sum(1) - (filt * t).sum((1, 2))
     kl = (col * log_ratio).sum(1)  # sum q̃ log(q̃ / q) (both sum to 1)
     ent = (t * log_t).sum((1, 2))  # -H(T); T = 0 where log T = NEG
@@ -177,7 +195,7 @@ def _full_gradient(pb: _Problem, t: torch.Tensor) -> torch.Tensor:
     """
     work = _work(pb)
     filt, _, log_ratio, sym = _parts(pb, t, work)
-    row_term = gw_row_term(pb.p, pb.src_grid, pb.delta_min)
+    row_term = gw_row_term(pb.p, pb.src_grid, pb.delta_min, pb.kernels)
     g = torch.mul(pb.cost, pb.lam[:, None, None], **({} if work is None else {"out": work.trail}))
     g.addcmul_(pb.gw_coef[:, None, None], filt.neg_().add_(row_term[:, :, None]))  # c_gw (row - F)
     g.add_(pb.lam_ub[:, None, None] * log_ratio[:, None, :])
@@ -279,6 +297,7 @@ def solve_gwot(
     sym_pairs: Optional[torch.Tensor] = None,
     options: Optional[GWOTOptions] = None,
     step_size=None,
+    graphs: Optional[GraphCache] = None,
     **overrides,
 ) -> GWOTResult:
     """Solve GW-OT (module docstring) for a batch of pairs.
@@ -292,11 +311,66 @@ def solve_gwot(
             fields, e.g. ``solve_gwot(cost, g, g, lam_gw=t, grad="unroll")``. λ's and ε may be
             floats or (B,) / 0-d tensors (differentiable); δ floats or 0-d tensors.
         step_size: a fixed η instead of the automatic one (float or (B,) tensor); no cap.
+        graphs: where ``cuda_graph`` keeps its captured step graphs across calls (a module's
+            :class:`~semcorr.matchers.static.GraphCache`; None: captured for this call only).
     Returns:
         :class:`GWOTResult`. Rows of padded source cells are filled with the row they would
-        have at mass 1/n_s (they take no part in the marginals or the filters).
+        have at mass 1/n_s (they take no part in the marginals or the filters). float32 for a
+        float16 / bfloat16 cost (solved in float32), else the cost's dtype.
+
+    ``implementation: gpu`` (the default off the CPU) is sync-free when λ_sym and the other
+    weights are given as tensors or floats, ``tol`` is 0 and the cost is on the device.
     """
     opts = replace(options or GWOTOptions(), **overrides)
+    cost = solver_dtype(cost)
+    impl = resolve_implementation(opts.implementation, cost.device)
+    with autocast_off(cost.device), exact_fp32(cost.device) if impl == "gpu" else contextlib.nullcontext():
+        return _solve(cost, tuple(src_grid), tuple(trg_grid), src_valid, trg_valid, sym_pairs, opts, impl,
+                      step_size, graphs)
+
+
+def _solve(cost, src_grid, trg_grid, src_valid, trg_valid, sym_pairs, opts: GWOTOptions, impl: str,
+           step_size, graphs) -> GWOTResult:
+    pb = _problem(cost, src_grid, trg_grid, src_valid, trg_valid, sym_pairs, opts, impl)
+    # No graph when none is asked for or nothing requires a gradient (then also the fast path).
+    differentiable = [cost, pb.lam, pb.gw_coef, pb.sym_coef, pb.lam_ub, pb.eps]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
+    ctx = torch.no_grad() if opts.grad == "detach" or not needs_grad else contextlib.nullcontext()
+    with ctx:
+        if not torch.is_grad_enabled() and impl == "cpu":
+            pb = pb._replace(work=_Work.like(cost))
+        return _run(pb, opts, step_size, graphs)
+
+
+def gpu_step_function(cost: torch.Tensor, src_grid: Tuple[int, int], trg_grid: Tuple[int, int],
+                      src_valid: Optional[torch.Tensor] = None, trg_valid: Optional[torch.Tensor] = None,
+                      sym_pairs: Optional[torch.Tensor] = None, options: Optional[GWOTOptions] = None,
+                      step_size=None, **overrides):
+    """The gpu formulation's mirror-descent step as a function of the iterate alone, for
+    ``torch.compile`` or a hand-made CUDA graph (arguments as :func:`solve_gwot`).
+
+    Returns ``(step, z, g)``: the initial logits z (B, Ns, Nt) and column potential g (B, Nt),
+    and ``step(z, g) -> (z, g)``, one step (:func:`~semcorr.matchers.gwot.gpu.gpu_step`; in
+    place without autograd). :func:`solve_gwot` runs it ``n_steps`` times, then forms the plan.
+    Call it as :func:`solve_gwot` does: autocast off, and on CUDA inside
+    :func:`~semcorr.matchers.static.exact_fp32` (else cuDNN may run the filters in TF32).
+    """
+    opts = replace(options or GWOTOptions(), **overrides)
+    cost = solver_dtype(cost)
+    pb = _problem(cost, tuple(src_grid), tuple(trg_grid), src_valid, trg_valid, sym_pairs, opts, "gpu")
+    z, g_pot, eta, a, c_eta = _start(pb, opts, step_size)
+    consts = _step_tensors(pb, eta, a, c_eta)
+    cfg = StepConfig(pb.src_grid, pb.trg_grid, pb.balanced, pb.sinkhorn_iters)
+
+    def step(z_in: torch.Tensor, g_in: torch.Tensor):
+        return gpu_step(z_in, g_in, consts, cfg)[:2]
+
+    return step, z, g_pot
+
+
+def _problem(cost, src_grid, trg_grid, src_valid, trg_valid, sym_pairs, opts: GWOTOptions,
+             impl: str) -> _Problem:
+    """The per-solve quantities (marginals, coefficients, symmetry pairs, stencils)."""
     bsz, ns, nt = cost.shape
     if ns != src_grid[0] * src_grid[1] or nt != trg_grid[0] * trg_grid[1]:
         raise ValueError(f"cost {tuple(cost.shape)} does not match grids {src_grid}, {trg_grid}")
@@ -309,9 +383,8 @@ def solve_gwot(
     log_p, log_q, n_s, _ = uniform_log_marginals(src_valid, trg_valid, dt)
     gw_coef, sym_coef = scale_coefficients(opts, n_s, per_pair(opts.lam_gw, bsz, cost),
                                            per_pair(opts.lam_sym, bsz, cost))
-    lam_sym_t = per_pair(opts.lam_sym, bsz, cost)
     pairs = None
-    if sym_pairs is not None and sym_pairs.numel() > 0 and bool((lam_sym_t != 0).any()):
+    if sym_pairs is not None and sym_pairs.numel() > 0 and _sym_active(opts.lam_sym, impl):
         pairs = sym_setup(sym_pairs.to(dev), src_grid, dt)
     balanced = opts.marginal == "balanced"
     pb = _Problem(
@@ -334,19 +407,39 @@ def solve_gwot(
         pairs=pairs,
         balanced=balanced,
         sinkhorn_iters=opts.sinkhorn_iters,
+        impl=impl,
+        kernels=disc_kernels(float(opts.delta_min), float(opts.delta_max), cost) if impl == "gpu" else None,
     )
-    # No graph when none is asked for or nothing requires a gradient (then also the fast path).
-    differentiable = [cost, pb.lam, pb.gw_coef, pb.sym_coef, pb.lam_ub, pb.eps]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
-    ctx = torch.no_grad() if opts.grad == "detach" or not needs_grad else contextlib.nullcontext()
-    with ctx:
-        if not torch.is_grad_enabled():
-            pb = pb._replace(work=_Work.like(cost))
-        return _run(pb, opts, step_size)
+    return pb
 
 
-def _run(pb: _Problem, opts: GWOTOptions, step_size) -> GWOTResult:
-    n_steps, grad, tol, want_obj = opts.n_steps, opts.grad, opts.tol, opts.return_objective
+def _sym_active(lam_sym, impl: str) -> bool:
+    """Whether the symmetry term is on, decided on the host: a float by its value; a tensor by
+    its values in the cpu formulation (a synchronisation), always in the gpu formulation (a
+    zero weight then adds exact zeros)."""
+    if not isinstance(lam_sym, torch.Tensor):
+        return float(lam_sym) != 0
+    return impl == "gpu" or bool((lam_sym != 0).any())
+
+
+def _step_tensors(pb: _Problem, eta: torch.Tensor, a: torch.Tensor, c_eta: torch.Tensor) -> StepTensors:
+    """The per-solve constants of the gpu step (:class:`~semcorr.matchers.gwot.gpu.StepTensors`)."""
+    col_w = col_b = None
+    if not pb.balanced:
+        valid = pb.trg_valid.to(c_eta.dtype)
+        col_w = ((eta * pb.lam_ub)[:, None] * valid)[:, None, :]
+        col_b = col_w * torch.where(pb.trg_valid, -pb.log_q, torch.zeros_like(pb.log_q))[:, None, :]
+    sym = [None] * 4
+    if pb.pairs is not None:
+        rows = sym_rows(pb.pairs, c_eta.shape, pb.trg_grid, c_eta)
+        sym = [rows.gather, rows.rows, (eta * pb.sym_coef)[:, None, None] * rows.sign, rows.sign_x]
+    return StepTensors(c_eta, a, (eta * pb.gw_coef)[:, None, None], pb.p[:, :, None], pb.log_p, pb.log_q,
+                       pb.trg_valid, col_w, col_b, pb.kernels.src, pb.kernels.trg, *sym)
+
+
+def _start(pb: _Problem, opts: GWOTOptions, step_size):
+    """The initial logits z (B, Ns, Nt) (NEG at invalid targets) and potential g (B, Nt), η (B,),
+    a = 1 - ηε (B, 1, 1) and the constant part of the step c = -ηλC (NEG at invalid targets)."""
     bsz, ns, nt = pb.cost.shape
     z = pb.cost.new_zeros(bsz, ns, nt).masked_fill_(~pb.trg_valid[:, None, :], NEG)
     g_pot = pb.cost.new_zeros(bsz, nt)
@@ -359,11 +452,43 @@ def _run(pb: _Problem, opts: GWOTOptions, step_size) -> GWOTResult:
     a = (1 - eta * pb.eps)[:, None, None]
     # Constant part of the step: -η λ C, with NEG at invalid targets (keeps them at zero mass).
     c_eta = (-(eta * pb.lam)[:, None, None] * pb.cost).masked_fill_(~pb.trg_valid[:, None, :], NEG)
+    return z, g_pot, eta, a, c_eta
+
+
+def _run(pb: _Problem, opts: GWOTOptions, step_size, graphs: Optional[GraphCache] = None) -> GWOTResult:
+    n_steps, grad, tol, want_obj = opts.n_steps, opts.grad, opts.tol, opts.return_objective
+    z, g_pot, eta, a, c_eta = _start(pb, opts, step_size)
+    if pb.impl == "gpu":
+        consts = _step_tensors(pb, eta, a, c_eta)
+        cfg = StepConfig(pb.src_grid, pb.trg_grid, pb.balanced, pb.sinkhorn_iters)
+
+        def one_step(z_in, g_in):
+            z_out, g_out, parts = gpu_step(z_in, g_in, consts, cfg, need_parts=want_obj)
+            obj = None
+            if want_obj:
+                t, log_t, filt, col = parts
+                obj = _objective(pb, t, log_t, filt, col, _log_ratio(pb, col)).detach()
+            return z_out, g_out, obj
+
+        use_graph = (opts.cuda_graph and static.graphs_available(pb.cost.device) and not torch.is_grad_enabled()
+                     and tol == 0 and not want_obj and n_steps > 0)
+        if use_graph:  # the whole step loop: one captured step, replayed n_steps times
+            def graph_step(state, tensors):
+                z_out, g_out, _ = gpu_step(state[0], state[1], StepTensors(*tensors), cfg)
+                for dst, src in zip(state, (z_out, g_out)):
+                    if src is not dst:
+                        dst.copy_(src)
+
+            z, g_pot = static.run_graphed(graph_step, [z, g_pot], list(consts), n_steps, graphs, key=("gwot", cfg))
+            n_steps = 0
+    else:
+        def one_step(z_in, g_in):
+            return _step(pb, z_in, g_in, eta, a, c_eta, want_obj)
 
     def block(z_in, g_in, k):
         objs = []
         for _ in range(k):
-            z_in, g_in, o = _step(pb, z_in, g_in, eta, a, c_eta, want_obj)
+            z_in, g_in, o = one_step(z_in, g_in)
             objs.append(o)
         return z_in, g_in, objs
 

@@ -5,6 +5,10 @@
   δ_max disc over the target grid (:mod:`semcorr.matchers.gridfilter`).
 - Symmetry: :math:`\\sum_l ŝ_{jl} T_{kl}` is a cumulative sum of row k's column-mass profile, and
   only the rows of the symmetric source cells are touched.
+
+The ``gpu`` formulation (:mod:`semcorr.matchers.static`) passes :class:`DiscKernels` to
+:func:`gw_filter` and :func:`gw_row_term`: the filters are then one convolution per grid
+(:func:`~semcorr.matchers.gridfilter.conv_filter_trailing`, ``conv_filter_leading``).
 """
 
 from __future__ import annotations
@@ -13,17 +17,40 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from semcorr.matchers.gridfilter import filter_leading, filter_trailing
+from semcorr.matchers.gridfilter import (conv_filter_leading, conv_filter_trailing, disc_kernel,
+                                         filter_leading, filter_trailing)
+
+
+class DiscKernels(NamedTuple):
+    """The gpu formulation's stencils (:func:`disc_kernels`); None for an empty disc."""
+
+    src: Optional[torch.Tensor]  # (1, 1, kh, kw, 1) δ_min disc (strict), for conv3d over axis 1
+    trg: Optional[torch.Tensor]  # (1, 1, kh, kw) δ_max disc (closed), for conv2d over the last axis
+
+
+def disc_kernels(delta_min: float, delta_max: float, like: torch.Tensor) -> DiscKernels:
+    """The two disc stencils of C^p and K in ``like``'s dtype, on its device (built there)."""
+    src = disc_kernel(delta_min, True, like)
+    trg = disc_kernel(delta_max, False, like)
+    return DiscKernels(None if src is None else src[None, None, :, :, None],
+                       None if trg is None else trg[None, None])
 
 
 def gw_filter(t: torch.Tensor, src_grid, trg_grid, delta_min: float, delta_max: float,
-              out: Optional[torch.Tensor] = None, tmp: Optional[torch.Tensor] = None) -> torch.Tensor:
+              out: Optional[torch.Tensor] = None, tmp: Optional[torch.Tensor] = None,
+              kernels: Optional[DiscKernels] = None) -> torch.Tensor:
     """(C^p T K) for T (B, Ns, Nt): δ_min-disc (strict) over the source grid, δ_max-disc (closed)
     over the target grid.
 
     ``out``, ``tmp``: optional (B, Ns, Nt) buffers for the result and the target-filtered T,
-    reused across steps when no gradient is recorded.
+    reused across steps when no gradient is recorded (cpu formulation).
+    ``kernels``: the gpu formulation: two convolutions with these stencils (δ, ``out`` and
+    ``tmp`` unused).
     """
+    if kernels is not None:
+        if torch.is_grad_enabled() and t.requires_grad:
+            return _ConvGWFilter.apply(t, tuple(src_grid), tuple(trg_grid), kernels.src, kernels.trg)
+        return conv_filter_leading(conv_filter_trailing(t, trg_grid, kernels.trg), src_grid, kernels.src)
     if torch.is_grad_enabled() and t.requires_grad:
         return _GWFilter.apply(t, tuple(src_grid), tuple(trg_grid), float(delta_min), float(delta_max))
     mid = filter_trailing(t, trg_grid, delta_max, strict=False, out=tmp)
@@ -45,8 +72,30 @@ class _GWFilter(torch.autograd.Function):
         return (gw_filter(grad.contiguous(), *ctx.args), None, None, None, None)
 
 
-def gw_row_term(p: torch.Tensor, src_grid, delta_min: float) -> torch.Tensor:
-    """(B, Ns) (C^p p)_i: the source-neighbourhood mass."""
+class _ConvGWFilter(torch.autograd.Function):
+    """The gpu formulation's T -> C^p T K (two convolutions) as an autograd function: the
+    stencils are point-symmetric, so the backward pass is the same filter (nothing is saved but
+    the stencils)."""
+
+    @staticmethod
+    def forward(ctx, t, src_grid, trg_grid, k_src, k_trg):
+        ctx.grids = (src_grid, trg_grid)
+        ctx.save_for_backward(k_src, k_trg)
+        return conv_filter_leading(conv_filter_trailing(t, trg_grid, k_trg), src_grid, k_src)
+
+    @staticmethod
+    def backward(ctx, grad):
+        k_src, k_trg = ctx.saved_tensors
+        src_grid, trg_grid = ctx.grids
+        return (conv_filter_leading(conv_filter_trailing(grad.contiguous(), trg_grid, k_trg), src_grid, k_src),
+                None, None, None, None)
+
+
+def gw_row_term(p: torch.Tensor, src_grid, delta_min: float,
+                kernels: Optional[DiscKernels] = None) -> torch.Tensor:
+    """(B, Ns) (C^p p)_i: the source-neighbourhood mass (``kernels``: by convolution)."""
+    if kernels is not None:
+        return conv_filter_leading(p[:, :, None], src_grid, kernels.src)[..., 0]
     return filter_leading(p[:, :, None], src_grid, delta_min, strict=True)[..., 0]
 
 
@@ -96,3 +145,39 @@ def sym_value(t: torch.Tensor, pairs: SymPairs, trg_grid) -> torch.Tensor:
     ta = torch.gather(t, 1, pairs.a[..., None].expand(-1, -1, nt))
     tb = torch.gather(t, 1, pairs.b[..., None].expand(-1, -1, nt))
     return -(pairs.sign * (ta * order_profile(tb, trg_grid)).sum(-1)).sum(-1)
+
+
+class SymRows(NamedTuple):
+    """The symmetry term in the gpu formulation's form (:func:`sym_rows`): gather the rows of
+    both cells of every pair at once, add the update to both at once."""
+
+    gather: torch.Tensor  # (B, 2S, Nt) long: the rows [b; a] of each pair (an expanded index)
+    rows: torch.Tensor  # (2 B S,) flat rows [a; b] into (B Ns): where the update goes
+    sign: torch.Tensor  # (B, 2S, 1) [s_ab; -s_ab]
+    sign_x: torch.Tensor  # (w', w') sign(x - l) over the target columns
+
+
+def sym_rows(pairs: SymPairs, shape, trg_grid, like: torch.Tensor) -> SymRows:
+    """:class:`SymRows` of parsed pairs for a (B, Ns, Nt) plan (built on ``like``'s device)."""
+    bsz, ns, nt = shape
+    base = torch.arange(bsz, device=like.device)[:, None] * ns
+    xs = torch.arange(trg_grid[1], device=like.device)
+    return SymRows(
+        gather=torch.cat([pairs.b, pairs.a], 1)[:, :, None].expand(-1, -1, nt),
+        rows=torch.cat([pairs.a + base, pairs.b + base], 1).reshape(-1),
+        sign=torch.cat([pairs.sign, -pairs.sign], 1)[:, :, None].to(like.dtype),
+        sign_x=torch.sign(xs[:, None] - xs[None, :]).to(like.dtype),
+    )
+
+
+def sym_step(t: torch.Tensor, gather: torch.Tensor, sign_x: torch.Tensor, weight: torch.Tensor,
+             trg_grid) -> torch.Tensor:
+    """(2 B S, Nt) rows to add to rows [a; b] of the logits: -η c_sym ∂F_sym/∂T there, i.e.
+    ``weight`` (B, 2S, 1) = η c_sym [s_ab; -s_ab] times [u_b; u_a] (:func:`order_profile`,
+    here as a product with sign_x (w', w') instead of a cumulative sum: a fixed few ops)."""
+    bsz, _, nt = t.shape
+    h, w = trg_grid
+    rows = torch.gather(t, 1, gather)  # (B, 2S, Nt): rows [b; a]
+    mass = rows.view(bsz, -1, h, w).sum(2)  # (B, 2S, w') column-mass profiles
+    u = (mass[:, :, None, :] * sign_x).sum(-1)  # u(x) = sum_l sign(x - l) m_l
+    return (u * weight)[:, :, None, :].expand(-1, -1, h, -1).reshape(-1, nt)
