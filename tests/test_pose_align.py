@@ -187,7 +187,7 @@ def test_mirrored_source_follows_geoaware():
     expected = u[[1, 0, 2]].clone()
     expected[:, 0] = 840 - expected[:, 0]
     assert torch.allclose(flipped["src_kps"][0] + 0.5, expected, atol=1e-3)
-    assert flipped["src_id"] == ["x#pose_flip"]
+    assert flipped["src_id"] == ["x#hflip"]  # the dataset's id of the mirrored image
 
 
 def test_gwot_flipped_solve_gets_the_mirrored_symmetric_pairs():
@@ -252,3 +252,26 @@ def test_pose_align_refuses_to_train_or_run_without_labels(make_config):
         build_run(make_config("pose_align.enabled=true", "loss=gaussian_ce"), stage="fit")
     with pytest.raises(ConfigError, match="left/right"):
         build_run(make_config("pose_align.enabled=true", "data=pf_willow"), stage="test")
+
+
+def test_pose_align_upsamples_the_mirrored_source_like_the_original():
+    """backbone.upsample: both branches' source maps are upsampled (same grid as the target's)."""
+    batch = _mirror_pair_batch(mirrored_target=True)
+    backbone = ColourCells()
+    backbone.upsample = 2
+    net = PoseAlignedNet(backbone, NNMatcher(), options=PoseAlignConfig(enabled=True, score="mutual_nn"),
+                         partner=lambda category: TABLE, mirror="canvas")
+    net.eval()
+    out = net(batch)
+    assert out.src.features.shape[-2:] == (16, 16) and out.trg.features.shape[-2:] == (16, 16)
+    assert out.result.extras["pose_align"]["flipped"].tolist() == [True]
+
+
+def test_the_mirrored_source_is_named_as_the_datasets_mirrored_image():
+    """The flipped branch's source id is ``I#hflip``, the id under which the datasets serve and
+    ``semcorr-features --mirrored`` stores an image's mirror (backbone=precomputed reads it)."""
+    from semcorr.data.base import FLIP_SUFFIX
+
+    batch = _mirror_pair_batch(mirrored_target=False)
+    assert mirrored_source(batch, "canvas")["src_id"] == ["s" + FLIP_SUFFIX]
+    assert torch.equal(mirrored_source(batch, "canvas")["src_img"], batch["src_img"].flip(-1))

@@ -38,7 +38,9 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from semcorr.backbones.upsample import upsample_features
 from semcorr.checks import number, one_of
+from semcorr.data.base import FLIP_SUFFIX
 from semcorr.net import CorrespondenceNet, MatchOutput
 from semcorr.matchers.base import MatchResult
 
@@ -46,7 +48,7 @@ LABEL = "uses ground-truth left/right labels (†)"
 SCORES = ("mask", "mutual_nn")
 MASKS = ("auto", "box")
 MIRRORS = ("canvas", "content")
-FLIP_ID = "#pose_flip"  # names the mirrored source in feature caches and messages
+FLIP_ID = FLIP_SUFFIX  # the mirrored source is the dataset's mirrored image (precomputed features: its file)
 MASKED_OUT = -100000.0  # GeoAware-SC's value for masked-out feature elements
 
 PartnerFn = Callable[[Optional[str]], Optional[Dict[int, int]]]
@@ -284,7 +286,8 @@ class PoseAlignedNet(CorrespondenceNet):
         flipped_batch = mirrored_source(batch, self.mirror)
         with self._stage("backbone", batch):
             src, trg = self.features(batch, use_cache)
-            src_f = self.extractor(flipped_batch["src_img"], flipped_batch.get("src_id"), use_cache)
+            src_f = upsample_features(self.extractor(flipped_batch["src_img"], flipped_batch.get("src_id"),
+                                                     use_cache), self.backbone.upsample)
             src_f.valid = src.valid  # the content box does not move
         with self._stage("match", batch):
             out = self.match(batch, src, trg)
