@@ -230,6 +230,8 @@ CASES: Dict[str, Case] = {
     "max-pairs-zero": lambda t: (EVAL, ["data.max_pairs=0"]),
     "image-size-zero": lambda t: (EVAL, ["data.image_size=0"]),
     "n-steps-negative": lambda t: (EVAL, ["matcher=gwot", "matcher.n_steps=-3"]),
+    "pose-align-no-labels": lambda t: (EVAL, ["pose_align.enabled=true"]),
+    "pose-align-train": lambda t: (TRAIN_CMD, [*TRAIN, "pose_align.enabled=true"]),
     "alphas-empty": lambda t: (EVAL, ["metric.alphas=[]"]),
     "image-size-not-multiple": lambda t: (EVAL, [*TINY_VIT, "data.image_size=230"]),
     "ckpt-text": lambda t: (EVAL, [f"ckpt={a_file(t, 'notes.ckpt')}"]),

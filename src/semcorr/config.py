@@ -37,6 +37,7 @@ from semcorr.distributed import launch_out_dir
 from semcorr.checks import number, numbers, one_of
 from semcorr.errors import ConfigError
 from semcorr.metrics.protocol import AVERAGES, THRESHOLD_BY
+from semcorr.pose_align import PoseAlignConfig
 from semcorr.registry import GROUPS, schemas
 
 CONFIG_DIR_ENV = "SEMCORR_CONFIG_DIR"
@@ -224,6 +225,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    pose_align: PoseAlignConfig = field(default_factory=PoseAlignConfig)  # test time; uses GT labels
     out_dir: Optional[str] = None  # None: runs/<timestamp>-<random> (one folder per launch, all ranks)
     seed: int = 0
     ckpt: Optional[str] = None

@@ -213,6 +213,28 @@ class EvalReport(L.Callback):
         self.entries = sorted((e for s in shards for e in s), key=lambda e: e["index"])
 
 
+class PoseAlignReport(L.Callback):
+    """Which pairs took Pose-Align's mirrored branch (``result.extras["pose_align"]`` of
+    :class:`~semcorr.pose_align.PoseAlignedNet`) during ``trainer.test``, gathered over ranks in
+    dataset order: ``entries`` = [(index, category, flipped)]."""
+
+    def __init__(self) -> None:
+        self.entries: List[tuple] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.entries = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        flipped = outputs["match"].result.extras["pose_align"]["flipped"].tolist()
+        index = batch.get("index")
+        for b, f in enumerate(flipped):
+            self.entries.append((int(index[b]) if index is not None else b, batch["category"][b], bool(f)))
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        shards = gather_objects(self.entries)
+        self.entries = sorted((e for s in shards for e in s), key=lambda e: e[0])
+
+
 class EvalTiming(L.Callback):
     """Backbone and matching time during ``trainer.test``: a :class:`~semcorr.net.StageClock` is put
     on the net for the test epoch only (training steps are never timed or synchronised).

@@ -36,7 +36,8 @@ from semcorr.interrupt import RunInterrupted, interrupting_signal
 from semcorr.matchers import build_matcher
 from semcorr.metrics import alpha_grid, curve_entry
 from semcorr.predictions import write_predictions
-from semcorr.report import EvalReport, EvalTiming
+from semcorr.pose_align import LABEL, pose_align_summary
+from semcorr.report import EvalReport, EvalTiming, PoseAlignReport
 from semcorr.rundir import check_run_folder, claim_run_folder
 
 log = logging.getLogger("semcorr.eval")
@@ -59,9 +60,11 @@ def evaluate(argv: Sequence[str]) -> int:
                         dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare,
                         pca=plots.pca)
     timing = EvalTiming()
+    pose = PoseAlignReport() if cfg.pose_align.enabled else None  # uses GT left/right labels
+    callbacks = [report, timing] + ([pose] if pose else [])
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
     trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,
-                        callbacks=[report, timing], default_root_dir=str(out_dir),
+                        callbacks=callbacks, default_root_dir=str(out_dir),
                         enable_checkpointing=False)
     quiet_unless(trainer.is_global_zero)
     lock = None
@@ -74,7 +77,7 @@ def evaluate(argv: Sequence[str]) -> int:
     success = False
     try:
         with share_out_dir(cfg):
-            metrics = _evaluate(cfg, trainer, run, report, timing, loggers, out_dir)
+            metrics = _evaluate(cfg, trainer, run, report, timing, loggers, out_dir, pose)
         success = True
     except BaseException as err:
         signum = interrupting_signal(err)
@@ -88,8 +91,13 @@ def evaluate(argv: Sequence[str]) -> int:
             lock.release()
     if not trainer.is_global_zero:
         return 0
+    dagger = f"; Pose-Align: {LABEL}" if cfg.pose_align.enabled else ""
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {metrics['n_pairs']} pairs, "
-                                        f"protocol {run.protocol.summary()}") + "\n")
+                                        f"protocol {run.protocol.summary()}{dagger}") + "\n")
+    if pose is not None:
+        p = metrics["pose_align"]
+        sys.stdout.write(f"Pose-Align ({p['score']} score) {LABEL}: the mirrored source was kept for "
+                         f"{p['pairs_flipped']} of {p['pairs']} pairs\n")
     if "left_right" in metrics:
         sys.stdout.write(left_right_table(metrics["left_right"]) + "\n")
     sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, "
@@ -98,7 +106,8 @@ def evaluate(argv: Sequence[str]) -> int:
     return 0
 
 
-def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers, out_dir: Path) -> dict:
+def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers, out_dir: Path,
+              pose: Optional[PoseAlignReport] = None) -> dict:
     """Test the run's model; return the metrics (all ranks). Rank 0 writes ``predictions.jsonl``,
     the figures, then ``metrics.json`` (last, atomically: it exists only for a run that finished)."""
     dataset, proto = run.dataset, run.protocol
@@ -121,6 +130,8 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
         "pck_per_category": result["pck_per_category"],
         "pck_per_image": result["pck_per_image"],
         "pck_per_keypoint": result["pck_per_keypoint"],
+        "pose_align": ({"enabled": False} if pose is None else pose_align_summary(
+            cfg.pose_align, [e[2] for e in pose.entries], [e[1] for e in pose.entries])),
         "timing": {
             "seconds": seconds,
             "pairs_per_s": result["n_pairs"] / max(seconds, 1e-9),

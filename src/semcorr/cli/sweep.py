@@ -12,6 +12,7 @@ A sweep file::
       head: [none, resnet_bottleneck]
     eval_after: true              # train mode: evaluate the best checkpoint on data.split
     launcher: []                  # a command prefix for each run, e.g. [srun] (see below)
+    labels: {}                    # run name -> a label for the summary's "row" column (optional)
 
 Each run is its own process: ``python -m semcorr.cli.<mode> <tokens>`` (after ``launcher``), its
 output in ``DIR/<run name>/run.log``. A run that crashes, runs out of memory or hangs its devices
@@ -71,6 +72,7 @@ class SweepSpec:
     eval_after: bool = True
     out_dir: Optional[str] = None
     launcher: List[str] = field(default_factory=list)
+    labels: Dict[str, str] = field(default_factory=dict)
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -216,13 +218,15 @@ def write_summary(out_dir: Path, spec: SweepSpec, rows: List[Dict[str, Any]]) ->
     """``summary.csv`` and ``summary.md``: one row per run."""
     alphas = sorted({a for r in rows for a in (r.get("pck") or {})}, key=float)
     keys = list(spec.grid)
-    header = ["run", *keys, "status", *(f"pck@{a}" for a in alphas)]
+    labelled = ["row"] if spec.labels else []
+    header = [*labelled, "run", *keys, "status", *(f"pck@{a}" for a in alphas)]
     if spec.mode == "train":
         header += ["val_best", "steps"]
     header.append("seconds")
     table = []
     for r in rows:
-        line = [r["run"], *(r["overrides"][k] for k in keys), r["status"],
+        line = [*([spec.labels.get(r["run"], "")] if labelled else []), r["run"],
+                *(r["overrides"][k] for k in keys), r["status"],
                 *(_fmt(r.get("pck", {}).get(a)) for a in alphas)]
         if spec.mode == "train":
             line += [_fmt(r.get("val_best")), str(r.get("steps", ""))]

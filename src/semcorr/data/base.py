@@ -20,7 +20,7 @@ from semcorr.digest import image_digest
 from semcorr.stores import MemoryCache
 from semcorr.data.annotations import (box_problem, image_problem, keypoint_problem,
                                       shape_problem, threshold_problem)
-from semcorr.data.resize import RESIZE_MODES, resize_image, to_network
+from semcorr.data.resize import RESIZE_MODES, resize_image, resize_mask, to_network
 from semcorr.data.schema import swap_sides
 from semcorr.data.transforms import AugmentConfig
 
@@ -37,7 +37,7 @@ class DataConfig(GroupConfig):
     root: Optional[str] = None
     split: str = "test"
     image_size: int = 224
-    resize: str = "longer_side_pad"  # square | longer_side_pad | longer_side
+    resize: str = "longer_side_pad"  # square | longer_side_pad | longer_side | centre_canvas
     batch_size: int = 8
     num_workers: int = 0
     max_pairs: Optional[int] = None
@@ -198,6 +198,17 @@ def load_image_reduced(path: str | Path, keep: int) -> Tuple[torch.Tensor, int, 
     return image, factor, (size[1], size[0])
 
 
+def read_label_image(path: str | Path) -> np.ndarray:
+    """(h, w) int64 label values of a mask file: palette indices of a palette PNG, grey values of
+    a grey one, the luminance of a colour one."""
+    def labels(im: Image.Image) -> np.ndarray:
+        if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+            im = im.convert("L")
+        return np.asarray(im).astype(np.int64)
+
+    return _decode(path, "segmentation", labels)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A foreground mask file as (h, w) bool: grey values above half the file's maximum (so 0/1,
     0/255 and 16-bit masks all work; an all-zero mask is all background)."""
@@ -252,6 +263,9 @@ class PairDataset(Dataset):
         self.image_digests = True
         self.annotation_source = ""  # where a record without its own ``annotation`` comes from
         self._sizes: Dict[str, Tuple[int, int]] = {}
+        # foreground masks in the samples (src_mask, trg_mask): None (none), "auto" (the dataset's
+        # segmentation where it has one, else the box) or "box"; set for Pose-Align's mask score
+        self.serve_masks: Optional[str] = None
 
     @property
     def protocol(self) -> Protocol:
@@ -410,6 +424,14 @@ class PairDataset(Dataset):
         image = cached.float().div_(255.0)
         return image.flip(-1) if mirrored else image
 
+    def foreground(self, image_id: str, box: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        """(h, w) bool foreground of an image in its original frame: here the annotated box
+        (:func:`box_mask`); datasets that ship segmentations override this (SPair-71k)."""
+        if box is None or torch.isnan(box).any():
+            raise DataError(f"no foreground for {image_id}: the dataset has no box or segmentation "
+                            "for it (Pose-Align: use pose_align.score=mutual_nn)")
+        return box_mask(box, hw)
+
     def image_ids(self) -> List[str]:
         """Distinct image ids, in first-use order."""
         return list(dict.fromkeys(i for r in self.records for i in (r.src, r.trg)))
@@ -452,8 +474,9 @@ class PairDataset(Dataset):
         left/right keys (:mod:`semcorr.data.left_right`) are added when it has them and no training
         transform moved the keypoints."""
         src_img, trg_img = pair["src_img"], pair["trg_img"]
-        src_net, src_frame, src_hw = resize_image(src_img, self.image_size, self.resize, self.divisor)
-        trg_net, trg_frame, trg_hw = resize_image(trg_img, self.image_size, self.resize, self.divisor)
+        size, mode, divisor = self.image_size, self.resize, self.divisor
+        src_net, src_frame, src_hw, src_yx = resize_image(src_img, size, mode, divisor)
+        trg_net, trg_frame, trg_hw, trg_yx = resize_image(trg_img, size, mode, divisor)
         k = pair["src_kps"].shape[0]
         ids = pair["kps_ids"] if pair["kps_ids"] is not None else torch.full((k,), -1, dtype=torch.long)
         sample = {
@@ -469,6 +492,8 @@ class PairDataset(Dataset):
             "trg_frame": trg_frame,
             "src_content_hw": src_hw,
             "trg_content_hw": trg_hw,
+            "src_content_yx": src_yx,
+            "trg_content_yx": trg_yx,
             "src_imsize": torch.tensor(src_img.shape[-2:], dtype=torch.long),
             "trg_imsize": torch.tensor(trg_img.shape[-2:], dtype=torch.long),
             "src_bbox": pair["src_bbox"],
@@ -479,6 +504,7 @@ class PairDataset(Dataset):
             "trg_id": rec.trg,
             "pair_id": rec.pair_id or f"{rec.src}->{rec.trg}",
             "sym_pairs": pair["sym_pairs"],
+            **self._masks(rec, pair),
         }
         left_right = self.left_right_of(rec) if self.transform is None else None
         if left_right is not None:
@@ -491,6 +517,26 @@ class PairDataset(Dataset):
         None when the dataset does not know them: ``rec.left_right`` here; datasets with many pairs
         compute them when a sample is served."""
         return rec.left_right
+
+    def _masks(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """``src_mask``, ``trg_mask`` (H, W) bool in the network frame when :attr:`serve_masks`."""
+        if self.serve_masks is None:
+            return {}
+        out = {}
+        for side, image_id in (("src", rec.src), ("trg", rec.trg)):
+            hw = tuple(pair[f"{side}_img"].shape[-2:])
+            mask = self.foreground(image_id, pair[f"{side}_bbox"], hw)
+            out[f"{side}_mask"] = resize_mask(mask, self.image_size, self.resize, self.divisor)
+        return out
+
+
+def box_mask(box: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """(h, w) bool: the pixels (pixel-index convention) inside an (x1, y1, x2, y2) box, inclusive."""
+    h, w = hw
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ys = torch.arange(h, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, dtype=torch.float32)[None, :]
+    return (ys >= y1) & (ys <= y2) & (xs >= x1) & (xs <= x2)
 
 
 def _box(box: Optional[Sequence[float]]) -> torch.Tensor:

@@ -15,6 +15,8 @@ src_frame,         (4,) float          (sx, sy, ox, oy): net = (orig + 0.5) * s 
 trg_frame
 src_content_hw,    (2,) long           height, width of the non-padded content in the network frame
 trg_content_hw
+src_content_yx,    (2,) long           row, column of the content's top-left pixel in the network
+trg_content_yx                         frame (0, 0 unless ``data.resize`` centres the content)
 src_imsize,        (2,) long           original height, width
 trg_imsize
 trg_bbox           (4,) float          annotated target box (x1, y1, x2, y2), original frame; NaN if none
