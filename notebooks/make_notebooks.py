@@ -295,8 +295,8 @@ order. We count the pairs whose predictions keep the ground truth's order and pr
 On this pair appearance and the GW term already keep every pair in order, so even ten times
 `gwot_spair`'s $\\lambda_{sym} = 0.1$ only nudges the plan (a slightly lower $F_{sym}$): the term
 matters when a matcher would swap left and right (SPair-71k animals and vehicles seen from the
-side). Under `scale: fraction` its gradient is of the order of the feature cost, so values far
-above the presets (several units) let it override appearance.'''),
+side). Under `scale: asot` (as under `fraction`) its gradient is of the order of the feature
+cost, so values far above the presets (several units) let it override appearance.'''),
     ("code", '''\
 from semcorr.matchers.gwot.terms import sym_setup, sym_value
 from semcorr.net import symmetric_cells
@@ -316,7 +316,7 @@ def order_kept(out):
     return int(same.sum()), len(pairs)
 
 
-lam_sym = max(float(PRESET["lam_sym"]), 1.0)  # ten times gwot_spair's 0.1 (scale: fraction)
+lam_sym = max(float(PRESET["lam_sym"]), 1.0)  # ten times gwot_spair's 0.1 (scale: asot)
 runs_sym = {"symmetry off": runs[f"+ GW term (lam_gw={PRESET['lam_gw']:g})"], f"symmetry on (lam_sym={lam_sym:g})": solve(lam_sym=lam_sym)}
 for name, out in runs_sym.items():
     report(name, out)

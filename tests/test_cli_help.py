@@ -42,7 +42,7 @@ def _timed_help(script: str) -> tuple[int, float, float]:
 
 
 @pytest.mark.parametrize("script", ["eval.py", "train.py", "sweep.py", "semcorr.cli.match",
-                                    "semcorr.cli.features"])
+                                    "semcorr.cli.features", "semcorr.cli.compare"])
 def test_help_answers_in_under_two_seconds(script):
     """Under 2 s of wall time on an idle machine. On a shared, loaded one (this project's test
     machines run at load averages of 4-12 on 2 cores) the wall time is stretched by the others'
@@ -56,7 +56,7 @@ def test_help_answers_in_under_two_seconds(script):
     assert wall < 2.0 * max(1.0, load), f"{script} --help took {wall:.2f} s (load per core {load:.1f})"
 
 
-@pytest.mark.parametrize("module", ["eval", "train", "match", "sweep", "features"])
+@pytest.mark.parametrize("module", ["eval", "train", "match", "sweep", "features", "compare"])
 def test_help_imports_neither_torch_nor_lightning(module):
     code = (f"import sys\nfrom semcorr.cli.{module} import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"

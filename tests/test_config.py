@@ -64,9 +64,12 @@ def test_every_experiment_file_builds_and_the_command_line_wins():
     for name in names:
         cfg = load_config([f"experiment={name}"])
         assert cfg.experiment == name and cfg.backbone.name == "dinov2_vitb14"
-        assert (cfg.data.image_size, cfg.data.resize) == (840, "longer_side_pad")
-        if name.startswith("paper_"):  # the zero-shot paper settings
+        if name.startswith("paper_"):  # the zero-shot paper settings, on GeoAware-SC's canvas
             assert cfg.matcher.kind == "gwot" and cfg.backbone.norm is False
+            assert (cfg.data.image_size, cfg.data.resize) == (840, "centre_canvas")
+            assert cfg.pose_align.enabled == name.endswith("pose_align")  # never on by default
+        else:
+            assert (cfg.data.image_size, cfg.data.resize) == (840, "longer_side_pad")
     cfg = load_config(["data.image_size=448", "experiment=paper_spair", "matcher.lam_sym=0.3"])
     assert cfg.data.image_size == 448 and cfg.matcher.lam_sym == 0.3 and cfg.matcher.lam_gw == 0.1
     assert load_config(["experiment=paper_tss"]).metric.alphas == [0.05]
@@ -90,7 +93,7 @@ def test_bad_experiment_files_fail_in_one_line(tmp_path):
 @pytest.mark.parametrize("tokens,message", [
     (["data.image_size=0"], "data.image_size must be an integer >= 1, got 0"),
     (["data.batch_size=0"], "data.batch_size must be an integer >= 1"),
-    (["data.resize=crop"], "data.resize must be one of square, longer_side_pad, longer_side"),
+    (["data.resize=crop"], "data.resize must be one of square, longer_side_pad, longer_side, centre_canvas"),
     (["data.augment.hflip_p=2"], "data.augment.hflip_p must be a number >= 0 and <= 1, got 2"),
     (["data=tss", "data.query_stride=0"], "data.query_stride must be an integer >= 1"),
     (["metric.alphas=[0.1,-1]"], "metric.alphas must be a non-empty list of numbers > 0 and <= 1"),

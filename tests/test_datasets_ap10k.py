@@ -161,6 +161,13 @@ def test_visibility_symmetry_boxes_and_colours(ap10k_root):
     s = ds[index]
     assert s["kps_valid"].tolist() == [k < 3 for k in range(17)]
     assert s["sym_pairs"].tolist() == [[0, 1]]  # of the ap10k pairs only (0, 1) is valid in both
+    # left/right keys from all 17 keypoints of each image (image 5 shows all, image 6 only 0, 1, 2)
+    assert s["kps_has_sym"].tolist() == [k not in (2, 3, 4) for k in range(17)]
+    assert s["src_sym_vis"].tolist() == s["kps_has_sym"].tolist()
+    assert s["trg_sym_vis"].tolist() == [k in (0, 1) for k in range(17)]
+    assert s["trg_sym_kps"][0].tolist() == ds.load_pair(index)["trg_kps"][1].tolist()
+    assert not s["trg_group_vis"].any()  # no geometry-aware group has two members in image 6
+    assert s["src_group_vis"].tolist() == [k >= 5 for k in range(17)]
     assert s["trg_bbox"].tolist() == [2.0, 3.0, 2.0 + 50 + 6 % 5, 43.0]  # COCO [x, y, w, h]
     pair = ds.load_pair(index)
     assert_on_colours(pair["src_img"], pair["src_kps"], pair["kps_valid"], tol=0.25)

@@ -67,3 +67,17 @@ def test_errors_name_the_file(folder_root):
         _dataset(folder_root, "data.pairs=bad.json")
     with pytest.raises(FileNotFoundError, match="nothere.json"):
         _dataset(folder_root, "data.pairs=nothere.json")
+
+
+def test_symmetry_list_gives_left_right_keys(folder_root):
+    assert "trg_sym_vis" not in _dataset(folder_root)[0]  # no data.symmetry: no left/right
+    ds = _dataset(folder_root, "data.symmetry=[[0,1]]", "data.geo_groups=[[0,1,2]]")
+    s = ds[0]  # a.jpg -> sub/b.png, keypoint 1 null in the target
+    assert s["kps_has_sym"].tolist() == [True, True, False]
+    assert s["trg_sym_vis"].tolist() == [False, True, False] and s["src_sym_vis"].tolist() == [True, True, False]
+    assert s["trg_sym_kps"][1].tolist() == list(map(float, B[0]))
+    assert s["trg_group_vis"].tolist() == [True, True, True]  # 0 and 2 are visible in the target
+    from semcorr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.symmetry must hold pairs \[a, b\]"):
+        _dataset(folder_root, "data.symmetry=[[0,1,2]]")

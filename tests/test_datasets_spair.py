@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,22 @@ IMAGES = {
     "cat/2008_000002.jpg": (64, 64, {0: (12, 10), 1: (40, 14), 2: (6, 30), 3: (44, 44), 4: (60, 60)}),
     "dog/2009_000003.jpg": (48, 72, {0: (5, 5), 1: (20, 20), 2: (60, 40)}),
 }
+
+
+def _segmentation(h, w, box, other=None):
+    """(h, w) uint8 labels: 0 background, 8 (the VOC id of cat) inside ``box`` (x1, y1, x2, y2),
+    15 (person) inside ``other``: another object that is not the cat."""
+    labels = np.zeros((h, w), dtype=np.uint8)
+    x1, y1, x2, y2 = box
+    labels[y1:y2 + 1, x1:x2 + 1] = 8
+    if other is not None:
+        x1, y1, x2, y2 = other
+        labels[y1:y2 + 1, x1:x2 + 1] = 15
+    return labels
+
+
+SEGMENTATION = {"cat/2008_000001.jpg": _segmentation(60, 80, (5, 8, 55, 45), other=(60, 40, 79, 59)),
+                "cat/2008_000002.jpg": _segmentation(64, 64, (4, 6, 62, 62))}
 
 
 def _pair(name, src, trg, category, ids, flags, trg_box=None, null_kp=None):
@@ -42,6 +59,8 @@ def spair_root(tmp_path: Path) -> Path:
     for i, (rel, (h, w, kps)) in enumerate(IMAGES.items()):
         kp_list = [kps.get(k) for k in range(max(kps) + 1)]
         save(tmp_path / "JPEGImages" / rel, painted(h, w, kp_list, seed=i), mode="L" if i == 2 else None)
+    for rel, labels in SEGMENTATION.items():  # the cats have segmentations, the dog has none
+        save((tmp_path / "Segmentation" / rel).with_suffix(".png"), labels)
     flags0 = dict(viewpoint_variation=0, scale_variation=0, truncation=0, occlusion=0)
     flags1 = dict(viewpoint_variation=2, scale_variation=1, truncation=1, occlusion=0)
     pairs = [
@@ -165,3 +184,60 @@ def test_cats_protocol_scores_the_source_box_in_a_256_frame(spair_root, tmp_path
     assert first["src_id"] == "cat/2008_000002.jpg" and first["trg_id"] == "cat/2008_000001.jpg"
     assert first["trg_bbox"] == [2, 2, 75, 55]
     assert first["threshold"] == pytest.approx(max(73 * 256 / 80, 53 * 256 / 60))
+
+
+def _image_annotations(root: Path) -> None:
+    """The released ``ImageAnnotation/<category>/<name>.json`` of the fixture's images: every
+    keypoint visible in the image (``kps``: id -> [x, y] or null)."""
+    for rel, (_, _, kps) in IMAGES.items():
+        path = root / "ImageAnnotation" / Path(rel).with_suffix(".json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"kps": {str(i): list(kps[i]) if i in kps else None for i in range(15)}}))
+
+
+def test_left_right_keys_from_image_annotations(spair_root, tmp_path, caplog):
+    assert "trg_sym_vis" not in _dataset(spair_root)[0]  # no ImageAnnotation: no left/right
+    assert "no left/right diagnostics" in caplog.text
+    _image_annotations(spair_root)
+    ds = _dataset(spair_root)
+    s = ds[1]  # cat 2008_000002 -> 2008_000001, ids 0..3, keypoint 1 null in the pair file
+    assert s["kps_valid"].tolist() == [True, False, True, True]
+    # keypoint 0's counterpart 1 is visible in the target image, though not in the pair's list
+    assert s["trg_sym_vis"].tolist() == [True, True, True, True]
+    assert s["trg_sym_kps"][0].tolist() == [30.0, 12.0] and s["src_sym_kps"][0].tolist() == [40.0, 14.0]
+    # cat's geometry-aware groups: [2, 3] and [9, 10, 11, 12]
+    assert s["trg_group_vis"].tolist() == [False, False, True, True]
+    from semcorr.cli.eval import main as eval_main
+    from semcorr.run_data import load_run
+    from semcorr.metrics.left_right import left_right_summary
+
+    for proto in ("hpf", "cats"):
+        out = tmp_path / proto
+        assert eval_main(["data=spair", f"data.root={spair_root}", "data.image_size=64", "backbone=dsift",
+                          *QUIET, f"metric.protocol={proto}", f"out_dir={out}"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        lr = metrics["left_right"]
+        assert lr["n"] == metrics["n_keypoints"] == 10
+        # pair 0: all four n11; pair 1 as above: 0, 2, 3 n11; dog (an image with itself, ids 0, 1,
+        # 2 visible): 0, 1 n11, 2 n10 (its counterpart 3 is not visible); the same both ways
+        assert (lr["n11"]["count"], lr["n10"]["count"], lr["n1x"]["count"]) == (9, 1, 0)
+        run = load_run(out)
+        assert left_right_summary(run.left_right, run.category, run.alphas, run.protocol) == lr
+
+
+def test_foreground_masks_from_segmentation_else_the_box(spair_root):
+    """Pose-Align's masks: the Segmentation/ file's pixels of the category's VOC id where the
+    image has one (not the other object's), else the annotated box; in the network frame."""
+    ds = _dataset(spair_root)
+    assert "src_mask" not in ds[0]
+    ds.serve_masks = "auto"
+    seg = ds.foreground("cat/2008_000001.jpg", torch.tensor([2.0, 2, 75, 55]), (60, 80))
+    assert torch.equal(seg, torch.from_numpy(SEGMENTATION["cat/2008_000001.jpg"] == 8))
+    dog = ds.foreground("dog/2009_000003.jpg", torch.tensor([3.0, 4, 62, 40]), (48, 72))
+    assert dog.sum() == (62 - 3 + 1) * (40 - 4 + 1) and dog[4, 3] and not dog[3, 3] and not dog[4, 63]
+    s = ds[0]
+    assert s["src_mask"].shape == (64, 64) and s["src_mask"].dtype == torch.bool
+    assert 0 < int(s["src_mask"].sum()) < 64 * 64 and 0 < int(s["trg_mask"].sum())
+    ds.serve_masks = "box"
+    box = ds.foreground("cat/2008_000001.jpg", torch.tensor([2.0, 2, 75, 55]), (60, 80))
+    assert int(box.sum()) == 74 * 54

@@ -680,6 +680,7 @@ def test_bad_pairs_are_left_out_counted_and_empty_pairs_reported(tmp_path, caplo
             "1:a.png->b.png") in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_pairs"] == 1 and metrics["n_keypoints"] == 3
+    assert metrics["pairs_subset"] == {"bad_pairs_left_out": 2}  # the table says so too (issue 21)
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["pair_id"] for r in rows] == ["0:a.png->b.png", "1:a.png->b.png"]
 

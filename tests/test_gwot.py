@@ -68,8 +68,9 @@ def test_inplace_chunked_path_equals_autograd_path(chunk, marginal, monkeypatch)
         assert torch.allclose(fast.log_plan[fin], ref.log_plan.detach()[fin], rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("marginal,scale", [("unbalanced", "fraction"), ("balanced", "fraction"),
-                                            ("unbalanced", "grid"), ("unbalanced", "raw")])
+@pytest.mark.parametrize("marginal,scale", [("unbalanced", "asot"), ("unbalanced", "fraction"),
+                                            ("balanced", "fraction"), ("unbalanced", "grid"),
+                                            ("unbalanced", "raw")])
 def test_equals_dense_reference(marginal, scale):
     cost = _cost()
     sv, tv = _masks()
@@ -289,11 +290,12 @@ def _torn_plan(grid, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("grid", [(12, 12), (30, 30)])
-def test_fraction_scale_means_the_torn_neighbourhood_fraction(grid):
+@pytest.mark.parametrize("grid,scale,weight", [((12, 12), "fraction", 1.0), ((30, 30), "fraction", 1.0),
+                                               ((12, 12), "asot", 2.0), ((30, 30), "asot", 2.0)])
+def test_scale_means_the_torn_neighbourhood_fraction(grid, scale, weight):
     """Under scale=fraction the GW gradient at (i, j(i)) is lam_gw times the fraction of i's
-    delta_min-neighbourhood that lands beyond delta_max of j(i): for a torn plan about lam_gw,
-    whatever the grid size."""
+    delta_min-neighbourhood that lands beyond delta_max of j(i), under scale=asot twice that
+    (ASOT's filter gives (C_v p)_i = 2): for a torn plan about weight * lam_gw, whatever the grid."""
     from semcorr.matchers.gridfilter import disc_size
     from semcorr.matchers.gwot.options import GWOTOptions
     from semcorr.matchers.gwot.solver import scale_coefficients
@@ -301,7 +303,7 @@ def test_fraction_scale_means_the_torn_neighbourhood_fraction(grid):
 
     t, perm = _torn_plan(grid)
     n = t.shape[1]
-    opts = GWOTOptions(lam_gw=0.2, scale="fraction")
+    opts = GWOTOptions(lam_gw=0.2, scale=scale)
     c_gw, _ = scale_coefficients(opts, torch.tensor([float(n)], dtype=torch.float64),
                                  torch.tensor([0.2], dtype=torch.float64), torch.zeros(1))
     p = torch.full((1, n), 1.0 / n, dtype=torch.float64)
@@ -315,7 +317,22 @@ def test_fraction_scale_means_the_torn_neighbourhood_fraction(grid):
     size = disc_size(3.0, strict=True)
     expected = [sum(int(d2(perm[k], perm[i]) > 25) for k in range(n) if d2(k, i) < 9) / size
                 for i in interior]
-    assert torch.allclose(values, 0.2 * torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(values, weight * 0.2 * torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+def test_asot_filter_normalisation():
+    """ASOT's band filter (src/asot.py, construct_Cv_filter: weight 1/r on the 2 floor(rN) frames
+    around a frame, its centre excluded, zero padding at the ends) applied to rows of mass 1/N
+    gives 2 in the interior (exactly when rN is an integer), fewer at the ends: the factor
+    scale=asot puts on the neighbourhood fraction."""
+    n, r = 100, 0.04
+    reach = int(n * r)
+    weights = torch.full((2 * reach + 1,), 1 / r, dtype=torch.float64)
+    weights[reach] = 0
+    p = torch.full((1, 1, n), 1 / n, dtype=torch.float64)
+    cv_p = torch.nn.functional.conv1d(p, weights.view(1, 1, -1), padding="same")[0, 0]
+    assert torch.allclose(cv_p[reach:-reach], torch.full((n - 2 * reach,), 2.0, dtype=torch.float64))
+    assert float(cv_p[0]) == pytest.approx(1.0)  # one side only at the ends
 
 
 def _left_right_ambiguous(tilt: float):
@@ -335,10 +352,11 @@ def _left_right_ambiguous(tilt: float):
     return FeatureMap(src, 14), FeatureMap(trg, 14), torch.tensor([[[a, b]]]), (a, b), (4 * w + 2, 4 * w + 7)
 
 
-@pytest.mark.parametrize("scale", ["fraction", "grid"])
+@pytest.mark.parametrize("scale", ["asot", "fraction", "grid"])
 def test_spair_symmetry_weight_decides_the_side(scale):
-    """gwot_spair's lam_sym = 0.1 sends the left keypoint to the left candidate under the fraction
-    scale; under the earlier grid scale the same weight cannot move it off appearance's choice."""
+    """gwot_spair's lam_sym = 0.1 sends the left keypoint to the left candidate under the asot and
+    fraction scales; under the earlier grid scale the same weight cannot move it off appearance's
+    choice."""
     from semcorr.config import load_config
     from semcorr.matchers import build_matcher
 
@@ -350,7 +368,7 @@ def test_spair_symmetry_weight_decides_the_side(scale):
         scores = build_matcher(cfg)(src, trg, sym_pairs=pairs).scores[0]
         sides[lam_sym] = (int(scores[a].argmax()), int(scores[b].argmax()))
     assert sides[0.0] == (right, left)  # appearance alone swaps the pair
-    if scale == "fraction":
+    if scale in ("asot", "fraction"):
         assert sides[0.1] == (left, right)  # the symmetry term restores the left/right order
     else:
         assert sides[0.1] == (right, left)  # too weak to matter: the reason for the new scale

@@ -159,3 +159,4 @@ def test_every_sweep_file_builds():
         spec = load_sweep(path)
         for cell in grid_runs(spec):
             load_config([*spec.base, *(f"{k}={v}" for k, v in cell.items())])
+        assert set(spec.labels) <= {run_name(cell) for cell in grid_runs(spec)}, path.name

@@ -116,11 +116,32 @@ def build_net(cfg: DictConfig, training: bool = False) -> CorrespondenceNet:
     trainable = any(p.requires_grad for p in backbone.parameters())
     transfer = OmegaConf.to_object(cfg.matcher.transfer)
     assert isinstance(transfer, TransferConfig)
-    net = CorrespondenceNet(backbone, matcher, head=head, transfer=transfer,
-                            stores=feature_stores(cfg, trainable, training))
+    parts = dict(head=head, transfer=transfer, stores=feature_stores(cfg, trainable, training))
+    if cfg.pose_align.enabled:
+        net = pose_aligned_net(cfg, backbone, matcher, parts)
+    else:
+        net = CorrespondenceNet(backbone, matcher, **parts)
     if cfg.ckpt and not training:
         load_weights(net, cfg.ckpt)
     return net
+
+
+def pose_aligned_net(cfg: DictConfig, backbone, matcher, parts: Dict[str, Any]) -> CorrespondenceNet:
+    """The net with Pose-Align (``pose_align.enabled``, :mod:`semcorr.pose_align`): the dataset's
+    left/right table (the packaged symmetry table under ``data.kind``), keypoints mirrored about the
+    canvas for a centred canvas (GeoAware-SC), about the content box otherwise."""
+    from semcorr.data.resize import CENTRED
+    from semcorr.data.symmetry import load_symmetry
+    from semcorr.pose_align import PoseAlignedNet
+
+    symmetry, kind = load_symmetry(), cfg.data.kind
+    if symmetry.table.get(kind) is None:
+        raise ConfigError(f"pose_align needs left/right keypoint labels; data={cfg.data.name} "
+                          f"(kind {kind}) has none (SPair-71k and AP-10K have)")
+    options = OmegaConf.to_object(cfg.pose_align)
+    return PoseAlignedNet(backbone, matcher, options=options,
+                          partner=lambda category: symmetry.partner(kind, category),
+                          mirror="canvas" if cfg.data.resize in CENTRED else "content", **parts)
 
 
 def build_run(cfg: DictConfig, stage: str = "test") -> Run:
@@ -137,6 +158,9 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     training = stage == "fit"
+    if cfg.pose_align.enabled and stage != "test":
+        raise ConfigError("pose_align is a test-time rule that uses ground-truth left/right labels: "
+                          "evaluate with eval.py (it cannot train or match unlabelled images)")
     net = build_net(cfg, training)
     loss = _built(f"loss={cfg.loss.name}", lambda: build_loss(cfg.loss)) if training else None
     if training and loss is None:
@@ -169,6 +193,8 @@ def build_run(cfg: DictConfig, stage: str = "test") -> Run:
     if dataset is not None:  # target -> source protocols serve every pair swapped
         dataset.set_direction(protocol.direction)
         dataset.check_protocol(protocol)  # a threshold L > 0 for every scored pair
+        if cfg.pose_align.enabled and cfg.pose_align.score == "mask":
+            dataset.serve_masks = cfg.pose_align.masks
     metric = PCK(list(cfg.metric.alphas), protocol,
                  categories=dataset.categories if dataset is not None else ("all",))
     optim = OmegaConf.to_object(cfg.optim) if training else None

@@ -35,6 +35,7 @@ from semcorr.atomic import write_text
 from semcorr.distributed import launch_out_dir
 from semcorr.checks import number, numbers, one_of
 from semcorr.errors import ConfigError
+from semcorr.pose_align_config import PoseAlignConfig
 from semcorr.registry import GROUPS, schemas
 
 CONFIG_DIR_ENV = "SEMCORR_CONFIG_DIR"
@@ -63,11 +64,15 @@ class MetricConfig:
     threshold_by: Optional[str] = None  # bbox | bbox_kp | image
     average: Optional[str] = None  # per_image | per_keypoint
     strict: Optional[bool] = None  # true: error < alpha * L; every packaged protocol: <=
+    bootstrap: int = 1000  # resamples for pck_ci95 (semcorr.metrics.bootstrap); 0: none
+    bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
         from semcorr.metrics.protocol import AVERAGES, THRESHOLD_BY  # deferred (torch)
 
         numbers(self, "alphas", gt=0, le=1)
+        number(self, "bootstrap", ge=0, integer=True)
+        number(self, "bootstrap_seed", ge=0, integer=True)
         one_of(self, "threshold_by", THRESHOLD_BY, none_ok=True)
         one_of(self, "average", AVERAGES, none_ok=True)
 
@@ -97,6 +102,7 @@ class PlotsConfig:
     max_points: int = 50  # matches drawn per pair (evenly spaced), so dense queries stay cheap
     alpha: float = 0.1  # correct / wrong colouring of keypoints.png
     curve_max_alpha: float = 0.2  # pck_curve.png and metrics.json "pck_curve": alpha in [0, this]
+    category_curves: bool = True  # pck_curve_per_category.png: one panel per category
     dense_warp: bool = True  # dense_warp.png: target warped into the source frame
     warp_compare: List[str] = field(default_factory=list)  # more matcher files in dense_warp.png
     # pca.png: the kept pairs' features as RGB (first 3 principal components, fitted jointly on
@@ -221,6 +227,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    pose_align: PoseAlignConfig = field(default_factory=PoseAlignConfig)  # test time; uses GT labels
     out_dir: Optional[str] = None  # None: runs/<timestamp>-<random> (one folder per launch, all ranks)
     seed: int = 0
     ckpt: Optional[str] = None

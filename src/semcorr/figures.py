@@ -15,13 +15,16 @@ from semcorr.viz import (pair_thumbnail, plot_dense_warp_rows, plot_pca_rows, pl
 
 
 def write_eval_figures(report, read_image, out_dir: Union[str, Path], plots, protocol: Protocol,
-                       curve: Optional[Mapping[str, Any]] = None, method: str = "") -> Dict[str, Path]:
+                       curve: Optional[Mapping[str, Any]] = None, method: str = "",
+                       category_curves: Optional[Mapping[str, Any]] = None) -> Dict[str, Path]:
     """The figures of an evaluation run, written into ``out_dir`` (keys are W&B image keys):
     ``keypoints`` (the ``report``'s kept pairs, correct/wrong at ``plots.alpha``, at most
     ``plots.max_points`` matches per pair), ``pck_curve`` (``curve`` from
-    :func:`semcorr.metrics.curve_entry`, all pairs), ``dense_warp`` (the kept pairs' panels:
-    the run's matcher and those in ``plots.warp_compare``) and ``pca`` (the kept pairs' PCA
-    feature maps, ``plots.pca``)."""
+    :func:`semcorr.metrics.curve_entry`, all pairs), ``pck_curve_per_category`` (with
+    ``plots.category_curves``: ``category_curves``, the ``metrics.json`` entry of
+    :func:`semcorr.eval_stats.evaluation_statistics`), ``dense_warp`` (the kept pairs'
+    panels: the run's matcher and those in ``plots.warp_compare``) and ``pca`` (the kept
+    pairs' PCA feature maps, ``plots.pca``)."""
     out_dir = Path(out_dir)
     written: Dict[str, Path] = {}
     path = plot_predictions(report.records, read_image, out_dir / "keypoints.png",
@@ -34,6 +37,14 @@ def write_eval_figures(report, read_image, out_dir: Union[str, Path], plots, pro
             title=f"PCK vs alpha ({curve['n_pairs']} pair{'s' if curve['n_pairs'] != 1 else ''}, "
                   f"{curve['average']}, "
                   f"L by {protocol.threshold_by})")
+    if category_curves and plots.category_curves:
+        from semcorr.viz_stats import plot_category_curves
+
+        per_cat = {"all": curve["pck"], **category_curves["pck"]} if curve else category_curves["pck"]
+        written["pck_curve_per_category"] = plot_category_curves(
+            {method or "this run": (category_curves["alphas"], per_cat)},
+            out_dir / "pck_curve_per_category.png",
+            title=f"PCK vs alpha per category ({category_curves['average']}, L by {protocol.threshold_by})")
     panels = report.panels
     if plots.dense_warp and panels:
         path = plot_dense_warp_rows(panels, out_dir / "dense_warp.png")

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from semcorr.backbones.base import cell_centers
+from semcorr.backbones.base import cell_centers, valid_cells
 from semcorr.data.base import read_mask
 from semcorr.data.resize import resize_image, to_original
 from semcorr.errors import DataError, InputError
@@ -78,10 +78,10 @@ def dense_points(src_img: torch.Tensor, stride: int, image_size: int, resize: st
     mask file is read, in the original frame."""
     h, w = src_img.shape[-2:]
     oh, ow = (int(v) for v in (original_hw or (h, w)))
-    net, frame, content = resize_image(src_img, image_size, resize, stride)
+    net, frame, content, top_left = resize_image(src_img, image_size, resize, stride)
     grid = (net.shape[-2] // stride, net.shape[-1] // stride)
     centres = cell_centers(grid, stride)
-    inside = (centres[:, 0] < content[1]) & (centres[:, 1] < content[0])
+    inside = valid_cells(content[None], grid, stride, top_left[None]).reshape(-1)
     points = to_original(centres[inside], frame)
     points[:, 0].clamp_(0, w - 1)
     points[:, 1].clamp_(0, h - 1)

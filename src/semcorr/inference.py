@@ -75,8 +75,8 @@ def pair_batch(src_img: torch.Tensor, trg_img: torch.Tensor, src_points: torch.T
     caches' key) are computed here, once, from the network-frame images on the host.
     """
     sizes = sizes or (src_img.shape[-2:], trg_img.shape[-2:])
-    src_net, src_frame, src_hw = resize_image(src_img, image_size, resize, stride)
-    trg_net, trg_frame, trg_hw = resize_image(trg_img, image_size, resize, stride)
+    src_net, src_frame, src_hw, src_yx = resize_image(src_img, image_size, resize, stride)
+    trg_net, trg_frame, trg_hw, trg_yx = resize_image(trg_img, image_size, resize, stride)
     src_frame[:2] /= factors[0]  # original -> reduced (1 / k) -> network
     trg_frame[:2] /= factors[1]
     return {
@@ -85,6 +85,7 @@ def pair_batch(src_img: torch.Tensor, trg_img: torch.Tensor, src_points: torch.T
         "kps_valid": torch.ones(1, len(src_points), dtype=torch.bool),
         "src_frame": src_frame[None], "trg_frame": trg_frame[None],
         "src_content_hw": src_hw[None], "trg_content_hw": trg_hw[None],
+        "src_content_yx": src_yx[None], "trg_content_yx": trg_yx[None],
         "src_imsize": torch.tensor([[int(v) for v in sizes[0]]]),
         "trg_imsize": torch.tensor([[int(v) for v in sizes[1]]]),
         "src_id": [names[0]], "trg_id": [names[1]],

@@ -163,9 +163,10 @@ class CorrespondenceNet(nn.Module):
 
         Args:
             batch: ``src_img``, ``trg_img`` (B, 3, H, W) network-frame images, ``src_content_hw``,
-                ``trg_content_hw`` (B, 2); optional ``src_id`` / ``trg_id`` (feature caches and
-                in-batch deduplication key on the pixels, ids only name them; a backbone that
-                ``needs_ids``, e.g. ``precomputed``, reads its features by them) and
+                ``trg_content_hw`` (B, 2), optional ``src_content_yx`` / ``trg_content_yx``
+                (B, 2) (content not at the top-left); optional ``src_id`` / ``trg_id`` (feature
+                caches and in-batch deduplication key on the pixels, ids only name them; a backbone
+                that ``needs_ids``, e.g. ``precomputed``, reads its features by them) and
                 ``src_digest`` / ``trg_digest`` (the pixels' digests from the data workers; hashed
                 here otherwise, only when a cache is used).
             use_cache: read and fill the feature caches.
@@ -175,8 +176,9 @@ class CorrespondenceNet(nn.Module):
                                                batch.get("src_digest")), k)
         trg = upsample_features(self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache,
                                                batch.get("trg_digest")), k)
-        src.valid = valid_cells(batch["src_content_hw"], src.grid, src.stride)
-        trg.valid = valid_cells(batch["trg_content_hw"], trg.grid, trg.stride)
+        for fmap, side in ((src, "src"), (trg, "trg")):
+            fmap.valid = valid_cells(batch[f"{side}_content_hw"], fmap.grid, fmap.stride,
+                                     batch.get(f"{side}_content_yx"))
         return src, trg
 
     def match(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap) -> MatchOutput:

@@ -27,6 +27,10 @@ trg_imsize       [h, w] of the target image; trg_bbox [x1, y1, x2, y2] or null
 n_queries,       only for a pair with more valid keypoints than ``predictions.max_points`` (dense
 kps_index        TSS flow): the per-keypoint lists hold that many valid queries, evenly spaced,
                  ``kps_index`` their positions in the full list of ``n_queries``
+lr_subset        only for data with a symmetry table (:mod:`semcorr.metrics.left_right`):
+                 ["n11" | "n10" | "n1x" | null, ...] each scored keypoint's subset (null: not scored)
+sym_trg_kps      [[x, y] | null, ...] the counterpart's target ground truth where it is visible there
+geo_aware        [bool, ...] geometry-aware keypoints (GeoAware-SC)
 ===============  =================================================================================
 
 Coordinates are written on the 0.0001-px grid that the PCK rule decides on
@@ -48,6 +52,7 @@ import torch
 
 from semcorr.atomic import atomic_open
 from semcorr.metrics.functional import pck_scores, summarize_pairs
+from semcorr.metrics.left_right import CODES
 from semcorr.metrics.protocol import Protocol
 
 
@@ -98,6 +103,14 @@ def prediction_row(record: Mapping[str, Any], max_points: Optional[int] = None) 
         "trg_imsize": [int(v) for v in record["trg_imsize"].tolist()],
         "trg_bbox": None if torch.isnan(box).any() else [float(v) for v in box.double().tolist()],
     })
+    if "lr_subset" in record:
+        names = {code: name for name, code in CODES.items()}
+        sym = record["sym_trg_kps"][keep].double()
+        row.update({
+            "lr_subset": [names.get(int(c)) for c in record["lr_subset"][keep].tolist()],
+            "sym_trg_kps": [None if bool(torch.isnan(p).any()) else p.tolist() for p in sym],
+            "geo_aware": record["geo_aware"][keep].tolist(),
+        })
     if len(keep) < valid.shape[0]:
         row["n_queries"] = int(valid.shape[0])
         row["kps_index"] = keep.tolist()

@@ -28,6 +28,7 @@ import torch
 from semcorr.distributed import gather_objects
 from semcorr.matchers.base import Matcher
 from semcorr.metrics.functional import KeypointScores, pck_curve_counts, quantize
+from semcorr.metrics.left_right import LeftRightCounts, evidence_from_batch, left_right_counts
 from semcorr.metrics.protocol import Protocol
 from semcorr.net import MatchOutput, StageClock, symmetric_cells
 from semcorr.pca import pca_panel
@@ -42,7 +43,10 @@ def pair_records(batch: Dict[str, Any], scores: KeypointScores) -> List[Dict[str
     scoring frame), ``dist_sq`` (K,) squared distance in that frame, ``norm_error`` (K,) = dist / L
     (NaN where not valid), ``correct`` (K, A) bool, ``alphas`` and ``strict`` (K: the pair's own
     keypoints, without the batch's padding). All on the CPU;
-    the PCK evidence is ``scores`` (:func:`semcorr.metrics.pck_scores`), not recomputed."""
+    the PCK evidence is ``scores`` (:func:`semcorr.metrics.pck_scores`), not recomputed.
+    A batch with left/right keys (:mod:`semcorr.data.left_right`) adds ``lr_subset`` (K,) int8
+    subset codes, ``sym_trg_kps`` (K, 2) and ``geo_aware`` (K,)
+    (:class:`semcorr.metrics.left_right.LeftRightEvidence`)."""
     src_kps = quantize(batch["src_kps_orig"]).cpu()
     pred, gt, valid = scores.pred.cpu(), scores.gt.cpu(), scores.valid.cpu()
     norm, correct, dist_sq = scores.norm_error.cpu(), scores.correct.cpu(), scores.dist_sq.cpu()
@@ -50,6 +54,7 @@ def pair_records(batch: Dict[str, Any], scores: KeypointScores) -> List[Dict[str
     box = scores.trg_bbox.cpu() if scores.trg_bbox is not None else quantize(batch["trg_bbox"]).cpu()
     imsize = batch["trg_imsize"].cpu()
     index, direction, counts = batch.get("index"), batch.get("direction"), batch.get("kps_count")
+    evidence = evidence_from_batch(batch, valid)
     records = []
     for b in range(valid.shape[0]):
         k = int(counts[b]) if counts is not None else valid.shape[1]
@@ -63,6 +68,9 @@ def pair_records(batch: Dict[str, Any], scores: KeypointScores) -> List[Dict[str
             "threshold": float(lengths[b]), "dist_sq": dist_sq[b, :k], "norm_error": norm[b, :k],
             "correct": correct[b, :k], "alphas": scores.alphas, "strict": scores.strict,
         })
+        if evidence is not None:
+            records[-1].update({"lr_subset": evidence.subset[b, :k], "sym_trg_kps": evidence.sym_gt[b, :k],
+                                "geo_aware": evidence.geo[b, :k]})
     return records
 
 
@@ -89,9 +97,11 @@ class EvalReport(L.Callback):
     """Collects, over one ``trainer.test``, in dataset order:
 
     - ``result``: the test metric's :meth:`~semcorr.metrics.PCK.compute` (all ranks);
-    - per pair (``entries``): ``curve`` (A',) correct keypoints at each alpha of ``curve_alphas``
-      and ``n_valid``; the ``predictions.jsonl`` ``row`` (when ``rows``); for the first ``keep``
-      pairs, their ``record`` (:func:`pair_records`, the keypoint figure), dense-warp
+    - per pair (``entries``): ``category``, ``curve`` (A',) correct keypoints at each alpha of
+      ``curve_alphas``, ``n_correct`` (A,) at the metric's alphas and ``n_valid``; ``left_right``
+      (:class:`~semcorr.metrics.left_right.LeftRightCounts` of the pair) when the data has
+      left/right keys; the ``predictions.jsonl`` ``row`` (when ``rows``); for the first ``keep``
+      pairs, their ``record`` (:func:`pair_records`, the keypoint figure) and dense-warp
       ``panel`` (:func:`warp_panel`, when ``dense_warp``) and PCA maps ``pca``
       (:func:`semcorr.pca.pca_panel` of the features the matcher saw, when ``pca``).
 
@@ -145,6 +155,22 @@ class EvalReport(L.Callback):
         """The first ``keep`` pairs' PCA feature maps."""
         return [e["pca"] for e in self.entries if "pca" in e][: self.keep]
 
+    def pair_counts(self) -> tuple[torch.Tensor, torch.Tensor, List[str]]:
+        """(N, A) correct counts at the metric's alphas, (N,) valid counts and the N categories
+        of every pair (the input of :mod:`semcorr.metrics.bootstrap`)."""
+        if not self.entries:
+            return torch.zeros(0, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), []
+        return (torch.stack([e["n_correct"] for e in self.entries]),
+                torch.tensor([e["n_valid"] for e in self.entries], dtype=torch.float64),
+                [e["category"] for e in self.entries])
+
+    def left_right(self) -> Optional[LeftRightCounts]:
+        """Every pair's left/right counts, None unless every pair has them."""
+        parts = [e.get("left_right") for e in self.entries]
+        if not parts or any(p is None for p in parts):
+            return None
+        return LeftRightCounts.cat(parts)
+
     def curve_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, A') correct counts at the curve's alphas and (N,) valid counts of every pair."""
         if not self.entries:
@@ -159,9 +185,16 @@ class EvalReport(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         scores: KeypointScores = outputs["pck"]
         curve = pck_curve_counts(scores, self.curve_alphas).cpu()
+        n_correct = scores.counts()[0].cpu()
+        evidence = evidence_from_batch(batch, scores.valid)
+        lr = None if evidence is None else left_right_counts(scores, evidence, pl_module.test_metric.protocol,
+                                                             batch["trg_imsize"])
         for b, record in enumerate(pair_records(batch, scores)):
-            entry: Dict[str, Any] = {"index": record["index"], "curve": curve[b],
+            entry: Dict[str, Any] = {"index": record["index"], "category": record["category"],
+                                     "curve": curve[b], "n_correct": n_correct[b],
                                      "n_valid": int(record["valid"].sum())}
+            if lr is not None:
+                entry["left_right"] = lr.select(torch.tensor([b]))
             if self.keep_rows:
                 entry["row"] = prediction_row(record, self.max_points)
             # this rank's first `keep` records hold the first `keep` of all ranks (see gathering)
@@ -178,6 +211,28 @@ class EvalReport(L.Callback):
         self.result = pl_module.test_metric.compute()  # cached: the module logs the same values
         shards = gather_objects(self.entries)
         self.entries = sorted((e for s in shards for e in s), key=lambda e: e["index"])
+
+
+class PoseAlignReport(L.Callback):
+    """Which pairs took Pose-Align's mirrored branch (``result.extras["pose_align"]`` of
+    :class:`~semcorr.pose_align.PoseAlignedNet`) during ``trainer.test``, gathered over ranks in
+    dataset order: ``entries`` = [(index, category, flipped)]."""
+
+    def __init__(self) -> None:
+        self.entries: List[tuple] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.entries = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        flipped = outputs["match"].result.extras["pose_align"]["flipped"].tolist()
+        index = batch.get("index")
+        for b, f in enumerate(flipped):
+            self.entries.append((int(index[b]) if index is not None else b, batch["category"][b], bool(f)))
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        shards = gather_objects(self.entries)
+        self.entries = sorted((e for s in shards for e in s), key=lambda e: e[0])
 
 
 class EvalTiming(L.Callback):

@@ -32,7 +32,8 @@ LOCK_NAME = ".semcorr.lock"
 # what a semcorr run leaves in its out_dir: files, then folders (removed by --overwrite)
 RESULT_FILES = ("config.yaml", "metrics.json", "predictions.jsonl", "train_summary.json",
                 "matches.json", "keypoints.png", "pck_curve.png", "dense_warp.png", "matches.png",
-                "sweep_result.json")
+                "sweep_result.json", "pck_curve_per_category.png",
+                "compare.md", "compare.json", "compare.png", "pck_curves_per_category.png", "pca.png")
 RESULT_FOLDERS = ("checkpoints", "val_matches", "csv")
 RESULTS = RESULT_FILES + RESULT_FOLDERS
 

@@ -54,7 +54,16 @@ def warp_match(batch: Mapping[str, Any], out: Any, scores: Optional[torch.Tensor
     scores = out.result.scores[index] if scores is None else scores
     sh, sw = (int(v) for v in batch["src_content_hw"][index])
     th, tw = (int(v) for v in batch["trg_content_hw"][index])
+    sy, sx = _top_left(batch, "src", index)
+    ty, tx = _top_left(batch, "trg", index)
     warped = warp_to_source(batch["trg_img"][index], scores, src.grid, src.stride, trg.grid,
                             trg.stride, tuple(batch["src_img"].shape[-2:]))
-    return (batch["src_img"][index, :, :sh, :sw].cpu(), batch["trg_img"][index, :, :th, :tw].cpu(),
-            warped[:, :sh, :sw].cpu())
+    return (batch["src_img"][index, :, sy:sy + sh, sx:sx + sw].cpu(),
+            batch["trg_img"][index, :, ty:ty + th, tx:tx + tw].cpu(),
+            warped[:, sy:sy + sh, sx:sx + sw].cpu())
+
+
+def _top_left(batch: Mapping[str, Any], side: str, index: int) -> Tuple[int, int]:
+    """Row and column of the content's top-left pixel (0, 0 when the batch does not say)."""
+    yx = batch.get(f"{side}_content_yx")
+    return (0, 0) if yx is None else (int(yx[index][0]), int(yx[index][1]))

@@ -79,7 +79,7 @@ def solve_gwot_dense(
     step_size=None,
     marginal: str = "unbalanced",
     sinkhorn_iters: int = 10,
-    scale: str = "fraction",
+    scale: str = "asot",
     ref_cells: int = 3600,
 ):
     """Dense reference; same arguments and results as ``solve_gwot`` (no grad modes, no tol).
@@ -102,11 +102,14 @@ def solve_gwot_dense(
     cp, cq = structure_matrices(src_grid, trg_grid, delta_min, delta_max, dt, dev)
     # The gradient is 2 lam_gw_eff C^p T C^q - lam_sym_eff G_s T S^T + ...: the scale conventions
     # of the solver (scale_coefficients), written out plainly.
-    if scale == "fraction":  # 2 lam_gw_eff = lam_gw n_s / |disc of radius delta_min, open|
+    if scale in ("fraction", "asot"):
+        # fraction: 2 lam_gw_eff = lam_gw n_s / |disc of radius delta_min, open|; asot: twice that
         r = int(abs(float(delta_min))) + 1
         offsets = torch.arange(-r, r + 1, dtype=dt)
         disc = int(((offsets[:, None] ** 2 + offsets[None, :] ** 2) < float(delta_min) ** 2).sum())
         gw_nu, sym_nu = n_s / (2 * max(disc, 1)), n_s
+        if scale == "asot":
+            gw_nu = 2 * gw_nu
     else:
         nu = n_s / ref_cells if scale == "grid" else torch.ones_like(n_s)
         gw_nu, sym_nu = nu, nu

@@ -74,19 +74,23 @@ class FeatureMap:
         return FeatureMap(features=features, stride=self.stride, valid=self.valid)
 
 
-def valid_cells(content_hw: torch.Tensor, grid: tuple[int, int], stride: float) -> torch.Tensor:
+def valid_cells(content_hw: torch.Tensor, grid: tuple[int, int], stride: float,
+                content_yx: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, h, w) mask of cells whose centre lies inside the image content.
 
     Args:
-        content_hw: (B, 2) height and width, in network-frame pixels, of the non-padded content
-            (the top-left of the network image; padding is added at the bottom and right).
+        content_hw: (B, 2) height and width, in network-frame pixels, of the non-padded content.
+        content_yx: (B, 2) row and column of the content's top-left pixel (None: (0, 0), the
+            content at the top-left and padding at the bottom and right).
     """
     h, w = grid
     dev = content_hw.device
     ys = torch.arange(h, device=dev) * stride + (stride - 1) / 2
     xs = torch.arange(w, device=dev) * stride + (stride - 1) / 2
-    in_y = ys[None, :] < content_hw[:, 0:1].to(ys.dtype)
-    in_x = xs[None, :] < content_hw[:, 1:2].to(xs.dtype)
+    top = torch.zeros_like(content_hw) if content_yx is None else content_yx.to(dev)
+    y0, x0 = top[:, 0:1].to(ys.dtype), top[:, 1:2].to(xs.dtype)
+    in_y = (ys[None, :] >= y0) & (ys[None, :] < y0 + content_hw[:, 0:1].to(ys.dtype))
+    in_x = (xs[None, :] >= x0) & (xs[None, :] < x0 + content_hw[:, 1:2].to(xs.dtype))
     return in_y[:, :, None] & in_x[:, None, :]
 
 

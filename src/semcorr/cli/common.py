@@ -315,12 +315,21 @@ def share_out_dir(cfg: DictConfig) -> Iterator[None]:
 
 
 def pck_table(result: Dict[str, Any], title: str) -> str:
-    """A plain-text table of overall and per-category PCK."""
+    """A plain-text table of overall and per-category PCK, with their intervals when ``result``
+    has them (``pck_ci95``, ``pck_per_category_ci95``: :mod:`semcorr.eval_stats`)."""
+    from semcorr.eval_stats import interval_legend, with_interval
+
     alphas = list(result["pck"].keys())
-    head = f"{'category':<20}" + "".join(f"{'PCK@' + a:>11}" for a in alphas)
+    cat_ci, all_ci = result.get("pck_per_category_ci95") or {}, result.get("pck_ci95") or {}
+    w = 24 if all_ci else 11
+
+    def cells(values: Dict[str, float], ci: Dict[str, Any]) -> str:
+        return "".join(f"{with_interval(values[a], ci.get(a)):>{w}}" for a in alphas)
+
+    head = f"{'category':<20}" + "".join(f"{'PCK@' + a:>{w}}" for a in alphas)
     lines = [title, head, "-" * len(head)]
     for cat, values in result["pck_per_category"].items():
-        lines.append(f"{cat:<20}" + "".join(f"{values[a]:>11.2f}" for a in alphas))
+        lines.append(f"{cat:<20}" + cells(values, cat_ci.get(cat) or {}))
     lines.append("-" * len(head))
-    lines.append(f"{'all':<20}" + "".join(f"{result['pck'][a]:>11.2f}" for a in alphas))
-    return "\n".join(lines)
+    lines.append(f"{'all':<20}" + cells(result["pck"], all_ci))
+    return "\n".join(lines + interval_legend(result))

@@ -45,9 +45,11 @@ def evaluate(argv: Sequence[str]) -> int:
     from semcorr.cli.loggers import finish_loggers, make_loggers
     from semcorr.config import group_config, save_config
     from semcorr.matchers import build_matcher
+    from semcorr.eval_stats import left_right_table
     from semcorr.metrics import alpha_grid
+    from semcorr.pose_align import LABEL
     from semcorr.progress import ConsoleProgress
-    from semcorr.report import EvalReport, EvalTiming
+    from semcorr.report import EvalReport, EvalTiming, PoseAlignReport
 
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = check_out_dir(cfg.out_dir)
@@ -61,11 +63,13 @@ def evaluate(argv: Sequence[str]) -> int:
                         dense_warp=plots.dense_warp, method=cfg.matcher.name, compare=compare,
                         pca=plots.pca)
     timing = EvalTiming()
+    pose = PoseAlignReport() if cfg.pose_align.enabled else None  # uses GT left/right labels
+    callbacks = [report, timing] + ([pose] if pose else [])
     loggers = make_loggers(cfg.logger, out_dir, config_dict(cfg), name=out_dir.name)
     progress = ([ConsoleProgress(f"evaluating {cfg.data.name} ({cfg.data.split})")]
                 if cfg.trainer.enable_progress_bar else [])
     trainer = L.Trainer(**trainer_kwargs(cfg, stage="test"), logger=loggers or False,
-                        callbacks=[report, timing, *progress], default_root_dir=str(out_dir),
+                        callbacks=[*callbacks, *progress], default_root_dir=str(out_dir),
                         enable_checkpointing=False)
     quiet_unless(trainer.is_global_zero)
     lock = None
@@ -79,7 +83,7 @@ def evaluate(argv: Sequence[str]) -> int:
     success = False
     try:
         with share_out_dir(cfg):
-            metrics = _evaluate(cfg, trainer, run, report, timing, loggers, out_dir)
+            metrics = _evaluate(cfg, trainer, run, report, timing, loggers, out_dir, pose)
         success = True
     except BaseException as err:
         signum = interrupting_signal(err)
@@ -93,8 +97,15 @@ def evaluate(argv: Sequence[str]) -> int:
             lock.release()
     if not trainer.is_global_zero:
         return 0
+    dagger = f"; Pose-Align: {LABEL}" if cfg.pose_align.enabled else ""
     sys.stdout.write(pck_table(metrics, f"{cfg.data.name} ({cfg.data.split}), {run.dataset.subset_note()}, "
-                                        f"protocol {run.protocol.summary()}") + "\n")
+                                        f"protocol {run.protocol.summary()}{dagger}") + "\n")
+    if pose is not None:
+        p = metrics["pose_align"]
+        sys.stdout.write(f"Pose-Align ({p['score']} score) {LABEL}: the mirrored source was kept for "
+                         f"{p['pairs_flipped']} of {p['pairs']} pairs\n")
+    if "left_right" in metrics:
+        sys.stdout.write(left_right_table(metrics["left_right"]) + "\n")
     sys.stdout.write(f"{metrics['timing']['seconds']:.1f} s, "
                      f"{rate(metrics['n_pairs'], metrics['timing']['seconds'])}; "
                      f"wrote {written(out_dir, loggers)}\n")
@@ -113,13 +124,16 @@ def written(out_dir: Path, loggers) -> str:
     return text
 
 
-def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers, out_dir: Path) -> dict:
+def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers, out_dir: Path,
+              pose: Optional[PoseAlignReport] = None) -> dict:
     """Test the run's model; return the metrics (all ranks). Rank 0 writes ``predictions.jsonl``,
     the figures, then ``metrics.json`` (last, atomically: it exists only for a run that finished)."""
     from semcorr.builder import config_dict
     from semcorr.cli.loggers import log_image, log_table, wandb_loggers
+    from semcorr.eval_stats import evaluation_statistics, logged_scalars, subset_note
     from semcorr.figures import prediction_table, write_eval_figures
     from semcorr.metrics import curve_entry
+    from semcorr.pose_align import pose_align_summary
     from semcorr.predictions import write_predictions
 
     dataset, proto = run.dataset, run.protocol
@@ -143,6 +157,8 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
         "pck_per_category": result["pck_per_category"],
         "pck_per_image": result["pck_per_image"],
         "pck_per_keypoint": result["pck_per_keypoint"],
+        "pose_align": ({"enabled": False} if pose is None else pose_align_summary(
+            cfg.pose_align, [e[2] for e in pose.entries], [e[1] for e in pose.entries])),
         "timing": {
             "seconds": seconds,
             "pairs_per_s": result["n_pairs"] / max(seconds, 1e-9),
@@ -156,6 +172,14 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
     metrics["pck_curve"] = curve_entry(*report.curve_counts(), report.curve_alphas, proto.average)
     if not trainer.is_global_zero:
         return metrics
+    subset = subset_note(dataset, cfg.trainer.limit_test_batches)
+    if subset:
+        metrics["pairs_subset"] = subset
+    metrics.update(evaluation_statistics(report, proto, cfg.metric.alphas, cfg.metric.bootstrap,
+                                         cfg.metric.bootstrap_seed))
+    scalars = logged_scalars(metrics)
+    for logger in loggers if scalars else ():
+        logger.log_metrics(scalars)
     if report.rows:
         write_predictions(report.rows, out_dir / "predictions.jsonl")
         if cfg.logger.table_pairs > 0 and wandb_loggers(loggers):  # thumbnails cost seconds
@@ -164,7 +188,8 @@ def _evaluate(cfg, trainer, run, report: EvalReport, timing: EvalTiming, loggers
                                              cfg.plots.max_points)
             log_table(loggers, "predictions", columns, data)
     figures = write_eval_figures(report, dataset.read_image, out_dir, cfg.plots, proto,
-                                 metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}")
+                                 metrics["pck_curve"], method=f"{cfg.backbone.name} + {cfg.matcher.name}",
+                                 category_curves=metrics.get("pck_curve_per_category"))
     for key, path in figures.items():
         log_image(loggers, key, path)
     write_json(out_dir / "metrics.json", metrics)

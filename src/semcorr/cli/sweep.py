@@ -79,6 +79,7 @@ a sweep file:
   eval_after: true               train mode: evaluate the best checkpoint on data.split
   launcher: []                   a command prefix per cell, e.g. [srun] in a SLURM allocation
   isolate: false                 every cell in its own process
+  labels: {}                     cell name -> a label for the summary's "row" column (optional)
 
 A re-started sweep resumes: finished grid cells are skipped (DIR/<cell>/sweep_result.json),
 failed or interrupted ones retried; a search continues its study until N trials have finished.
@@ -113,7 +114,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     spec = SweepSpec(**{"name": path.stem, **raw})
     for key, kind in (("name", str), ("description", str), ("mode", str), ("base", list),
                       ("grid", dict), ("space", dict), ("objective", str), ("seed", int),
-                      ("eval_after", bool), ("launcher", list), ("isolate", bool)):
+                      ("eval_after", bool), ("launcher", list), ("isolate", bool),
+                      ("labels", dict)):
         if not isinstance(getattr(spec, key), kind):
             raise ConfigError(f"{path}: {key} must be a {kind.__name__}, got "
                               f"{getattr(spec, key)!r}")
@@ -149,13 +151,15 @@ def write_summary(out_dir: Path, spec: SweepSpec, rows: List[Dict[str, Any]],
     the grid's)."""
     alphas = sorted({a for r in rows for a in (r.get("pck") or {})}, key=float)
     keys = list(spec.grid if keys is None else keys)
-    header = ["run", *keys, "status", *(f"pck@{a}" for a in alphas)]
+    labelled = ["row"] if spec.labels else []
+    header = [*labelled, "run", *keys, "status", *(f"pck@{a}" for a in alphas)]
     if spec.mode == "train":
         header += ["val_best", "steps"]
     header.append("seconds")
     table = []
     for r in rows:
-        line = [r["run"], *(r["overrides"].get(k, "") for k in keys), r["status"],
+        line = [*([spec.labels.get(r["run"], "")] if labelled else []), r["run"],
+                *(r["overrides"].get(k, "") for k in keys), r["status"],
                 *(_fmt(r.get("pck", {}).get(a)) for a in alphas)]
         if spec.mode == "train":
             line += [_fmt(r.get("val_best")), str(r.get("steps", ""))]

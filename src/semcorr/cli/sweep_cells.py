@@ -50,6 +50,7 @@ class SweepSpec:
     out_dir: Optional[str] = None
     launcher: List[str] = field(default_factory=list)  # a command prefix per cell, e.g. [srun]
     isolate: bool = False  # every cell in a process of its own
+    labels: Dict[str, str] = field(default_factory=dict)  # cell name -> the summary's "row" label
 
 
 def token_value(v: Any) -> str:

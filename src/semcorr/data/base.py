@@ -21,7 +21,7 @@ from semcorr.digest import image_digest
 from semcorr.stores import MemoryCache
 from semcorr.data.annotations import (box_problem, image_problem, keypoint_problem,
                                       shape_problem, threshold_problem)
-from semcorr.data.resize import RESIZE_MODES, resize_image, to_network
+from semcorr.data.resize import RESIZE_MODES, resize_image, resize_mask, to_network
 from semcorr.data.schema import swap_sides
 from semcorr.data.transforms import AugmentConfig
 
@@ -71,7 +71,7 @@ class DataConfig(GroupConfig):
     root: Optional[str] = None
     split: str = "test"
     image_size: int = 224
-    resize: str = "longer_side_pad"  # square | longer_side_pad | longer_side
+    resize: str = "longer_side_pad"  # square | longer_side_pad | longer_side | centre_canvas
     batch_size: int = 8
     num_workers: int = 0
     max_pairs: Optional[int] = None
@@ -121,6 +121,8 @@ class PairRecord:
     trg_bbox: Optional[Sequence[float]] = None
     sym_pairs: Optional[np.ndarray] = None  # (S, 2) indices into the K keypoints
     pair_id: Optional[str] = None
+    # left/right diagnostics (semcorr.data.left_right.left_right_fields); None: not known
+    left_right: Optional[Dict[str, np.ndarray]] = None
     meta: Dict[str, Any] = field(default_factory=dict)
     annotation: Optional[str] = None  # the file (and row) the annotation was read from
 
@@ -236,6 +238,17 @@ def load_image_reduced(path: str | Path, keep: int) -> Tuple[torch.Tensor, int, 
     return image, factor, (size[1], size[0])
 
 
+def read_label_image(path: str | Path) -> np.ndarray:
+    """(h, w) int64 label values of a mask file: palette indices of a palette PNG, grey values of
+    a grey one, the luminance of a colour one."""
+    def labels(im: Image.Image) -> np.ndarray:
+        if im.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+            im = im.convert("L")
+        return np.asarray(im).astype(np.int64)
+
+    return _decode(path, "segmentation", labels)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A foreground mask file as (h, w) bool: grey values above half the file's maximum (so 0/1,
     0/255 and 16-bit masks all work; an all-zero mask is all background)."""
@@ -293,6 +306,9 @@ class PairDataset(Dataset):
         self.image_digests = True
         self.annotation_source = ""  # where a record without its own ``annotation`` comes from
         self._sizes: Dict[str, Tuple[int, int]] = {}
+        # foreground masks in the samples (src_mask, trg_mask): None (none), "auto" (the dataset's
+        # segmentation where it has one, else the box) or "box"; set for Pose-Align's mask score
+        self.serve_masks: Optional[str] = None
         # set by finalize when data.max_pairs left pairs out: {"pairs", "of", "how", "seed"}
         self.subset: Optional[Dict[str, Any]] = None
 
@@ -406,6 +422,7 @@ class PairDataset(Dataset):
 
     def _report(self, kept: List[PairRecord], skipped: List[str]) -> None:
         name = self.dataset_name
+        self.bad_pairs_left_out = getattr(self, "bad_pairs_left_out", 0) + len(skipped)
         if skipped and not kept:
             raise DataError(f"{name}: every pair was left out for a bad annotation "
                             f"(data.bad_pairs=skip), e.g. {skipped[0]}")
@@ -447,6 +464,24 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def pair_selection(self) -> Dict[str, Any]:
+        """The ``data.*`` settings that narrowed the split's pairs (``{"data.max_pairs": 100,
+        "data.subset": "per_category", "data.subset_seed": 0}``;
+        ``bad_pairs_left_out``: how many pairs ``data.bad_pairs=skip`` left out; empty: every
+        pair), reported next to the numbers."""
+        out: Dict[str, Any] = {}
+        if self.max_pairs is not None:
+            out["data.max_pairs"] = int(self.max_pairs)
+        if self.subset is not None:  # max_pairs left pairs out: how they were chosen
+            out["data.subset"] = self.subset["how"]
+            if self.subset["how"] == "per_category":
+                out["data.subset_seed"] = int(self.subset["seed"])
+        if self.category_filter:
+            out["data.categories"] = [str(c) for c in self.category_filter]
+        if getattr(self, "bad_pairs_left_out", 0):
+            out["bad_pairs_left_out"] = int(self.bad_pairs_left_out)  # data.bad_pairs=skip
+        return out
+
     def read_image(self, image_id: str) -> torch.Tensor:
         """(3, h, w) float image of an id relative to ``image_root``; ids ending in
         :data:`FLIP_SUFFIX` are served mirrored horizontally. Decoded files are kept (as uint8)
@@ -461,6 +496,14 @@ class PairDataset(Dataset):
             self.image_cache.put(key, cached)
         image = cached.float().div_(255.0)
         return image.flip(-1) if mirrored else image
+
+    def foreground(self, image_id: str, box: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        """(h, w) bool foreground of an image in its original frame: here the annotated box
+        (:func:`box_mask`); datasets that ship segmentations override this (SPair-71k)."""
+        if box is None or torch.isnan(box).any():
+            raise DataError(f"no foreground for {image_id}: the dataset has no box or segmentation "
+                            "for it (Pose-Align: use pose_align.score=mutual_nn)")
+        return box_mask(box, hw)
 
     def image_ids(self) -> List[str]:
         """Distinct image ids, in first-use order."""
@@ -518,13 +561,16 @@ class PairDataset(Dataset):
         return sample
 
     def make_sample(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, Any]:
-        """Resize an original-frame pair (see :meth:`load_pair`) into a schema sample."""
+        """Resize an original-frame pair (see :meth:`load_pair`) into a schema sample. The record's
+        left/right keys (:mod:`semcorr.data.left_right`) are added when it has them and no training
+        transform moved the keypoints."""
         src_img, trg_img = pair["src_img"], pair["trg_img"]
-        src_net, src_frame, src_hw = resize_image(src_img, self.image_size, self.resize, self.divisor)
-        trg_net, trg_frame, trg_hw = resize_image(trg_img, self.image_size, self.resize, self.divisor)
+        size, mode, divisor = self.image_size, self.resize, self.divisor
+        src_net, src_frame, src_hw, src_yx = resize_image(src_img, size, mode, divisor)
+        trg_net, trg_frame, trg_hw, trg_yx = resize_image(trg_img, size, mode, divisor)
         k = pair["src_kps"].shape[0]
         ids = pair["kps_ids"] if pair["kps_ids"] is not None else torch.full((k,), -1, dtype=torch.long)
-        return {
+        sample = {
             "src_img": src_net,
             "trg_img": trg_net,
             "src_kps": to_network(pair["src_kps"], src_frame),
@@ -537,6 +583,8 @@ class PairDataset(Dataset):
             "trg_frame": trg_frame,
             "src_content_hw": src_hw,
             "trg_content_hw": trg_hw,
+            "src_content_yx": src_yx,
+            "trg_content_yx": trg_yx,
             "src_imsize": torch.tensor(src_img.shape[-2:], dtype=torch.long),
             "trg_imsize": torch.tensor(trg_img.shape[-2:], dtype=torch.long),
             "src_bbox": pair["src_bbox"],
@@ -547,7 +595,39 @@ class PairDataset(Dataset):
             "trg_id": rec.trg,
             "pair_id": rec.pair_id or f"{rec.src}->{rec.trg}",
             "sym_pairs": pair["sym_pairs"],
+            **self._masks(rec, pair),
         }
+        left_right = self.left_right_of(rec) if self.transform is None else None
+        if left_right is not None:
+            sample.update({key: torch.as_tensor(value, dtype=torch.bool if value.ndim == 1 else torch.float32)
+                           for key, value in left_right.items()})
+        return sample
+
+    def left_right_of(self, rec: PairRecord) -> Optional[Dict[str, np.ndarray]]:
+        """The left/right keys of a record (:func:`semcorr.data.left_right.left_right_fields`), or
+        None when the dataset does not know them: ``rec.left_right`` here; datasets with many pairs
+        compute them when a sample is served."""
+        return rec.left_right
+
+    def _masks(self, rec: PairRecord, pair: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """``src_mask``, ``trg_mask`` (H, W) bool in the network frame when :attr:`serve_masks`."""
+        if self.serve_masks is None:
+            return {}
+        out = {}
+        for side, image_id in (("src", rec.src), ("trg", rec.trg)):
+            hw = tuple(pair[f"{side}_img"].shape[-2:])
+            mask = self.foreground(image_id, pair[f"{side}_bbox"], hw)
+            out[f"{side}_mask"] = resize_mask(mask, self.image_size, self.resize, self.divisor)
+        return out
+
+
+def box_mask(box: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """(h, w) bool: the pixels (pixel-index convention) inside an (x1, y1, x2, y2) box, inclusive."""
+    h, w = hw
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ys = torch.arange(h, dtype=torch.float32)[:, None]
+    xs = torch.arange(w, dtype=torch.float32)[None, :]
+    return (ys >= y1) & (ys <= y2) & (xs >= x1) & (xs <= x2)
 
 
 def _box(box: Optional[Sequence[float]]) -> torch.Tensor:

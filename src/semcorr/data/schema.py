@@ -15,6 +15,8 @@ src_frame,         (4,) float          (sx, sy, ox, oy): net = (orig + 0.5) * s 
 trg_frame
 src_content_hw,    (2,) long           height, width of the non-padded content in the network frame
 trg_content_hw
+src_content_yx,    (2,) long           row, column of the content's top-left pixel in the network
+trg_content_yx                         frame (0, 0 unless ``data.resize`` centres the content)
 src_imsize,        (2,) long           original height, width
 trg_imsize
 trg_bbox           (4,) float          annotated target box (x1, y1, x2, y2), original frame; NaN if none
@@ -35,11 +37,17 @@ direction          str                 ``src_to_trg``, or ``trg_to_src`` when th
                                        :func:`swap_sides`)
 sym_pairs          (S, 2) long         pairs of keypoint indices (into the K keypoints) that are
                                        left/right symmetric; may be empty
+kps_has_sym,       (K,) bool,          left/right diagnostics, evaluation only, for datasets with a
+src/trg_sym_vis,   (K, 2) float        symmetry table (:mod:`semcorr.data.left_right`): the
+src/trg_sym_kps,                       keypoint's counterpart exists / is visible in each image /
+src/trg_group_vis                      its ground truth there (original frame); another member of
+                                       its geometry-aware group is visible in each image. Absent
+                                       when the dataset does not know them
 =================  ==================  ===============================================================
 
 After :func:`collate`, tensors gain a batch dimension, K is padded to the largest count in the
-batch (``kps_valid`` False and ``kps_ids`` -1 on padding; ``kps_count`` (B,) long holds each
-pair's own K), S likewise (-1 rows), and strings become lists.
+batch (``kps_valid`` and the left/right flags False, ``kps_ids`` -1, points 0 on padding;
+``kps_count`` (B,) long holds each pair's own K), S likewise (-1 rows), and strings become lists.
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ from typing import Any, Dict, List
 
 import torch
 
-KEYPOINT_KEYS = ("src_kps", "trg_kps", "src_kps_orig", "trg_kps_orig")
+KEYPOINT_KEYS = ("src_kps", "trg_kps", "src_kps_orig", "trg_kps_orig", "src_sym_kps", "trg_sym_kps")
+KEYPOINT_FLAG_KEYS = ("kps_valid", "kps_has_sym", "src_sym_vis", "trg_sym_vis", "src_group_vis",
+                      "trg_group_vis")
 STRING_KEYS = ("category", "src_id", "trg_id", "pair_id", "src_digest", "trg_digest")
 
 
@@ -65,7 +75,7 @@ def collate(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
             batch[key] = list(values)
         elif key in KEYPOINT_KEYS:
             batch[key] = torch.stack([_pad(v, k_max, 0.0) for v in values])
-        elif key == "kps_valid":
+        elif key in KEYPOINT_FLAG_KEYS:
             batch[key] = torch.stack([_pad(v, k_max, False) for v in values])
         elif key == "kps_ids":
             batch[key] = torch.stack([_pad(v, k_max, -1) for v in values])

@@ -34,7 +34,7 @@ from semcorr.metrics.protocol import Protocol
 
 COORD_DECIMALS = 4  # predictions.jsonl writes coordinates in 0.0001 px
 _SCALE = 10.0 ** COORD_DECIMALS
-_GRID = 2.0 ** 32  # per-pair PCK is summed in steps of 1 / _GRID
+_GRID = PCK_GRID = 2.0 ** 32  # per-pair PCK is summed in steps of 1 / _GRID
 
 
 def quantize(values: torch.Tensor) -> torch.Tensor:
@@ -115,6 +115,23 @@ def within(dist_sq: torch.Tensor, lengths: torch.Tensor, alphas: Sequence[float]
     return d < radius_sq if strict else d <= radius_sq
 
 
+def scoring_frame(protocol: Protocol, points: torch.Tensor,
+                  trg_imsize: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, K, 2) target points already on the 0.0001 grid (:func:`quantize`) in the protocol's
+    scoring frame: as they are, or scaled into its F x F ``frame`` (:func:`to_frame`)."""
+    if protocol.frame is None:
+        return points
+    if trg_imsize is None:
+        raise ValueError("a square scoring frame needs the target image size")
+    return to_frame(points, trg_imsize, int(protocol.frame))
+
+
+def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(...,) ``dx*dx + dy*dy`` of (..., 2) points, in their dtype (float64 for the PCK rule)."""
+    delta = a - b
+    return delta[..., 0] * delta[..., 0] + delta[..., 1] * delta[..., 1]
+
+
 @dataclass
 class KeypointScores:
     """The PCK evidence of a batch of B pairs with K keypoints, from :func:`pck_scores`.
@@ -166,19 +183,16 @@ def pck_scores(protocol: Protocol, alphas: Sequence[float], pred: torch.Tensor, 
     valid = valid.bool()
     pred_q, gt_q = quantize(pred), quantize(gt)
     box = None if trg_bbox is None else quantize(trg_bbox)
-    pred_s, gt_s, box_s, size_s = pred_q, gt_q, box, trg_imsize
+    pred_s, gt_s = scoring_frame(protocol, pred_q, trg_imsize), scoring_frame(protocol, gt_q, trg_imsize)
+    box_s, size_s = box, trg_imsize
     if protocol.frame is not None:
-        if trg_imsize is None:
-            raise ValueError("a square scoring frame needs the target image size")
         f = int(protocol.frame)
-        pred_s, gt_s = to_frame(pred_q, trg_imsize, f), to_frame(gt_q, trg_imsize, f)
         if box is not None:
             box_s = to_frame(box.view(-1, 2, 2), trg_imsize, f).view(-1, 4)
         size_s = torch.full_like(trg_imsize, f)
     lengths = pck_lengths(protocol.threshold_by, gt_s, valid, box_s, size_s)
     check_thresholds(lengths, valid, protocol.threshold_by)
-    delta = pred_s - gt_s
-    dist_sq = (delta[..., 0] * delta[..., 0] + delta[..., 1] * delta[..., 1])
+    dist_sq = squared_distance(pred_s, gt_s)
     dist_sq = torch.where(valid, dist_sq, torch.zeros_like(dist_sq))
     correct = within(dist_sq, lengths, alphas, protocol.strict) & valid[..., None]
     return KeypointScores(pred=pred_q, gt=gt_q, valid=valid, dist_sq=dist_sq, lengths=lengths,

@@ -50,7 +50,8 @@ every setting yields against hand counts (docs/datasets.md lists them).
 Protocol ``geoaware`` (GeoAware-SC ``pck_train.py``, ``utils/utils_dataset.py``): threshold
 alpha * max(w, h) of the target box in original pixels, source -> target, mean per image pooled
 over all pairs. GeoAware-SC compares with ``<``: ``metric.strict=true`` for its exact rule.
-Symmetric keypoints come from ``semcorr.data.symmetry``.
+Symmetric keypoints come from ``semcorr.data.symmetry``; every pair carries the left/right keys of
+:mod:`semcorr.data.left_right` (from all 17 keypoints of each image).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from semcorr.checks import number, one_of
 from semcorr.registry import configured, register
 from semcorr.data.base import DataConfig, PairDataset, PairRecord
 from semcorr.data.datasets._files import DataError, read_json
+from semcorr.data.left_right import groups_of, left_right_fields, visible_points
 from semcorr.data.symmetry import load_symmetry, sym_indices
 from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
@@ -225,6 +227,8 @@ class AP10KDataset(PairDataset):
         self.min_keypoints = cfg.min_keypoints
         self.seed = cfg.seed
         self.sym = load_symmetry().pairs("ap10k")
+        self.groups = groups_of("ap10k")
+        self._images = {im.file: im for im in images}
         mode = cfg.mode
         if mode == "intra_species":
             records = self._intra(species_split, split, cfg.train_pairs_per_image)
@@ -238,6 +242,12 @@ class AP10KDataset(PairDataset):
             raise DataError(f"ap10k: no {mode} pairs in the {split} split of {base} "
                             f"({len(images)} usable images)")
         self.finalize(records, categories=sorted({r.category for r in records}))
+
+    def left_right_of(self, rec: PairRecord) -> Dict[str, np.ndarray]:
+        """The left/right keys of a pair, from all 17 keypoints of its two images."""
+        src, trg = self._images[rec.src], self._images[rec.trg]
+        return left_right_fields(rec.kps_ids, visible_points(src.kps, src.vis),
+                                 visible_points(trg.kps, trg.vis), self.sym, self.groups)
 
     # ------------------------------------------------------------------ pairs
     def _valid(self, pairs) -> List[Tuple[_Image, _Image]]:

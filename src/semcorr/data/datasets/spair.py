@@ -16,13 +16,32 @@ Protocols (``metric.protocol``):
   ``model/evaluation.py`` (``eval_pck``: one PCK per pair; ``log_pck``: their mean over every
   pair; ``correct_kps``: ``torch.le``) and ``data/dataset.py`` (``get_pckthres``: target box);
   DHPF and CHM average the same way. ``pck_per_keypoint`` (all correct / all valid keypoints, the
-  "per point" / "per keypoint" numbers of DIFT and the GW-OT paper's other half of Tab. 2) is
-  always in metrics.json too; ``metric.average=per_keypoint`` makes it the headline.
+  "per point" / "per keypoint" numbers of DIFT) is always in metrics.json too;
+  ``metric.average=per_keypoint`` makes it the headline.
+- ``geoaware_kpt``: the zero-shot rows of the GW-OT paper's Tab. 2 (and of GeoAware-SC's own
+  zero-shot table, whose DINOv2 55.6 the paper's 55.7 matches): all correct / all keypoints
+  (per category: that category's keypoints), correct when the error is **strictly** below
+  alpha * max(w, h) of the target box (``Junyi42/GeoAware-SC`` ``pck_train.py``, ``compute_pck``
+  with ``--KPT_RESULT``, "following ASIC"; they measure on the 840 canvas, where error and
+  threshold carry the same factor, so original pixels give the same decisions).
+  ``experiment=paper_spair`` reports it.
+- ``geoaware``: GeoAware-SC's default, the same rule averaged per image (mean over all pairs).
 - ``cats``: target -> source, keypoints, predictions and the (source) box scaled anisotropically
   into a 256 x 256 frame (``SunghwanHong/Cost-Aggregation-transformers``
   ``utils_training/evaluation.py``: ``bbox = batch['src_bbox']``).
 
 Symmetric keypoints (GW-OT symmetry term, flips) come from ``semcorr.data.symmetry``.
+
+Left/right diagnostics (:mod:`semcorr.data.left_right`) need every keypoint visible in each image,
+not only the pair file's list (keypoints visible in both): they are read from the released
+``ImageAnnotation/<category>/<name>.json`` (``kps``: ``{"<id>": [x, y] | null}``), as GECO and
+GeoAware-SC read them. Without that folder the run has no left/right section (a warning says so).
+
+Foreground masks (Pose-Align's orientation score, ``pose_align.masks=auto``) come from
+``Segmentation/<category>/<name>.png`` where that file exists, else from the annotated box. The
+files hold grey values: 0 background, the object's PASCAL VOC class id (``VOC_CLASS_IDS``, e.g.
+cat = 8) on the object (as one public GeoAware-SC derivative reads them: ``mask == id``); a file
+without that value counts every non-zero pixel as foreground.
 """
 
 from __future__ import annotations
@@ -30,13 +49,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
 from semcorr.registry import configured, register
-from semcorr.data.base import DataConfig, PairDataset, PairRecord
+from semcorr.data.base import FLIP_SUFFIX, DataConfig, PairDataset, PairRecord, read_label_image
 from semcorr.data.datasets._files import DataError, points, read_json, read_text
+from semcorr.data.left_right import groups_of, left_right_fields, visible_points
 from semcorr.data.symmetry import load_symmetry, sym_indices
 from semcorr.metrics.protocol import protocol
 from semcorr.paths import resolve_root
@@ -44,6 +65,11 @@ from semcorr.paths import resolve_root
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": "trn", "trn": "trn", "val": "val", "test": "test"}
+# PASCAL VOC class indices (the grey values of SPair-71k's Segmentation/ files)
+VOC_CLASS_IDS = {"aeroplane": 1, "bicycle": 2, "bird": 3, "boat": 4, "bottle": 5, "bus": 6, "car": 7,
+                 "cat": 8, "chair": 9, "cow": 10, "diningtable": 11, "dog": 12, "horse": 13,
+                 "motorbike": 14, "person": 15, "pottedplant": 16, "sheep": 17, "sofa": 18,
+                 "train": 19, "tvmonitor": 20}
 DIFFICULTY = ("viewpoint_variation", "scale_variation", "truncation", "occlusion")
 
 
@@ -65,6 +91,14 @@ class SPairDataset(PairDataset):
         "cats": protocol(threshold_by="bbox", frame=256, direction="trg_to_src",
                          reference="SunghwanHong/Cost-Aggregation-transformers "
                                    "utils_training/evaluation.py, data/dataset.py"),
+        "geoaware_kpt": protocol(threshold_by="bbox", average="per_keypoint", strict=True,
+                                 reference="Junyi42/GeoAware-SC pck_train.py compute_pck with "
+                                           "--KPT_RESULT (per keypoint, all pooled; err < alpha * "
+                                           "max(h, w) of the target box)"),
+        "geoaware": protocol(threshold_by="bbox", average="per_image", strict=True,
+                             reference="Junyi42/GeoAware-SC pck_train.py compute_pck (per image, "
+                                       "the mean over all pairs; err < alpha * max(h, w) of the "
+                                       "target box)"),
     }
     default_protocol = "hpf"
 
@@ -82,6 +116,11 @@ class SPairDataset(PairDataset):
         filters = {name: getattr(cfg, name) for name in DIFFICULTY}
         self.filters = {k: {int(v) for v in vals} for k, vals in filters.items() if vals}
         symmetry = load_symmetry()
+        self._image_annotations = base / "ImageAnnotation"
+        if not self._image_annotations.is_dir():
+            log.warning("spair: %s not found: no left/right diagnostics (they need each image's "
+                        "keypoints, not only those of the pair files)", self._image_annotations)
+        self._visible: Dict[str, Dict[int, tuple]] = {}
         records = []
         for path in self._pair_files(base, layout):
             ann = read_json(path, "spair")
@@ -89,6 +128,52 @@ class SPairDataset(PairDataset):
             if rec is not None:
                 records.append(rec)
         self.finalize(records)
+
+    def pair_selection(self) -> Dict[str, Any]:
+        """Also the difficulty filters (``data.viewpoint_variation`` ...)."""
+        out = super().pair_selection()
+        out.update({f"data.{k}": sorted(v) for k, v in self.filters.items()})
+        return out
+
+    def left_right_of(self, rec: PairRecord) -> Optional[Dict[str, np.ndarray]]:
+        """The left/right keys of a pair from its images' ``ImageAnnotation`` files (None without
+        that folder)."""
+        if not self._image_annotations.is_dir():
+            return None
+        return left_right_fields(rec.kps_ids, self._image_keypoints(rec.src),
+                                 self._image_keypoints(rec.trg), load_symmetry().pairs("spair", rec.category),
+                                 groups_of("spair", rec.category))
+
+    def _image_keypoints(self, image: str) -> Dict[int, tuple]:
+        """``{id: (x, y)}`` of the keypoints visible in an image (``<category>/<name>.jpg``), from
+        its ``ImageAnnotation`` file (read once per image)."""
+        if image not in self._visible:
+            path = self._image_annotations / Path(image).with_suffix(".json")
+            kps = read_json(path, "spair").get("kps")
+            if not isinstance(kps, dict):
+                raise DataError(f"spair: {path} has no 'kps' object of keypoint ids")
+            ids = [int(k) for k in kps]
+            xy, present = points([kps[k] for k in kps])
+            self._visible[image] = visible_points(xy, present, ids)
+        return self._visible[image]
+
+    def foreground(self, image_id: str, box: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+        """(h, w) bool: the image's ``Segmentation/`` mask when it has one and
+        ``serve_masks == "auto"`` (module docstring), else the box."""
+        key = str(image_id)
+        mirrored = key.endswith(FLIP_SUFFIX)
+        key = key[: -len(FLIP_SUFFIX)] if mirrored else key
+        path = (self.image_root.parent / "Segmentation" / key).with_suffix(".png")
+        if self.serve_masks != "auto" or not path.is_file():
+            return super().foreground(image_id, box, hw)
+        labels = read_label_image(path)
+        if labels.shape != tuple(hw):
+            raise DataError(f"spair: segmentation {path} is {labels.shape[1]}x{labels.shape[0]} px, "
+                            f"its image {hw[1]}x{hw[0]} px")
+        class_id = VOC_CLASS_IDS.get(key.split("/")[0])
+        fg = labels == class_id if class_id is not None and (labels == class_id).any() else labels > 0
+        mask = torch.from_numpy(np.ascontiguousarray(fg))
+        return mask.flip(-1) if mirrored else mask
 
     def _pair_files(self, base: Path, layout: str) -> List[Path]:
         folder = base / "PairAnnotation" / self.split

@@ -21,9 +21,10 @@ left/right symmetric pairs of source cells, and :math:`H(T) = -\\sum T \\log T`.
 **Scale** (:func:`scale_coefficients`). c_gw and c_sym turn λ_gw and λ_sym into gradient
 coefficients. Row i of T carries mass 1/n_s, so :math:`(C^p T C^q)_{ij} \\le |N_{\\delta_{min}}|
 / n_s` and the symmetry gradient is at most 1/n_s: without a scale the two terms fade as the grid
-grows. ``scale: fraction`` (default) puts both gradients on the scale of a mass fraction in
-[0, 1], like the feature cost, at any grid and δ (the convention of the authors' closest released
-code, ASOT); ``grid`` and ``raw`` are the earlier forms (``docs/gwot.md`` converts between them).
+grows. ``scale: fraction`` puts both gradients on the scale of a mass fraction in [0, 1], like
+the feature cost, at any grid and δ; ``scale: asot`` (default) doubles the GW gradient, as the
+normalisation of the authors' closest released code (ASOT) does; ``grid`` and ``raw`` are the
+earlier forms (``docs/gwot.md`` derives and converts between them).
 
 **Solver**: projected mirror descent on log T (entropic mirror map). With the objective gradient
 :math:`g_t = \\nabla \\mathcal F(T_t)` and step η,
@@ -62,7 +63,7 @@ from torch.utils.checkpoint import checkpoint
 
 from semcorr.matchers.gridfilter import CPU_CHUNK_ELEMS, disc_size
 from semcorr.matchers.gwot.gpu import StepConfig, StepTensors, gpu_step
-from semcorr.matchers.gwot.options import GWOTOptions
+from semcorr.matchers.gwot.options import GW_FRACTION_WEIGHT, GWOTOptions
 from semcorr.matchers.gwot.terms import (DiscKernels, SymPairs, disc_kernels, gw_filter, gw_row_term,
                                          sym_gradient, sym_rows, sym_setup, sym_value)
 import semcorr.matchers.static as static
@@ -273,12 +274,16 @@ def scale_coefficients(opts: GWOTOptions, n_s: torch.Tensor, lam_gw: torch.Tenso
       c_gw (C^p T C^q)_ij = λ_gw x (the fraction of the mass of i's δ_min-neighbourhood sent
       beyond δ_max of j) and c_sym u_b(j) = λ_sym x (fraction of the partner row's mass left of
       j minus right of j): both on [0, 1] scales, like the feature cost.
+    - ``asot`` (default): c_gw = 2 λ_gw n_s / |N_δmin| (ASOT's normalisation, (C_v p)_i = 2 in
+      the interior; :data:`~semcorr.matchers.gwot.options.GW_FRACTION_WEIGHT`), c_sym as
+      ``fraction``.
     - ``grid``: c_gw = 2 λ_gw ν, c_sym = λ_sym ν with ν = n_s / ref_cells.
     - ``raw``: c_gw = 2 λ_gw, c_sym = λ_sym (the paper's equation as written).
     """
-    if opts.scale == "fraction":
+    if opts.scale in GW_FRACTION_WEIGHT:
         neighbourhood = disc_size(float(opts.delta_min), strict=True)
-        return lam_gw * n_s / max(neighbourhood, 1), lam_sym * n_s
+        weight = GW_FRACTION_WEIGHT[opts.scale]
+        return weight * lam_gw * n_s / max(neighbourhood, 1), lam_sym * n_s
     nu = n_s / opts.ref_cells if opts.scale == "grid" else torch.ones_like(n_s)
     return 2 * lam_gw * nu, lam_sym * nu
 
