@@ -88,6 +88,12 @@ def _run(args, env, cwd):
                           text=True, env=env, cwd=cwd, timeout=600)
 
 
+def _without_legend(stdout: str):
+    """(the lines, the legend lines under the PCK table: its bootstrap intervals, semcorr.eval_stats)."""
+    legend = [line for line in stdout.splitlines() if line.startswith(("±:", "no interval for "))]
+    return [line for line in stdout.splitlines() if line not in legend], legend
+
+
 def _bar_chunks(stderr: str):
     return [c.strip() for c in re.split(r"[\r\n]", stderr) if c.strip()]
 
@@ -95,11 +101,12 @@ def _bar_chunks(stderr: str):
 @pytest.mark.slow
 def test_the_demo_console_is_quiet(tmp_path):
     """``python eval.py`` as the README runs it (fewer pairs): 12 lines on stdout (the table and
-    where everything went), only the progress bar on stderr, and no W&B without a W&B setup."""
+    where everything went) plus the table's legend of its intervals, only the progress bar on
+    stderr, and no W&B without a W&B setup."""
     proc = _run(["data.n_pairs.test=6", "plots.n_pairs=1", "out_dir=runs/demo"], _env(tmp_path), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 12, proc.stdout
+    lines, legend = _without_legend(proc.stdout)
+    assert len(lines) == 12 and 1 <= len(legend) <= 2, proc.stdout
     assert lines[0].startswith("synthetic (test), 6 pairs, protocol image")
     assert "wrote runs/demo/: config.yaml" in lines[-1]
     for name in ("metrics.json", "predictions.jsonl", "keypoints.png", "pck_curve.png", "dense_warp.png", "csv/"):
@@ -120,7 +127,7 @@ def test_wandb_offline_is_silent_and_verbose_shows_everything(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "quiet" / "wandb").is_dir()  # WANDB_MODE configures W&B
     # 2 pairs of 2 categories: title, header, rule, 2 categories, rule, all, where it went
-    assert len(proc.stdout.splitlines()) == 8 and "W&B run in runs/quiet/wandb" in proc.stdout
+    assert len(_without_legend(proc.stdout)[0]) == 8 and "W&B run in runs/quiet/wandb" in proc.stdout
     assert all(c.startswith("evaluating") for c in _bar_chunks(proc.stderr)), proc.stderr[-2000:]
     loud = _run([*common, "out_dir=runs/loud", "--verbose"], env, tmp_path)
     assert loud.returncode == 0, loud.stderr[-3000:]
