@@ -275,3 +275,29 @@ def test_the_mirrored_source_is_named_as_the_datasets_mirrored_image():
     batch = _mirror_pair_batch(mirrored_target=False)
     assert mirrored_source(batch, "canvas")["src_id"] == ["s" + FLIP_SUFFIX]
     assert torch.equal(mirrored_source(batch, "canvas")["src_img"], batch["src_img"].flip(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resize", ["centre_canvas", "longer_side_pad"])
+def test_pose_align_on_precomputed_features_gives_the_direct_run(spair_root, tmp_path, resize):  # noqa: F811
+    """backbone=precomputed with the mirrored images' files (semcorr-features --mirrored): the
+    mirrored source is read from ``I#hflip``'s file, and every prediction and decision is the
+    direct run's (the mirrored canvas is the canvas of the mirrored image)."""
+    from semcorr.cli.eval import main as eval_main
+    from semcorr.cli.features import main as features_main
+
+    data = ["data=spair", f"data.root={spair_root}", "data.image_size=64", f"data.resize={resize}"]
+    feats = tmp_path / "feats"
+    assert features_main([*data, "backbone=dsift", f"out_dir={feats}", "--mirrored"]) == 0
+    runs = {}
+    for name, backbone in (("direct", ["backbone=dsift"]),
+                           ("pre", ["backbone=precomputed", f"backbone.root={feats}"])):
+        out = tmp_path / name
+        assert eval_main([*data, *backbone, "matcher=nn", "pose_align.enabled=true", *QUIET,
+                          f"out_dir={out}"]) == 0
+        runs[name] = (json.loads((out / "metrics.json").read_text()),
+                      [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()])
+    (direct, direct_rows), (pre, pre_rows) = runs["direct"], runs["pre"]
+    assert pre["pose_align"] == direct["pose_align"] and pre["pck"] == direct["pck"]
+    assert [r["pred"] for r in pre_rows] == [r["pred"] for r in direct_rows]
+    assert pre["pose_align"]["pairs_flipped"] >= 1  # the mirrored branch's file decided a pair
