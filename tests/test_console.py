@@ -158,6 +158,26 @@ def test_training_and_an_exact_resume_stay_quiet(tmp_path):
         assert "training:" in proc.stderr
 
 
+def _read_pty(master: int, wait_s: float = 10.0) -> str:
+    """What was written to a pty, read until the final bar is in or ``wait_s`` passed (the kernel
+    hands pty output to the reading side asynchronously: one read can come back short under load)."""
+    import os
+    import select
+    import time
+
+    chunks, deadline = [], time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunks.append(os.read(master, 65536))
+            except OSError:  # EIO: the writing side is closed and everything was read
+                break
+        elif b"pair/s" in b"".join(chunks) and b"\n" in b"".join(chunks):
+            break
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
 def test_progress_bars_show_on_a_terminal_that_reports_no_size(monkeypatch):
     """A bare pty (``script``, some CI runners) reports 0 x 0; tqdm then hid every bar (the demo's
     console showed none). Such a terminal gets a fixed 100 x 24."""
@@ -175,6 +195,6 @@ def test_progress_bars_show_on_a_terminal_that_reports_no_size(monkeypatch):
         bar.update(3)
         bar.close()
         stream.flush()
-    text = os.read(master, 65536).decode("utf-8", "replace")
+    text = _read_pty(master)
     os.close(master)
     assert "evaluating: 100%" in text and "3/3" in text and "pair/s" in text
