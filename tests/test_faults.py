@@ -231,8 +231,20 @@ def test_a_full_disk_under_out_dir_is_one_line(tmp_path, capsys):
 # signals
 # ------------------------------------------------------------------------------------------------
 def _start(module: str, args: List[str]) -> subprocess.Popen:
+    # faulthandler: a child that does not stop can be made to print where every thread is
     return subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env())
+                            stderr=subprocess.PIPE, text=True, env=dict(env(), PYTHONFAULTHANDLER="1"))
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """The child's stderr once it ends; a child still running after ``timeout`` s fails the test
+    with the stacks of all its threads (SIGABRT through faulthandler)."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        err = proc.communicate(timeout=60)[1]
+        pytest.fail(f"the run did not stop within {timeout:.0f} s of the signal; its threads:\n{err[-8000:]}")
 
 
 def _wait_for(path_glob, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -260,7 +272,7 @@ def test_a_signalled_training_exits_non_zero_and_says_interrupted(sig, code, tmp
                                         f"out_dir={run}"])
     _wait_for(lambda: (run / "checkpoints").glob("best-*.ckpt"), proc)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=300)
+    err = _finish(proc)
     assert proc.returncode == code, err[-3000:]
     assert "Traceback" not in err
     lines = error_lines(err, "train.py")
@@ -331,7 +343,7 @@ def test_a_signalled_evaluation_exits_143_without_metrics(tmp_path):
                                        f"cache.disk_dir={cache}", f"out_dir={run}"])
     _wait_for(lambda: cache.rglob("*.pt"), proc)  # the test loop has started
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    err = _finish(proc)
     assert proc.returncode == 143, err[-3000:]
     assert error_lines(err, "eval.py") == [
         f"eval.py: interrupted by SIGTERM; the evaluation stopped; no {run / 'metrics.json'} was written"]
@@ -351,7 +363,7 @@ def test_a_signalled_sweep_never_marks_the_cell_done(tmp_path):
     proc = _start("semcorr.cli.sweep", [str(spec), "data.n_pairs.test=20000", f"out_dir={out}"])
     _wait_for(lambda: cache.rglob("*.pt"), proc)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    err = _finish(proc)
     assert proc.returncode == 143, err[-3000:]
     assert error_lines(err, "sweep.py") == [
         "sweep.py: interrupted by SIGTERM; the sweep stopped in run matcher-nn (1/1, not marked "
