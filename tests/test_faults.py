@@ -232,8 +232,11 @@ def test_a_full_disk_under_out_dir_is_one_line(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 def _start(module: str, args: List[str]) -> subprocess.Popen:
     # faulthandler: a child that does not stop can be made to print where every thread is
+    # SIGINT as a terminal gives it: a runner started in the background (``cmd &`` in a
+    # non-interactive shell) ignores SIGINT, and its children would inherit that
     return subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(env(), PYTHONFAULTHANDLER="1"))
+                            stderr=subprocess.PIPE, text=True, env=dict(env(), PYTHONFAULTHANDLER="1"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -801,3 +804,4 @@ def test_predictions_write_null_for_a_non_finite_coordinate(tmp_path):
     with pytest.raises(ValueError):
         write_predictions([{**row, "threshold": float("nan")}], tmp_path / "q.jsonl")
     assert not (tmp_path / "q.jsonl").exists()
+
