@@ -171,15 +171,15 @@ class CorrespondenceNet(nn.Module):
                 here otherwise, only when a cache is used).
             use_cache: read and fill the feature caches.
         """
-        k = self.backbone.upsample
-        src = upsample_features(self.extractor(batch["src_img"], batch.get("src_id"), use_cache,
-                                               batch.get("src_digest")), k)
-        trg = upsample_features(self.extractor(batch["trg_img"], batch.get("trg_id"), use_cache,
-                                               batch.get("trg_digest")), k)
-        for fmap, side in ((src, "src"), (trg, "trg")):
-            fmap.valid = valid_cells(batch[f"{side}_content_hw"], fmap.grid, fmap.stride,
-                                     batch.get(f"{side}_content_yx"))
-        return src, trg
+        return self.image_features(batch, "src", use_cache), self.image_features(batch, "trg", use_cache)
+
+    def image_features(self, batch: Dict[str, Any], side: str, use_cache: bool = False) -> FeatureMap:
+        """The features of one side (``"src"`` or ``"trg"``) of the batch, as :meth:`features`."""
+        fmap = upsample_features(self.extractor(batch[f"{side}_img"], batch.get(f"{side}_id"), use_cache,
+                                                batch.get(f"{side}_digest")), self.backbone.upsample)
+        fmap.valid = valid_cells(batch[f"{side}_content_hw"], fmap.grid, fmap.stride,
+                                 batch.get(f"{side}_content_yx"))
+        return fmap
 
     def match(self, batch: Dict[str, Any], src: FeatureMap, trg: FeatureMap) -> MatchOutput:
         """Head, matcher and keypoint transfer on backbone features.

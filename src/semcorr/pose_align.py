@@ -37,14 +37,12 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from semcorr.backbones.upsample import upsample_features
 from semcorr.data.base import FLIP_SUFFIX
 from semcorr.net import CorrespondenceNet, MatchOutput
 from semcorr.matchers.base import MatchResult
 from semcorr.pose_align_config import LABEL, MASKS, SCORES, PoseAlignConfig  # noqa: F401  (re-exported)
 
 MIRRORS = ("canvas", "content")
-FLIP_ID = FLIP_SUFFIX  # the mirrored source is the dataset's mirrored image (precomputed features: its file)
 MASKED_OUT = -100000.0  # GeoAware-SC's value for masked-out feature elements
 
 PartnerFn = Callable[[Optional[str]], Optional[Dict[int, int]]]
@@ -103,8 +101,10 @@ def flip_permutation(sym_pairs: Optional[torch.Tensor], n_keypoints: int, bsz: i
 def mirrored_source(batch: Dict[str, Any], mirror: str) -> Dict[str, Any]:
     """The batch with its source mirrored (step 1-2 of the module docstring): ``src_img``,
     ``src_kps`` (mirrored, re-labelled), ``src_mask`` (mirrored like the keypoints, as
-    GeoAware-SC mirrors its canvas mask) and ``src_id`` (suffixed); everything else shared."""
+    GeoAware-SC mirrors its canvas mask) and ``src_id`` (suffixed); ``src_digest`` dropped (it names
+    the unmirrored pixels: the feature cache hashes the mirror itself); everything else shared."""
     out = dict(batch)
+    out.pop("src_digest", None)
     out["src_img"] = mirror_content(batch["src_img"], batch.get("src_content_yx"), batch["src_content_hw"])
     m = mirror_sum(batch, mirror)
     kps = batch["src_kps"]
@@ -116,7 +116,7 @@ def mirrored_source(batch: Dict[str, Any], mirror: str) -> Dict[str, Any]:
     if "src_mask" in batch:
         out["src_mask"] = _mirror_masks(batch, mirror)
     if "src_id" in batch:
-        out["src_id"] = [f"{i}{FLIP_ID}" for i in batch["src_id"]]
+        out["src_id"] = [f"{i}{FLIP_SUFFIX}" for i in batch["src_id"]]  # the dataset's id of the mirror image
     return out
 
 
@@ -256,9 +256,7 @@ class PoseAlignedNet(CorrespondenceNet):
         flipped_batch = mirrored_source(batch, self.mirror)
         with self._stage("backbone", batch):
             src, trg = self.features(batch, use_cache)
-            src_f = upsample_features(self.extractor(flipped_batch["src_img"], flipped_batch.get("src_id"),
-                                                     use_cache), self.backbone.upsample)
-            src_f.valid = src.valid  # the content box does not move
+            src_f = self.image_features(flipped_batch, "src", use_cache)  # same content box
         with self._stage("match", batch):
             out = self.match(batch, src, trg)
             out_f = self.match(flipped_batch, src_f, trg)
